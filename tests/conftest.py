@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from mnistflow.idx import encode_idx
+from mnistflow.workspace import copy_working_tree, git
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "mnist"
@@ -78,11 +78,17 @@ def shared_mnist() -> Path:
     return SHARED_MNIST
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 900,
-        check: bool = True) -> subprocess.CompletedProcess:
+def run(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     """Run a command, capturing output; on failure raise with the output in the message."""
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}"
@@ -95,8 +101,13 @@ def workspace_env(mirror: Path | None = None) -> dict[str, str]:
     """Environment for commands in a temporary workspace: the venv first, no outside store."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    for var in ("MLFLOW_TRACKING_URI", "MNIST_MIRROR", "DVC_ROOT", "DVC_EXP_NAME",
-                "DVC_EXP_BASELINE_REV"):
+    for var in (
+        "MLFLOW_TRACKING_URI",
+        "MNIST_MIRROR",
+        "DVC_ROOT",
+        "DVC_EXP_NAME",
+        "DVC_EXP_BASELINE_REV",
+    ):
         env.pop(var, None)
     if mirror is not None:
         env["MNIST_MIRROR"] = str(mirror)
@@ -110,31 +121,19 @@ def copy_repo(dest: Path, params_edit: Callable[[dict], None] | None = None) -> 
 
     Args:
         dest: the new workspace folder (created).
-        params_edit: optional function that edits the parsed params.yaml in place before
-            the first commit.
+        params_edit: optional function that edits the parsed params.yaml in place; the
+            edit is committed, so the copy's HEAD holds the edited params.
 
     Returns:
         ``dest``.
     """
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-        cwd=REPO_ROOT, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        src = REPO_ROOT / rel
-        if src.is_file() and not rel.startswith(("outputs/", "reports/latest/")):
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target)
+    copy_working_tree(REPO_ROOT, dest)
     if params_edit is not None:
         params_file = dest / "params.yaml"
         params = yaml.safe_load(params_file.read_text())
         params_edit(params)
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    env = workspace_env()
-    run(["git", "init", "-q", "-b", "main"], dest, env)
-    run(["git", "add", "-A"], dest, env)
-    run(["git", "commit", "-q", "-m", "test workspace"], dest, env)
+        git(["commit", "-q", "-am", "test params"], dest)
     return dest
 
 
@@ -143,8 +142,11 @@ def use_tiny_dataset(files: dict[str, dict], **overrides: dict) -> Callable[[dic
     ``overrides`` as ``{section: {key: value}}``."""
 
     def edit(params: dict) -> None:
-        params["datasets"]["tiny"] = {"mirrors": [], "classes": [str(i) for i in range(10)],
-                                      "files": files}
+        params["datasets"]["tiny"] = {
+            "mirrors": [],
+            "classes": [str(i) for i in range(10)],
+            "files": files,
+        }
         params["data"]["dataset"] = "tiny"
         params["unpack"]["png_workers"] = 1
         for name, values in overrides.items():

@@ -20,7 +20,6 @@ import yaml
 PARAMS_FILE = "params.yaml"
 
 
-
 C = typing.TypeVar("C", bound="Config")
 
 
@@ -73,7 +72,8 @@ def _check(key: str, value: Any, hint: Any) -> Any:
         allowed = get_args(hint)
         if value not in allowed:
             raise ParamsError(
-                f"params.yaml: '{key}' must be one of {', '.join(map(repr, allowed))}; got {value!r}"
+                f"params.yaml: '{key}' must be one of "
+                f"{', '.join(map(repr, allowed))}; got {value!r}"
             )
         return value
     if origin in (types.UnionType, typing.Union):
@@ -83,8 +83,10 @@ def _check(key: str, value: Any, hint: Any) -> Any:
                 return _check(key, value, option)
             except ParamsError as exc:
                 errors.append(str(exc))
-        raise ParamsError(f"params.yaml: '{key}' has an invalid value {value!r}: " + "; or ".join(
-            e.split(": ", 1)[-1] for e in errors))
+        raise ParamsError(
+            f"params.yaml: '{key}' has an invalid value {value!r}: "
+            + "; or ".join(e.split(": ", 1)[-1] for e in errors)
+        )
     if origin is tuple:
         (item,) = {a for a in get_args(hint) if a is not Ellipsis}
         if not isinstance(value, list | tuple):
@@ -138,8 +140,7 @@ class Config:
         unknown = sorted(set(raw) - set(names))
         if unknown:
             raise ParamsError(
-                f"params.yaml: unknown key '{prefix}.{unknown[0]}' "
-                f"(known keys: {', '.join(names)})"
+                f"params.yaml: unknown key '{prefix}.{unknown[0]}' (known keys: {', '.join(names)})"
             )
         values = {}
         for name in names:
@@ -330,7 +331,9 @@ class TrainConfig(Config):
 
     def _validate(self, prefix: str) -> None:
         if not self.hidden_layer_sizes:
-            raise ParamsError(f"params.yaml: '{prefix}.hidden_layer_sizes' needs at least one layer")
+            raise ParamsError(
+                f"params.yaml: '{prefix}.hidden_layer_sizes' needs at least one layer"
+            )
 
 
 @dataclass(frozen=True)

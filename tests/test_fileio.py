@@ -1,0 +1,33 @@
+"""Atomic writes leave either the old file or the complete new one, never a partial one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnistflow.fileio import atomic_path, load_npz, read_json, save_npz, write_json
+
+
+def test_failed_write_leaves_old_content_and_no_temp_file(tmp_path) -> None:
+    target = tmp_path / "out.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert read_json(target) == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_npz_round_trip_and_parent_created(tmp_path) -> None:
+    x = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    path = save_npz(tmp_path / "deep" / "a.npz", x=x, y=x.astype(np.float32))
+    loaded = load_npz(path)
+    np.testing.assert_array_equal(loaded["x"], x)
+    assert loaded["y"].dtype == np.float32
+
+
+def test_npz_bytes_are_reproducible(tmp_path) -> None:
+    x = np.random.default_rng(0).random((5, 5), dtype=np.float32)
+    a = save_npz(tmp_path / "a.npz", x=x).read_bytes()
+    b = save_npz(tmp_path / "b.npz", x=x).read_bytes()
+    assert a == b
