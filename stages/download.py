@@ -1,1 +1,30 @@
-def main(): pass
+"""DVC stage ``download``: fetch the selected dataset's files into ``paths.raw_dir``."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from mnistflow import logs
+from mnistflow.download import download_dataset
+from mnistflow.params import DownloadConfig, Paths, config, dataset_spec, load_params
+from mnistflow.workspace import find_root
+
+log = logging.getLogger("mnistflow.stages.download")
+
+
+def main() -> None:
+    """Read params, download and verify every file of ``data.dataset``."""
+    logs.configure()
+    params = load_params()
+    paths = config(params, "paths", Paths)
+    name, spec = dataset_spec(params)
+    cfg = config(params, "download", DownloadConfig)
+    files = download_dataset(
+        spec, paths.path("raw_dir"), cfg, os.environ.get("MNIST_MIRROR"), find_root()
+    )
+    log.info("dataset %s: %d files verified in %s", name, len(files), paths.raw_dir)
+
+
+if __name__ == "__main__":
+    main()
