@@ -11,9 +11,14 @@ from mnistflow.fileio import atomic_path, load_npz, read_json, save_npz, write_j
 def test_failed_write_leaves_old_content_and_no_temp_file(tmp_path) -> None:
     target = tmp_path / "out.json"
     write_json(target, {"v": 1})
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
-        tmp.write_text("half")
-        raise RuntimeError("crash mid-write")
+
+    def crash_mid_write() -> None:
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError, match="crash mid-write"):
+        crash_mid_write()
     assert read_json(target) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 

@@ -1,0 +1,221 @@
+"""Classification metrics on arrays (pure): accuracies, confusion, confused pairs, errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+def true_classes(y: np.ndarray) -> np.ndarray:
+    """Class indices (n,) from one-hot rows (n, k) or from indices (n,)."""
+    if y.ndim == 2:
+        if not np.all(y.sum(axis=1) == 1):
+            raise ValueError("one-hot targets must have exactly one 1 per row")
+        return np.argmax(y, axis=1).astype(np.int64)
+    return y.astype(np.int64)
+
+
+def one_hot(classes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Bool indicator (n, n_classes) of class indices."""
+    out = np.zeros((classes.shape[0], n_classes), dtype=bool)
+    out[np.arange(classes.shape[0]), classes] = True
+    return out
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Share of rows where the predicted class equals the true class."""
+    return float(np.mean(y_true == y_pred)) if y_true.size else 0.0
+
+
+def exact_match_accuracy(y_true: np.ndarray, pred_sets: np.ndarray) -> float:
+    """Share of rows whose predicted class set is exactly {true class} (sklearn's score)."""
+    truth = one_hot(y_true, pred_sets.shape[1])
+    return float(np.mean(np.all(pred_sets == truth, axis=1))) if y_true.size else 0.0
+
+
+def set_sizes(pred_sets: np.ndarray) -> tuple[int, int]:
+    """Rows with no predicted class and rows with several, from a bool indicator (n, k)."""
+    counts = pred_sets.sum(axis=1)
+    return int(np.sum(counts == 0)), int(np.sum(counts > 1))
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts (n_classes, n_classes): row = true class, column = predicted class."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
+    tp = np.diag(cm).astype(np.float64)
+    predicted = cm.sum(axis=0).astype(np.float64)
+    actual = cm.sum(axis=1).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": actual.astype(np.int64)}
+
+
+@dataclass(frozen=True)
+class ConfusedPair:
+    """Two classes mixed up in either direction: ``a`` < ``b``."""
+
+    a: int
+    b: int
+    a_as_b: int  # true a predicted b
+    b_as_a: int  # true b predicted a
+
+    @property
+    def total(self) -> int:
+        """Errors in both directions."""
+        return self.a_as_b + self.b_as_a
+
+
+def confused_pairs(cm: np.ndarray, top: int) -> list[ConfusedPair]:
+    """The ``top`` unordered class pairs with the most errors (both directions summed).
+
+    Ties are broken by class order so the result is deterministic; pairs without errors are
+    left out.
+    """
+    k = cm.shape[0]
+    pairs = [
+        ConfusedPair(a, b, int(cm[a, b]), int(cm[b, a]))
+        for a in range(k)
+        for b in range(a + 1, k)
+        if cm[a, b] + cm[b, a] > 0
+    ]
+    pairs.sort(key=lambda p: (-p.total, p.a, p.b))
+    return pairs[:top]
+
+
+def png_path(images_dir: str, index: int, label: int) -> str:
+    """Where unpack drew a test image: ``<images_dir>/test/<label>/<index:05d>.png``."""
+    return f"{images_dir}/test/{label}/{index:05d}.png"
+
+
+def misclassified_rows(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    pred_sets: np.ndarray,
+    wrong: np.ndarray,
+    images_dir: str,
+) -> list[dict[str, Any]]:
+    """One row per misclassified test image, in test order.
+
+    Args:
+        y_true: true class indices (n,).
+        scores: per-class scores (n, k).
+        pred_sets: predicted class sets, bool (n, k).
+        wrong: bool mask (n,) of the rows counted as errors by the headline metric.
+        images_dir: paths.images_dir, for the PNG path of each image.
+
+    Returns:
+        Dicts with index, true, predicted (argmax class), confidence (its score),
+        predicted_set (classes over the threshold, space-separated) and png.
+    """
+    predicted = np.argmax(scores, axis=1)
+    rows = []
+    for i in np.flatnonzero(wrong):
+        rows.append(
+            {
+                "index": int(i),
+                "true": int(y_true[i]),
+                "predicted": int(predicted[i]),
+                "confidence": round(float(scores[i, predicted[i]]), 6),
+                "predicted_set": " ".join(str(c) for c in np.flatnonzero(pred_sets[i])),
+                "png": png_path(images_dir, int(i), int(y_true[i])),
+            }
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything evaluate reports about one model on the test set."""
+
+    headline: str  # "argmax" | "exact_match"
+    accuracy: float  # the headline accuracy
+    accuracy_argmax: float
+    accuracy_exact_match: float
+    rows_no_class: int
+    rows_multi_class: int
+    n_test: int
+    confusion: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+    support: np.ndarray
+    pairs: list[ConfusedPair]
+    y_true: np.ndarray
+    y_pred: np.ndarray  # argmax class
+    wrong: np.ndarray  # bool mask of errors under the headline metric
+
+
+def evaluate(
+    y_true: np.ndarray, scores: np.ndarray, pred_sets: np.ndarray, headline: str, top_pairs: int
+) -> Evaluation:
+    """All metrics for class indices ``y_true`` against scores and predicted sets.
+
+    Args:
+        y_true: true class indices (n,).
+        scores: per-class scores (n, k).
+        pred_sets: predicted class sets, bool (n, k).
+        headline: "argmax" or "exact_match": which accuracy is the headline and which rows
+            count as misclassified.
+        top_pairs: how many confused pairs to list.
+    """
+    if headline not in ("argmax", "exact_match"):
+        raise ValueError(f"unknown headline metric {headline!r}")
+    n_classes = scores.shape[1]
+    y_pred = np.argmax(scores, axis=1).astype(np.int64)
+    cm = confusion_matrix(y_true, y_pred, n_classes)
+    pc = per_class(cm)
+    no_class, multi = set_sizes(pred_sets)
+    exact_ok = np.all(pred_sets == one_hot(y_true, n_classes), axis=1)
+    acc_argmax = accuracy(y_true, y_pred)
+    acc_exact = exact_match_accuracy(y_true, pred_sets)
+    return Evaluation(
+        headline=headline,
+        accuracy=acc_argmax if headline == "argmax" else acc_exact,
+        accuracy_argmax=acc_argmax,
+        accuracy_exact_match=acc_exact,
+        rows_no_class=no_class,
+        rows_multi_class=multi,
+        n_test=int(y_true.shape[0]),
+        confusion=cm,
+        precision=pc["precision"],
+        recall=pc["recall"],
+        f1=pc["f1"],
+        support=pc["support"],
+        pairs=confused_pairs(cm, top_pairs),
+        y_true=y_true,
+        y_pred=y_pred,
+        wrong=(y_pred != y_true) if headline == "argmax" else ~exact_ok,
+    )
+
+
+def metrics_dict(ev: Evaluation, baseline: float, fit_time_s: float) -> dict[str, Any]:
+    """The DVC metrics file content (numbers only; per-class values nested by class index)."""
+    return {
+        "accuracy": round(ev.accuracy, 6),
+        "accuracy_argmax": round(ev.accuracy_argmax, 6),
+        "accuracy_exact_match": round(ev.accuracy_exact_match, 6),
+        "rows_no_class": ev.rows_no_class,
+        "rows_multi_class": ev.rows_multi_class,
+        "n_test": ev.n_test,
+        "baseline": baseline,
+        "delta_to_baseline": round(ev.accuracy - baseline, 6),
+        "fit_time_s": round(fit_time_s, 3),
+        "per_class": {
+            str(k): {
+                "precision": round(float(ev.precision[k]), 6),
+                "recall": round(float(ev.recall[k]), 6),
+                "f1": round(float(ev.f1[k]), 6),
+            }
+            for k in range(len(ev.f1))
+        },
+    }

@@ -1,0 +1,203 @@
+"""Build, fit and query scikit-learn's MLPClassifier from validated params (no MLflow here).
+
+Also the interruption machinery for training: sklearn's stochastic solvers catch
+KeyboardInterrupt inside ``fit`` and return a half-trained model as if nothing happened, so
+Ctrl-C/SIGTERM are turned into :class:`FitInterrupted`, which sklearn does not catch.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+
+from mnistflow.params import TrainConfig
+
+log = logging.getLogger(__name__)
+EpochCallback = Callable[[int, float, float | None], None]
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class FitInterrupted(BaseException):
+    """SIGINT or SIGTERM arrived; a BaseException so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextmanager
+def raise_on_signals() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise FitInterrupted (main thread only)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise FitInterrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("raise_on_signals() must be used in the main thread")
+    previous = {s: signal.signal(s, handler) for s in INTERRUPT_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def build_classifier(cfg: TrainConfig) -> MLPClassifier:
+    """A new, unfitted MLPClassifier with every ``train:`` setting but ``threads`` (sklearn
+    has no such argument; the train stage limits BLAS with it)."""
+    return MLPClassifier(
+        hidden_layer_sizes=tuple(cfg.hidden_layer_sizes),
+        activation=cfg.activation,
+        solver=cfg.solver,
+        alpha=cfg.alpha,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        learning_rate_init=cfg.learning_rate_init,
+        momentum=cfg.momentum,
+        max_iter=cfg.max_iter,
+        shuffle=cfg.shuffle,
+        tol=cfg.tol,
+        early_stopping=cfg.early_stopping,
+        validation_fraction=cfg.validation_fraction,
+        n_iter_no_change=cfg.n_iter_no_change,
+        random_state=cfg.random_state,
+        verbose=False,
+    )
+
+
+# Settings each solver ignores (sklearn's MLPClassifier documentation).
+_SGD_ONLY = ("learning_rate", "momentum")
+_STOCHASTIC_ONLY = (
+    "batch_size",
+    "shuffle",
+    "learning_rate_init",
+    "early_stopping",
+    "validation_fraction",
+    "n_iter_no_change",
+)
+
+
+def ignored_settings(cfg: TrainConfig) -> list[str]:
+    """Human-readable warnings for ``train:`` settings that have no effect with the solver.
+
+    A setting is reported when the solver ignores it *and* it differs from sklearn's own
+    default, i.e. when someone set it on purpose and could believe it mattered (the
+    baseline's ``learning_rate: adaptive`` with adam is the classic case).
+    """
+    ignored = list(_SGD_ONLY) if cfg.solver != "sgd" else []
+    if cfg.solver == "lbfgs":
+        ignored += _STOCHASTIC_ONLY
+    if not cfg.early_stopping and cfg.solver != "lbfgs":
+        ignored.append("validation_fraction")
+    sk_defaults = MLPClassifier().get_params()
+    out = []
+    for key in ignored:
+        value = getattr(cfg, key)
+        if value == sk_defaults[key]:
+            continue
+        why = (
+            "used by early stopping only"
+            if key == "validation_fraction" and cfg.solver != "lbfgs"
+            else f"not used by solver {cfg.solver!r}"
+        )
+        out.append(f"train.{key}={value!r} has no effect ({why})")
+    return out
+
+
+def fit_with_progress(
+    model: MLPClassifier, X: np.ndarray, y: np.ndarray, on_epoch: EpochCallback
+) -> MLPClassifier:
+    """Fit ``model`` in place, calling ``on_epoch(epoch, loss, val_score)`` after each epoch.
+
+    sklearn's stochastic solvers call ``_update_no_improvement_count`` once per epoch, right
+    after recording the epoch's loss (and validation score); an instance attribute shadows
+    it for the duration of the fit and is removed afterwards, so the fitted model pickles as
+    a plain MLPClassifier. ``lbfgs`` has no epochs: one call with the final loss.
+
+    Args:
+        model: an unfitted classifier from build_classifier.
+        X: features (n, d).
+        y: targets, one-hot (n, k) or class indices (n,).
+        on_epoch: called with the 1-based epoch, the training loss and the validation
+            score (None unless early stopping).
+
+    Returns:
+        The same, fitted model.
+    """
+    original = model._update_no_improvement_count
+
+    def per_epoch(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        scores = model.validation_scores_
+        on_epoch(int(model.n_iter_), float(model.loss_), float(scores[-1]) if scores else None)
+        return result
+
+    model._update_no_improvement_count = per_epoch  # type: ignore[method-assign]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(X, y)
+    finally:
+        del model._update_no_improvement_count
+    for w in caught:
+        # max_iter reached before tol: expected with a fixed epoch budget, so say it once in
+        # the log instead of printing through the progress bar
+        if issubclass(w.category, ConvergenceWarning):
+            log.info("%s", w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if model.solver == "lbfgs":
+        on_epoch(int(model.n_iter_), float(model.loss_), None)
+    return model
+
+
+def loss_history(model: MLPClassifier) -> tuple[list[float], list[float] | None]:
+    """Per-epoch training loss and validation scores (None without early stopping)."""
+    losses = list(getattr(model, "loss_curve_", None) or [model.loss_])
+    scores = getattr(model, "validation_scores_", None)
+    return [float(v) for v in losses], [float(v) for v in scores] if scores else None
+
+
+def predict_scores(model: MLPClassifier, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-class scores (n, n_classes): sigmoid outputs (one-hot targets) or softmax.
+
+    Columns follow the class index even when training saw only some classes.
+    """
+    raw = model.predict_proba(X)
+    classes = np.asarray(model.classes_)
+    if raw.shape[1] == n_classes and np.array_equal(classes, np.arange(n_classes)):
+        return np.asarray(raw, dtype=np.float64)
+    if classes.max(initial=-1) >= n_classes:
+        raise ValueError(f"model knows class {classes.max()} but the data has {n_classes}")
+    scores = np.zeros((raw.shape[0], n_classes), dtype=np.float64)
+    scores[:, classes.astype(int)] = raw
+    return scores
+
+
+def decode_argmax(scores: np.ndarray) -> np.ndarray:
+    """The class with the highest score per row (int64, (n,))."""
+    return np.argmax(scores, axis=1).astype(np.int64)
+
+
+def decode_sets(scores: np.ndarray, multilabel: bool) -> np.ndarray:
+    """The predicted class set per row as a bool indicator (n, k).
+
+    With one-hot targets sklearn predicts each output independently (score > 0.5, as
+    ``MLPClassifier.predict`` does), so a row can hold no class or several; with class
+    indices it is exactly the argmax class.
+    """
+    if multilabel:
+        return scores > 0.5
+    sets = np.zeros(scores.shape, dtype=bool)
+    sets[np.arange(scores.shape[0]), decode_argmax(scores)] = True
+    return sets

@@ -315,6 +315,7 @@ class TrainConfig(Config):
     validation_fraction: float
     n_iter_no_change: int
     random_state: int
+    threads: int
 
     _bounds: typing.ClassVar = {
         "hidden_layer_sizes": (1, None),
@@ -327,6 +328,7 @@ class TrainConfig(Config):
         "validation_fraction": (1e-6, 0.999999),
         "n_iter_no_change": (1, None),
         "random_state": (0, 2**32 - 1),
+        "threads": (1, 256),
     }
 
     def _validate(self, prefix: str) -> None:

@@ -1,0 +1,135 @@
+"""The human report of the latest run, as markdown text (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mnistflow.metrics import Evaluation
+
+HEADLINE_WHY = {
+    "argmax": (
+        "With one-hot targets scikit-learn trains ten independent yes/no outputs, and its "
+        "`predict` keeps every class scoring over 0.5: a row can get no class or several. "
+        "The headline takes the class with the highest output for every row (argmax), which "
+        "always answers exactly one digit, like a person reading the image would. The "
+        "original exact-match score (the predicted set must be exactly the true digit) is "
+        "reported beside it."
+    ),
+    "exact_match": (
+        "The headline is the original exact-match score: with one-hot targets scikit-learn "
+        "predicts ten independent outputs and a row only counts as right when the set of "
+        "classes over 0.5 is exactly the true digit; rows with no class or several count as "
+        "wrong. The argmax accuracy (highest output wins) is reported beside it."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RunLinks:
+    """Where the run lives in MLflow."""
+
+    run_id: str
+    experiment_id: str
+    experiment_name: str
+    tracking_uri: str
+    ui_command: str
+    run_url: str
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def render(
+    ev: Evaluation,
+    class_names: Sequence[str],
+    baseline: float,
+    labels: str,
+    dataset: str,
+    fit_time_s: float,
+    n_iter: int,
+    ignored: Sequence[str],
+    figures: dict[str, str],
+    misclassified_csv: str,
+    links: RunLinks,
+) -> str:
+    """Markdown for one evaluated run.
+
+    Args:
+        ev: the evaluation.
+        class_names: display names, by class index.
+        baseline: the original author's accuracy (evaluate.baseline_accuracy).
+        labels: encode.labels of the run ("onehot" or "index").
+        dataset: the dataset name.
+        fit_time_s: training time in seconds.
+        n_iter: epochs run.
+        ignored: warnings about ignored train settings.
+        figures: title -> PNG file name relative to the report.
+        misclassified_csv: path of the full table of misclassified images.
+        links: the MLflow run.
+    """
+    delta = ev.accuracy - baseline
+    lines = [
+        f"# {dataset}: test accuracy {_pct(ev.accuracy)} ({ev.headline})",
+        "",
+        f"- **Headline ({ev.headline}) accuracy: {_pct(ev.accuracy)}** on {ev.n_test} test "
+        f"images; {'+' if delta >= 0 else ''}{100 * delta:.2f} points against the "
+        f"{_pct(baseline)} baseline.",
+        f"- Argmax accuracy: {_pct(ev.accuracy_argmax)}; exact-match accuracy: "
+        f"{_pct(ev.accuracy_exact_match)}.",
+        f"- Rows with no predicted class: {ev.rows_no_class}; with several: {ev.rows_multi_class}.",
+        f"- Training: {n_iter} epochs in {fit_time_s:.1f} s; targets: {labels}.",
+        "",
+    ]
+    if labels == "onehot":
+        lines += ["Why this headline: " + HEADLINE_WHY[ev.headline], ""]
+    else:
+        lines += [
+            "With class-index targets the model predicts exactly one class per row, so "
+            "argmax and exact-match accuracy are the same.",
+            "",
+        ]
+    if ignored:
+        lines += ["## Settings that had no effect", ""]
+        lines += [f"- {w}" for w in ignored]
+        lines.append("")
+    lines += [
+        "## Per class",
+        "",
+        "| class | precision | recall | F1 | test images |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for k, name in enumerate(class_names):
+        lines.append(
+            f"| {name} | {ev.precision[k]:.4f} | {ev.recall[k]:.4f} | {ev.f1[k]:.4f} | "
+            f"{ev.support[k]} |"
+        )
+    lines += ["", "## Most confused pairs (both directions)", ""]
+    if ev.pairs:
+        lines += [
+            "| pair (a ↔ b) | errors | a predicted as b | b predicted as a |",
+            "|---|---:|---:|---:|",
+        ]
+        for p in ev.pairs:
+            a, b = class_names[p.a], class_names[p.b]
+            lines.append(f"| {a} ↔ {b} | {p.total} | {p.a_as_b} | {p.b_as_a} |")
+    else:
+        lines.append("No confusions.")
+    lines += ["", "## Figures", ""]
+    for title, name in figures.items():
+        lines += [f"### {title}", "", f"![{title}]({name})", ""]
+    lines += [
+        f"Every misclassified test image ({int(ev.wrong.sum())}, counted by the headline "
+        f"metric) is listed in `{misclassified_csv}` with its PNG path.",
+        "",
+        "## MLflow",
+        "",
+        f"- Run `{links.run_id}` in experiment `{links.experiment_name}` "
+        f"(id {links.experiment_id}), store `{links.tracking_uri}`.",
+        f"- Open it: `{links.ui_command}` (or `make ui`), then {links.run_url}. The UI's "
+        "first page is a GenAI overview; the runs table is at `#/experiments/"
+        f"{links.experiment_id}/runs` (sidebar: *Model training*).",
+        "",
+    ]
+    return "\n".join(lines)

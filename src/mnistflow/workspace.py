@@ -10,6 +10,9 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+# Set by `mnistflow reproduce` for the rerun's stages: train tags its run `reproduces=<id>`.
+REPRODUCES_ENV = "MNISTFLOW_REPRODUCES"
+
 # Outputs that belong to one run of the pipeline; a fresh copy must regenerate them.
 _RUN_OUTPUTS = ("outputs/", "reports/latest/")
 _GIT_IDENTITY = {

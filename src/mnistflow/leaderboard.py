@@ -1,0 +1,359 @@
+"""Leaderboard of every MLflow run of the experiment: a markdown table and a figure.
+
+``fetch_runs`` reads the runs through MLflow's client API (never the store's files);
+``shape_table`` turns them into the ranked table and is pure, so it is testable without MLflow;
+``to_markdown`` and ``plot`` render it; ``write_leaderboard`` writes both files atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from mnistflow import fileio
+from mnistflow.params import Config, EvaluateConfig, MlflowConfig, config, load_params
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+HEADLINE = "test_accuracy"  # the headline metric logged by evaluate (see CONTEXT conventions)
+# Params a person sweeps, in display order; only those logged by at least one run are shown.
+KEY_PARAMS = (
+    "data.dataset",
+    "train.hidden_layer_sizes",
+    "train.activation",
+    "train.solver",
+    "train.alpha",
+    "train.learning_rate_init",
+    "train.batch_size",
+    "train.max_iter",
+    "train.early_stopping",
+    "encode.scaling",
+    "encode.labels",
+    "encode.deskew",
+    "encode.augment.copies",
+)
+PAGE_SIZE = 1000  # runs per search request
+
+
+class LeaderboardError(RuntimeError):
+    """The store holds nothing to rank (no such experiment)."""
+
+
+USER_ERRORS = (LeaderboardError,)  # reported by the CLI without a traceback
+
+
+@dataclass(frozen=True)
+class LeaderboardConfig(Config):
+    """``leaderboard:``: where the leaderboard is written."""
+
+    markdown: str
+    figure: str
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """The shaped leaderboard.
+
+    Attributes:
+        ranked: runs with a headline accuracy, best first (columns: rank, run, test_accuracy,
+            delta, fit_time_s, <varying key params>, is_baseline, dvc_exp_name, status,
+            started, run_id).
+        incomplete: runs without a headline accuracy (failed, killed, still running).
+        common: key params with the same value in every run (not repeated as columns).
+        baseline_accuracy: the reference accuracy the deltas are against.
+    """
+
+    ranked: pd.DataFrame
+    incomplete: pd.DataFrame
+    common: dict[str, str]
+    baseline_accuracy: float
+
+
+def fetch_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
+    """Every active run of an experiment, one row each, through MLflow's client API.
+
+    Args:
+        tracking_uri: the MLflow store.
+        experiment_name: the experiment (params ``mlflow.experiment_name``).
+
+    Returns:
+        A DataFrame shaped like ``mlflow.search_runs``: run_id, run_name, status, start_time
+        (UTC), and ``metrics.<key>``, ``params.<key>``, ``tags.<key>`` columns.
+
+    Raises:
+        LeaderboardError: the experiment does not exist in the store.
+    """
+    # Imported here: mlflow takes seconds to import, and `mnistflow --help` should not wait.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise LeaderboardError(
+            f"no MLflow experiment {experiment_name!r} (mlflow.experiment_name) in "
+            f"{tracking_uri}: run the pipeline first (dvc repro or dvc exp run)"
+        )
+    rows = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment.experiment_id], max_results=PAGE_SIZE, page_token=token
+        )
+        for found in page:
+            row = {
+                "run_id": found.info.run_id,
+                "run_name": found.info.run_name,
+                "status": found.info.status,
+                "start_time": pd.Timestamp(found.info.start_time, unit="ms", tz="UTC"),
+            }
+            row.update({f"metrics.{k}": v for k, v in found.data.metrics.items()})
+            row.update({f"params.{k}": v for k, v in found.data.params.items()})
+            row.update({f"tags.{k}": v for k, v in found.data.tags.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    log.info("%d runs in experiment %r", len(rows), experiment_name)
+    return pd.DataFrame(rows)
+
+
+def _column(runs: pd.DataFrame, name: str) -> pd.Series:
+    """A column of ``runs``, or all-missing if no run has it."""
+    if name in runs.columns:
+        return runs[name]
+    return pd.Series([np.nan] * len(runs), index=runs.index, dtype=object)
+
+
+def _number(values: pd.Series) -> pd.Series:
+    """Numbers from metric or string-valued param columns (missing/unparsable → NaN)."""
+    return pd.to_numeric(values, errors="coerce").astype(float)
+
+
+def shape_table(runs: pd.DataFrame, baseline_accuracy: float) -> Leaderboard:
+    """Rank runs by headline accuracy (pure).
+
+    The delta is the run's own ``delta_to_baseline`` metric, else its accuracy minus its
+    logged ``evaluate.baseline_accuracy`` param, else minus ``baseline_accuracy``.
+    Ties are broken by shorter fit time, then earlier start.
+
+    Args:
+        runs: rows as returned by :func:`fetch_runs`.
+        baseline_accuracy: the reference accuracy (params ``evaluate.baseline_accuracy``).
+
+    Returns:
+        The leaderboard.
+    """
+    n = len(runs)
+    accuracy = _number(_column(runs, f"metrics.{HEADLINE}"))
+    own_baseline = _number(_column(runs, "params.evaluate.baseline_accuracy"))
+    delta = _number(_column(runs, "metrics.delta_to_baseline"))
+    delta = delta.fillna(accuracy - own_baseline.fillna(baseline_accuracy))
+    table = pd.DataFrame(
+        {
+            "run": _column(runs, "run_name").fillna("").astype(str),
+            HEADLINE: accuracy,
+            "delta": delta,
+            "fit_time_s": _number(_column(runs, "metrics.fit_time_s")),
+        },
+        index=runs.index,
+    )
+    present = [p for p in KEY_PARAMS if _column(runs, f"params.{p}").notna().any()]
+    common: dict[str, str] = {}
+    for name in present:
+        values = _column(runs, f"params.{name}")
+        distinct = set(values.fillna("—").astype(str))
+        if n > 1 and len(distinct) == 1:
+            common[name] = distinct.pop()
+        else:
+            table[name] = values.fillna("—").astype(str)
+    table["is_baseline"] = _column(runs, "tags.is_baseline").fillna("—").astype(str)
+    table["dvc_exp_name"] = _column(runs, "tags.dvc_exp_name").fillna("").astype(str)
+    table["status"] = _column(runs, "status").fillna("").astype(str)
+    started = pd.to_datetime(_column(runs, "start_time"), utc=True, errors="coerce")
+    table["started"] = started.dt.strftime("%Y-%m-%d %H:%M").fillna("")
+    table["run_id"] = _column(runs, "run_id").astype(str)
+    table["_start"] = started
+
+    has_accuracy = table[HEADLINE].notna()
+    ranked = table[has_accuracy].sort_values(
+        [HEADLINE, "fit_time_s", "_start"], ascending=[False, True, True], na_position="last"
+    )
+    ranked.insert(0, "rank", range(1, len(ranked) + 1))
+    incomplete = table[~has_accuracy].sort_values("_start", ascending=False, na_position="last")
+    incomplete = incomplete.drop(columns=[HEADLINE, "delta", "fit_time_s"])
+    return Leaderboard(
+        ranked=ranked.drop(columns="_start").reset_index(drop=True),
+        incomplete=incomplete.drop(columns="_start").reset_index(drop=True),
+        common=common,
+        baseline_accuracy=baseline_accuracy,
+    )
+
+
+def _cell(value: object) -> str:
+    """A markdown table cell: numbers formatted, pipes escaped."""
+    if isinstance(value, float):
+        return "—" if np.isnan(value) else f"{value:.4f}"
+    return str(value).replace("|", "\\|") or "—"
+
+
+def _markdown_table(frame: pd.DataFrame, formats: dict[str, str]) -> list[str]:
+    """Lines of a markdown table; ``formats`` maps a column to a format spec."""
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---:" if c in formats else "---" for c in frame.columns) + "|"
+    lines = [header, rule]
+    for _, row in frame.iterrows():
+        cells = []
+        for column in frame.columns:
+            value = row[column]
+            if column in formats and isinstance(value, float) and not np.isnan(value):
+                cells.append(format(value, formats[column]))
+            else:
+                cells.append(_cell(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def to_markdown(board: Leaderboard, experiment_name: str, figure: str | None) -> str:
+    """The leaderboard as a markdown document.
+
+    Args:
+        board: the shaped leaderboard.
+        experiment_name: shown in the title.
+        figure: the figure's path relative to the markdown file, or None for no image link.
+
+    Returns:
+        Markdown text ending with a newline.
+    """
+    ranked = board.ranked
+    lines = [f"# Leaderboard: MLflow experiment `{experiment_name}`", ""]
+    total = len(ranked) + len(board.incomplete)
+    lines.append(
+        f"{total} runs, {len(ranked)} with a headline accuracy (`{HEADLINE}`), ranked best "
+        f"first. Δ is against the {board.baseline_accuracy:.4f} baseline "
+        "(`evaluate.baseline_accuracy`); `is_baseline` marks runs of the baseline configuration."
+    )
+    if len(ranked):
+        best = ranked.iloc[0]
+        lines += [
+            "",
+            f"**Best:** `{best['run']}` ({best['run_id']}): {best[HEADLINE]:.4f} "
+            f"({best['delta']:+.4f}).",
+        ]
+    if board.common:
+        same = ", ".join(f"`{k}={v}`" for k, v in board.common.items())
+        lines += ["", f"Same in every run: {same}."]
+    lines.append("")
+    if len(ranked):
+        lines += _markdown_table(
+            ranked, {HEADLINE: ".4f", "delta": "+.4f", "fit_time_s": ".1f", "rank": "d"}
+        )
+    else:
+        lines.append("No run has a headline accuracy yet.")
+    if len(board.incomplete):
+        lines += ["", "## Runs without a headline accuracy (failed, killed or running)", ""]
+        lines += _markdown_table(board.incomplete, {})
+    if figure is not None:
+        lines += ["", f"![accuracy against fit time]({figure})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(board: Leaderboard, experiment_name: str) -> Figure:
+    """Accuracy against fit time: one point per ranked run, the baseline as a line.
+
+    Runs of the baseline configuration are drawn as stars; the best run is annotated.
+    """
+    from matplotlib.figure import Figure  # here: importing matplotlib slows every CLI command
+
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    ranked = board.ranked
+    timed = ranked[ranked["fit_time_s"].notna()]
+    is_base = timed["is_baseline"] == "true"
+    ax.scatter(
+        timed.loc[~is_base, "fit_time_s"],
+        timed.loc[~is_base, HEADLINE],
+        marker="o",
+        s=40,
+        color="tab:blue",
+        label="run",
+    )
+    ax.scatter(
+        timed.loc[is_base, "fit_time_s"],
+        timed.loc[is_base, HEADLINE],
+        marker="*",
+        s=180,
+        color="tab:orange",
+        label="baseline config",
+    )
+    ax.axhline(
+        board.baseline_accuracy,
+        color="tab:red",
+        linestyle="--",
+        label=f"baseline accuracy {board.baseline_accuracy:.2f}",
+    )
+    if len(timed):
+        best = timed.iloc[0]  # ranked is sorted best first
+        ax.annotate(
+            f"best: {best['run']}\n{best[HEADLINE]:.4f}",
+            (best["fit_time_s"], best[HEADLINE]),
+            xytext=(-12, -30),  # below left: the best run is usually the slow right edge
+            textcoords="offset points",
+            ha="right",
+            arrowprops={"arrowstyle": "->"},
+        )
+    else:
+        ax.text(
+            0.5, 0.5, "no run with accuracy and fit time yet", transform=ax.transAxes, ha="center"
+        )
+    untimed = len(ranked) - len(timed)
+    note = f" ({untimed} runs without fit time not shown)" if untimed else ""
+    ax.set_title(f"{experiment_name}: {HEADLINE} against fit time{note}")
+    ax.set_xlabel("fit time (s)")
+    ax.set_ylabel(HEADLINE)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def write_leaderboard(
+    board: Leaderboard, experiment_name: str, markdown: Path, figure: Path
+) -> None:
+    """Write the markdown table and the PNG figure, each atomically."""
+    relative = os.path.relpath(figure.resolve(), markdown.resolve().parent)
+    fig = plot(board, experiment_name)
+    with fileio.atomic_path(figure) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    fileio.write_text(markdown, to_markdown(board, experiment_name, Path(relative).as_posix()))
+    log.info("wrote %s and %s (%d ranked runs)", markdown, figure, len(board.ranked))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``mnistflow leaderboard`` (none: everything comes from params.yaml)."""
+    parser.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``mnistflow leaderboard``: rank every run of the experiment into leaderboard files."""
+    from mnistflow import tracking
+
+    params = load_params(args.params)
+    mlflow_cfg = config(params, "mlflow", MlflowConfig)
+    baseline = config(params, "evaluate", EvaluateConfig).baseline_accuracy
+    out = config(params, "leaderboard", LeaderboardConfig)
+    uri = tracking.resolve_tracking_uri(mlflow_cfg, Path.cwd())
+    board = shape_table(fetch_runs(uri, mlflow_cfg.experiment_name), baseline)
+    write_leaderboard(board, mlflow_cfg.experiment_name, Path(out.markdown), Path(out.figure))
+    if len(board.ranked):
+        best = board.ranked.iloc[0]
+        log.info("best: %s (%s) %s=%.4f", best["run"], best["run_id"], HEADLINE, best[HEADLINE])
+    return 0

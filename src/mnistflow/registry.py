@@ -1,0 +1,184 @@
+"""Model registry: register the best run's model under a fixed name with an alias.
+
+The best run is the leaderboard's first FINISHED run (highest headline accuracy; ties go to
+the shorter fit, then the earlier run), so ``mnistflow register`` always registers what the
+leaderboard shows on top. Registering the same run again reuses its version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mnistflow import leaderboard
+from mnistflow.params import (
+    Config,
+    EvaluateConfig,
+    MlflowConfig,
+    ParamsError,
+    config,
+    load_params,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"  # the name train logs the model under (mlflow.sklearn.log_model)
+
+
+class RegistryError(RuntimeError):
+    """Nothing can be registered (no finished run with a headline accuracy, no model)."""
+
+
+USER_ERRORS = (RegistryError, leaderboard.LeaderboardError)  # CLI: no traceback
+
+
+@dataclass(frozen=True)
+class RegistryConfig(Config):
+    """``registry:``: the registered model's name and the alias of the best version."""
+
+    model_name: str
+    alias: str
+
+    def _validate(self, prefix: str) -> None:
+        for key in ("model_name", "alias"):
+            if not getattr(self, key).strip():
+                raise ParamsError(f"params.yaml: '{prefix}.{key}' must not be empty")
+
+
+@dataclass(frozen=True)
+class Registered:
+    """The outcome of a registration."""
+
+    model_name: str
+    version: int
+    alias: str
+    run_id: str
+    run_name: str
+    accuracy: float
+    created: bool  # False when the run already had a version
+
+
+def best_finished(board: leaderboard.Leaderboard) -> pd.Series:
+    """The first-ranked FINISHED run of a leaderboard (pure).
+
+    Raises:
+        RegistryError: no FINISHED run has a headline accuracy.
+    """
+    finished = board.ranked[board.ranked["status"] == "FINISHED"]
+    if finished.empty:
+        raise RegistryError(
+            f"no FINISHED run with a {leaderboard.HEADLINE} metric to register: run the "
+            "pipeline (dvc repro) first"
+        )
+    return finished.iloc[0]
+
+
+def register_best(
+    tracking_uri: str, experiment_name: str, baseline_accuracy: float, cfg: RegistryConfig
+) -> Registered:
+    """Register the best finished run's model as ``cfg.model_name`` and point ``cfg.alias`` at it.
+
+    Args:
+        tracking_uri: the MLflow store (its registry is the same store).
+        experiment_name: the experiment whose runs compete.
+        baseline_accuracy: only used to shape the leaderboard (deltas).
+        cfg: registered model name and alias.
+
+    Returns:
+        What was registered.
+
+    Raises:
+        RegistryError: no candidate run, or the best run has no logged model.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    board = leaderboard.shape_table(
+        leaderboard.fetch_runs(tracking_uri, experiment_name), baseline_accuracy
+    )
+    best = best_finished(board)
+    run_id = str(best["run_id"])
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    models = client.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_ARTIFACT}'",
+    )
+    if not models:
+        raise RegistryError(
+            f"best run {best['run']} ({run_id}) has no logged model '{MODEL_ARTIFACT}'"
+        )
+    model_id = models[0].model_id
+    # The artifact location, not a models:/ URI: MLflow 3.17 resolves models:/<id> through the
+    # *global* tracking URI, not this client's, and fails on any other store.
+    source = models[0].artifact_location
+
+    try:
+        client.create_registered_model(cfg.model_name)
+        log.info("created registered model %r", cfg.model_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    existing = client.search_model_versions(
+        filter_string=f"name = '{cfg.model_name}' AND run_id = '{run_id}'"
+    )
+    if existing:
+        version = max(int(v.version) for v in existing)
+        created = False
+    else:
+        version = int(
+            client.create_model_version(
+                cfg.model_name, source=source, run_id=run_id, model_id=model_id
+            ).version
+        )
+        created = True
+    client.set_registered_model_alias(cfg.model_name, cfg.alias, str(version))
+    result = Registered(
+        model_name=cfg.model_name,
+        version=version,
+        alias=cfg.alias,
+        run_id=run_id,
+        run_name=str(best["run"]),
+        accuracy=float(best[leaderboard.HEADLINE]),
+        created=created,
+    )
+    log.info(
+        "%s version %s of %s@%s: run %s (%s), %s=%.4f",
+        "registered" if created else "kept",
+        version,
+        cfg.model_name,
+        cfg.alias,
+        result.run_name,
+        run_id,
+        leaderboard.HEADLINE,
+        result.accuracy,
+    )
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``mnistflow register`` (none: names come from params.yaml ``registry:``)."""
+    parser.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``mnistflow register``: register the best run as ``<model_name>@<alias>``."""
+    from mnistflow import tracking
+
+    params = load_params(args.params)
+    mlflow_cfg = config(params, "mlflow", MlflowConfig)
+    baseline = config(params, "evaluate", EvaluateConfig).baseline_accuracy
+    cfg = config(params, "registry", RegistryConfig)
+    uri = tracking.resolve_tracking_uri(mlflow_cfg, Path.cwd())
+    result = register_best(uri, mlflow_cfg.experiment_name, baseline, cfg)
+    # The result on stdout, for scripts: models:/<name>@<alias> and what it points at.
+    sys.stdout.write(
+        f"models:/{result.model_name}@{result.alias}\tversion {result.version}\t"
+        f"run {result.run_id}\t{leaderboard.HEADLINE} {result.accuracy:.4f}\n"
+    )
+    return 0

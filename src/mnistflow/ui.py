@@ -1,0 +1,241 @@
+"""The MLflow UI on the project's store, bound to 127.0.0.1.
+
+MLflow 3.17 opens an experiment on a GenAI "Overview" page; the table of training runs is at
+``http://HOST:PORT/#/experiments/<id>/runs``, so that is the URL we announce once the server
+answers (its first answer takes ~20-40 s on these machines). That table shows only run names
+and attributes by default (metrics and params are behind "Columns"), so we also save a
+*shared view* on the experiment, as the UI's own "Share" button does (an experiment tag
+``mlflow.sharedViewState.<key>`` holding the view as JSON): the runs sorted by the headline
+accuracy with the columns that matter, opened by ``.../runs?viewStateShareKey=<key>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from mnistflow.params import MlflowConfig, config, load_params
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"  # never 0.0.0.0: the UI has no authentication
+READY_TIMEOUT_S = 180.0  # ~20 s measured; generous because the machine is shared
+POLL_S = 0.5
+STOP_TIMEOUT_S = 15.0
+VIEW_KEY = "mnistflow-leaderboard"  # the shared view's key (experiment tag suffix)
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # where MLflow's UI looks for shared views
+VIEW_METRICS = ("test_accuracy", "delta_to_baseline", "fit_time_s")
+VIEW_TAGS = ("is_baseline", "dvc_exp_name")
+
+
+class UiError(RuntimeError):
+    """The UI could not be started."""
+
+
+USER_ERRORS = (UiError,)  # reported by the CLI without a traceback
+
+
+class _StopRequestedError(Exception):
+    """SIGTERM received: stop the server and return."""
+
+
+def ui_command(tracking_uri: str, host: str, port: int) -> list[str]:
+    """The ``mlflow ui`` command line for a store.
+
+    One worker process: the UI serves one person, and the default (4) costs ~4x the memory
+    and start-up time on a 2-core machine.
+    """
+    return [
+        sys.executable, "-m", "mlflow", "ui",
+        "--backend-store-uri", tracking_uri,
+        "--host", host,
+        "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+
+
+def base_url(host: str, port: int) -> str:
+    """The server's root URL."""
+    return f"http://{host}:{port}"
+
+
+def runs_url(host: str, port: int, experiment_id: str | None, view: str | None = None) -> str:
+    """The runs table of an experiment, optionally in a shared view (the UI's root when the
+    experiment is unknown)."""
+    if experiment_id is None:
+        return f"{base_url(host, port)}/"
+    url = f"{base_url(host, port)}/#/experiments/{experiment_id}/runs"
+    return f"{url}?viewStateShareKey={view}" if view else url
+
+
+def leaderboard_view(param_keys: Sequence[str]) -> dict[str, object]:
+    """The UI state of the leaderboard view: key columns shown, best accuracy first (pure).
+
+    Column ids are the UI's canonical keys, e.g. ``metrics.`test_accuracy```.
+    """
+    columns = ["attributes.`Run Name`"]
+    columns += [f"metrics.`{m}`" for m in VIEW_METRICS]
+    columns += [f"params.`{p}`" for p in param_keys]
+    columns += [f"tags.`{t}`" for t in VIEW_TAGS]
+    return {
+        "selectedColumns": columns,
+        "orderByKey": f"metrics.`{VIEW_METRICS[0]}`",
+        "orderByAsc": False,
+    }
+
+
+def save_leaderboard_view(tracking_uri: str, experiment_id: str) -> None:
+    """Store the leaderboard view on the experiment (idempotent)."""
+    from mlflow.tracking import MlflowClient
+
+    from mnistflow.leaderboard import KEY_PARAMS
+
+    client = MlflowClient(tracking_uri)
+    value = json.dumps(leaderboard_view(KEY_PARAMS))
+    tags = client.get_experiment(experiment_id).tags
+    if tags.get(VIEW_TAG_PREFIX + VIEW_KEY) != value:
+        client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + VIEW_KEY, value)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise UiError if something already listens on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise UiError(
+                f"port {port} on {host} is in use ({exc.strerror}); choose another with --port"
+            ) from exc
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, timeout: float) -> float:
+    """Poll ``url/health`` until it answers 200; return the seconds waited.
+
+    Raises:
+        UiError: the process exited, or no answer within ``timeout``.
+    """
+    start = time.monotonic()
+    while True:
+        code = process.poll()
+        if code is not None:
+            raise UiError(f"mlflow ui exited with code {code} before answering (see its output)")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return time.monotonic() - start
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # not listening yet: keep polling until the timeout
+        if time.monotonic() - start > timeout:
+            raise UiError(f"mlflow ui did not answer at {url} within {timeout:.0f} s")
+        time.sleep(POLL_S)
+
+
+def start(tracking_uri: str, host: str, port: int) -> subprocess.Popen:
+    """Start ``mlflow ui`` in its own process group (so stopping it stops its workers)."""
+    check_port_free(host, port)
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline machines; nobody's business
+    # The GenAI job runner (LLM judges) is not used here; with it the server also takes
+    # 15 s to exit after SIGTERM.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    log.info("starting the MLflow UI on %s for %s", base_url(host, port), tracking_uri)
+    process = subprocess.Popen(
+        ui_command(tracking_uri, host, port), env=env, start_new_session=True
+    )
+    log.info("mlflow ui running as process group %d", process.pid)
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Terminate the server's process group; kill it if it does not exit in time."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        log.warning("mlflow ui ignored SIGTERM for %.0f s; killing it", STOP_TIMEOUT_S)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def experiment_id(tracking_uri: str, experiment_name: str) -> str | None:
+    """The experiment's id in the store, or None if it does not exist yet."""
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment_name)
+    return None if found is None else found.experiment_id
+
+
+def serve(tracking_uri: str, experiment_name: str, host: str, port: int) -> int:
+    """Run the UI until Ctrl-C or SIGTERM; log the runs-table URL once it answers.
+
+    Returns:
+        0 after a stop by the user, else the server's exit code.
+    """
+    check_port_free(host, port)  # before the slow store queries: fail fast
+    exp_id = experiment_id(tracking_uri, experiment_name)
+    if exp_id is None:
+        log.warning(
+            "no experiment %r in %s yet: run the pipeline first", experiment_name, tracking_uri
+        )
+    else:
+        save_leaderboard_view(tracking_uri, exp_id)
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        raise _StopRequestedError(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    process = start(tracking_uri, host, port)
+    try:
+        waited = wait_until_ready(base_url(host, port), process, READY_TIMEOUT_S)
+        log.info(
+            "MLflow UI ready after %.1f s. Runs table: %s", waited, runs_url(host, port, exp_id)
+        )
+        if exp_id is not None:
+            log.info(
+                "Leaderboard view (best %s first, key params as columns): %s",
+                VIEW_METRICS[0],
+                runs_url(host, port, exp_id, VIEW_KEY),
+            )
+        log.info(
+            "(the UI's landing page is a GenAI overview: use these URLs, or the sidebar's "
+            "'Model training' switch). Ctrl-C stops the UI."
+        )
+        return process.wait()
+    except (KeyboardInterrupt, _StopRequestedError):
+        log.info("stopping the MLflow UI")
+        return 0
+    finally:
+        stop(process)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``mnistflow ui``."""
+    parser.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
+    parser.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``mnistflow ui``: serve the MLflow UI for the project's store until Ctrl-C."""
+    from mnistflow import tracking
+
+    if not 0 < args.port < 65536:
+        raise UiError(f"--port must be in 1..65535; got {args.port}")
+    params = load_params(args.params)
+    mlflow_cfg = config(params, "mlflow", MlflowConfig)
+    uri = tracking.resolve_tracking_uri(mlflow_cfg, Path.cwd())
+    return serve(uri, mlflow_cfg.experiment_name, HOST, args.port)

@@ -1,0 +1,127 @@
+"""Leaderboard: the pure table shaping, and a real sqlite MLflow store with several runs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from mnistflow.leaderboard import (
+    HEADLINE,
+    LeaderboardError,
+    fetch_runs,
+    shape_table,
+    to_markdown,
+    write_leaderboard,
+)
+from tests.mlflow_fixtures import EXPERIMENT, Store, shared_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    return shared_store(tmp_path_factory)
+
+
+def _runs(rows: list[dict]) -> pd.DataFrame:
+    """Rows shaped like fetch_runs' output."""
+    base = pd.Timestamp("2026-01-01", tz="UTC")
+    frame = pd.DataFrame(rows)
+    frame["start_time"] = [base + pd.Timedelta(minutes=i) for i in range(len(rows))]
+    return frame
+
+
+def test_shape_table_ranks_by_accuracy_then_fit_time_and_computes_deltas() -> None:
+    runs = _runs(
+        [
+            {"run_id": "a", "run_name": "slow-tie", "status": "FINISHED",
+             "metrics.test_accuracy": 0.98, "metrics.fit_time_s": 50.0,
+             "metrics.delta_to_baseline": 0.01, "params.train.alpha": "0.001"},
+            {"run_id": "b", "run_name": "fast-tie", "status": "FINISHED",
+             "metrics.test_accuracy": 0.98, "metrics.fit_time_s": 10.0,
+             "params.evaluate.baseline_accuracy": "0.9", "params.train.alpha": "0.01"},
+            {"run_id": "c", "run_name": "low", "status": "FINISHED",
+             "metrics.test_accuracy": 0.95, "metrics.fit_time_s": 5.0,
+             "params.train.alpha": "0.1"},
+            {"run_id": "d", "run_name": "dead", "status": "KILLED",
+             "metrics.fit_time_s": 3.0, "params.train.alpha": "0.1"},
+        ]
+    )  # fmt: skip
+    board = shape_table(runs, baseline_accuracy=0.97)
+
+    assert list(board.ranked["run"]) == ["fast-tie", "slow-tie", "low"]
+    assert list(board.ranked["rank"]) == [1, 2, 3]
+    deltas = dict(zip(board.ranked["run"], board.ranked["delta"], strict=True))
+    assert deltas["slow-tie"] == pytest.approx(0.01)  # the logged metric
+    assert deltas["fast-tie"] == pytest.approx(0.08)  # against the run's own baseline param
+    assert deltas["low"] == pytest.approx(-0.02)  # against the configured baseline
+    assert list(board.incomplete["run"]) == ["dead"]
+    assert list(board.incomplete["status"]) == ["KILLED"]
+    assert HEADLINE not in board.incomplete.columns
+    assert "train.alpha" in board.ranked.columns  # varies, so it is a column
+
+
+def test_shape_table_moves_constant_params_out_of_the_table() -> None:
+    runs = _runs(
+        [
+            {"run_id": i, "run_name": f"r{i}", "status": "FINISHED",
+             "metrics.test_accuracy": acc, "params.train.solver": "adam",
+             "params.train.hidden_layer_sizes": hidden}
+            for i, (acc, hidden) in enumerate([(0.97, "[100, 50, 25]"), (0.98, "[256, 128]")])
+        ]
+    )  # fmt: skip
+    board = shape_table(runs, baseline_accuracy=0.97)
+    assert board.common == {"train.solver": "adam"}
+    assert "train.solver" not in board.ranked.columns
+    assert list(board.ranked["train.hidden_layer_sizes"]) == ["[256, 128]", "[100, 50, 25]"]
+    assert math.isnan(board.ranked["fit_time_s"].iloc[0])  # no fit time logged: missing
+
+
+def test_markdown_without_runs_says_so() -> None:
+    board = shape_table(pd.DataFrame(columns=["run_id", "status", "start_time"]), 0.97)
+    text = to_markdown(board, "exp", figure=None)
+    assert "No run has a headline accuracy yet." in text
+    assert text.startswith("# Leaderboard: MLflow experiment `exp`")
+
+
+def test_fetch_runs_reads_every_run_through_mlflow(store: Store) -> None:
+    runs = fetch_runs(store.uri, EXPERIMENT)
+    assert sorted(runs["run_name"]) == sorted(store.runs)
+    by_name = runs.set_index("run_name")
+    assert by_name.loc["crashed", "status"] == "FAILED"
+    assert by_name.loc["wide-alpha", "metrics.test_accuracy"] == pytest.approx(0.9811)
+    assert by_name.loc["wide-alpha", "tags.dvc_exp_name"] == "wide-alpha"
+    assert by_name.loc["baseline", "params.train.hidden_layer_sizes"] == "[6]"
+
+
+def test_fetch_runs_unknown_experiment_is_a_clear_error(store: Store) -> None:
+    with pytest.raises(LeaderboardError, match="no MLflow experiment 'nope'"):
+        fetch_runs(store.uri, "nope")
+
+
+def test_leaderboard_from_a_real_store(store: Store, tmp_path: Path) -> None:
+    board = shape_table(fetch_runs(store.uri, EXPERIMENT), baseline_accuracy=0.97)
+    assert list(board.ranked["run"]) == ["wide-alpha", "baseline", "small"]
+    np.testing.assert_allclose(board.ranked["delta"], [0.0111, 0.0012, -0.0295], atol=1e-9)
+    assert list(board.ranked["is_baseline"]) == ["false", "true", "false"]
+    assert list(board.incomplete["run"]) == ["crashed"]
+    assert board.incomplete["run_id"].iloc[0] == store.runs["crashed"].run_id
+
+    markdown, figure = tmp_path / "reports" / "leaderboard.md", tmp_path / "reports" / "lb.png"
+    write_leaderboard(board, EXPERIMENT, markdown, figure)
+    text = markdown.read_text()
+    table_rows = [line for line in text.splitlines() if line.startswith("| ")]
+    # header, then the three ranked runs in order, then the incomplete table
+    assert [r.split(" | ")[1] for r in table_rows[1:4]] == ["wide-alpha", "baseline", "small"]
+    assert "| 1 | wide-alpha | 0.9811 | +0.0111 | 41.0 |" in text
+    assert "## Runs without a headline accuracy" in text
+    assert "crashed" in text.split("## Runs without a headline accuracy")[1]
+    assert "![accuracy against fit time](lb.png)" in text
+    assert store.runs["wide-alpha"].run_id in text
+    with Image.open(figure) as img:
+        assert img.format == "PNG"
+        assert img.size == (800, 500)
+    assert not list(markdown.parent.glob(".*.tmp"))  # atomic writes left nothing behind

@@ -1,0 +1,94 @@
+"""Tests for mnistflow.metrics on small hand-computed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnistflow import metrics as m
+
+# 5 rows, 3 classes. Scores are sigmoid-like outputs of one-hot targets.
+Y_TRUE = np.array([0, 1, 2, 1, 0])
+SCORES = np.array(
+    [
+        [0.9, 0.1, 0.1],  # {0}, argmax 0: right both ways
+        [0.2, 0.4, 0.1],  # {} no class, argmax 1: argmax right, exact wrong
+        [0.1, 0.7, 0.6],  # {1,2} several, argmax 1: wrong both ways
+        [0.1, 0.8, 0.2],  # {1}: right
+        [0.3, 0.2, 0.9],  # {2}, argmax 2: wrong both ways
+    ]
+)
+SETS = SCORES > 0.5
+
+
+def test_accuracies_exact_vs_argmax() -> None:
+    assert m.accuracy(Y_TRUE, np.argmax(SCORES, axis=1)) == pytest.approx(3 / 5)
+    assert m.exact_match_accuracy(Y_TRUE, SETS) == pytest.approx(2 / 5)
+
+
+def test_rows_with_no_and_several_classes() -> None:
+    assert m.set_sizes(SETS) == (1, 1)
+
+
+def test_true_classes_from_onehot_and_index() -> None:
+    onehot = np.eye(3, dtype=np.float32)[Y_TRUE]
+    assert np.array_equal(m.true_classes(onehot), Y_TRUE)
+    assert np.array_equal(m.true_classes(Y_TRUE.astype(np.uint8)), Y_TRUE)
+    with pytest.raises(ValueError, match="exactly one"):
+        m.true_classes(np.zeros((2, 3)))
+
+
+def test_confusion_and_per_class() -> None:
+    cm = m.confusion_matrix(Y_TRUE, np.argmax(SCORES, axis=1), 3)
+    assert cm.tolist() == [[1, 0, 1], [0, 2, 0], [0, 1, 0]]
+    pc = m.per_class(cm)
+    assert pc["precision"] == pytest.approx([1.0, 2 / 3, 0.0])
+    assert pc["recall"] == pytest.approx([0.5, 1.0, 0.0])
+    assert pc["f1"] == pytest.approx([2 / 3, 0.8, 0.0])
+    assert pc["support"].tolist() == [2, 2, 1]
+
+
+def test_confused_pairs_count_both_directions() -> None:
+    cm = np.zeros((10, 10), dtype=np.int64)
+    cm[3, 8], cm[8, 3] = 4, 5  # 3<->8: 9 in all
+    cm[4, 9] = 7  # 4->9 only
+    cm[9, 4] = 1
+    cm[1, 7] = 2
+    pairs = m.confused_pairs(cm, top=2)
+    assert [(p.a, p.b, p.total) for p in pairs] == [(3, 8, 9), (4, 9, 8)]
+    assert (pairs[0].a_as_b, pairs[0].b_as_a) == (4, 5)
+    # symmetric: transposing the matrix gives the same pairs and totals
+    flipped = m.confused_pairs(cm.T, top=2)
+    assert [(p.a, p.b, p.total) for p in flipped] == [(3, 8, 9), (4, 9, 8)]
+    assert m.confused_pairs(np.eye(3, dtype=np.int64), top=5) == []
+
+
+def test_evaluate_headline_and_misclassified_rows() -> None:
+    ev = m.evaluate(Y_TRUE, SCORES, SETS, "argmax", top_pairs=3)
+    assert ev.accuracy == pytest.approx(0.6)
+    assert ev.wrong.tolist() == [False, False, True, False, True]
+    rows = m.misclassified_rows(Y_TRUE, SCORES, SETS, ev.wrong, "data/images")
+    assert rows[0] == {
+        "index": 2,
+        "true": 2,
+        "predicted": 1,
+        "confidence": 0.7,
+        "predicted_set": "1 2",
+        "png": "data/images/test/2/00002.png",
+    }
+    exact = m.evaluate(Y_TRUE, SCORES, SETS, "exact_match", top_pairs=3)
+    assert exact.accuracy == pytest.approx(0.4)
+    assert exact.wrong.tolist() == [False, True, True, False, True]
+    with pytest.raises(ValueError, match="headline"):
+        m.evaluate(Y_TRUE, SCORES, SETS, "top5", top_pairs=3)
+
+
+def test_metrics_dict_delta_and_per_class() -> None:
+    ev = m.evaluate(Y_TRUE, SCORES, SETS, "argmax", top_pairs=3)
+    out = m.metrics_dict(ev, baseline=0.5, fit_time_s=1.23456)
+    assert out["accuracy"] == 0.6
+    assert out["delta_to_baseline"] == pytest.approx(0.1)
+    assert out["rows_no_class"] == 1
+    assert out["rows_multi_class"] == 1
+    assert out["fit_time_s"] == 1.235
+    assert out["per_class"]["1"]["recall"] == 1.0

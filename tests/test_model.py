@@ -1,0 +1,201 @@
+"""Tests for mnistflow.model: building from params, ignored settings, progress, determinism."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import re
+import signal
+import threading
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, synthetic_digits
+from sklearn.neural_network import MLPClassifier
+
+from mnistflow.model import (
+    FitInterrupted,
+    build_classifier,
+    decode_argmax,
+    decode_sets,
+    fit_with_progress,
+    ignored_settings,
+    loss_history,
+    predict_scores,
+    raise_on_signals,
+)
+from mnistflow.params import ParamsError, TrainConfig, config, load_params
+
+
+def train_section(**overrides: object) -> dict:
+    """The repository's params with ``train:`` overrides."""
+    params = copy.deepcopy(load_params(REPO_ROOT / "params.yaml"))
+    params["train"].update(overrides)
+    return params
+
+
+def train_cfg(**overrides: object) -> TrainConfig:
+    return config(train_section(**overrides), "train", TrainConfig)
+
+
+def data(n: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, one-hot targets and class indices of synthetic digits."""
+    images, labels = synthetic_digits(n, seed=3)
+    X = images.reshape(n, -1).astype(np.float32) / 255
+    return X, np.eye(10, dtype=np.float32)[labels], labels.astype(np.int64)
+
+
+def test_build_maps_every_setting() -> None:
+    cfg = train_cfg(hidden_layer_sizes=[7, 3], alpha=0.5, batch_size=32, momentum=0.8)
+    model = build_classifier(cfg)
+    got = model.get_params()
+    settings = cfg.as_dict()
+    assert settings.pop("threads") == 1  # not sklearn's: the stage limits BLAS with it
+    for key, value in settings.items():
+        expected = tuple(value) if key == "hidden_layer_sizes" else value
+        assert got[key] == expected, key
+
+
+def test_batch_size_auto_passes_through() -> None:
+    assert build_classifier(train_cfg(batch_size="auto")).batch_size == "auto"
+
+
+def test_default_params_warn_that_adaptive_learning_rate_is_ignored() -> None:
+    warnings = ignored_settings(train_cfg())  # adam + learning_rate adaptive
+    assert len(warnings) == 1
+    assert "train.learning_rate='adaptive'" in warnings[0]
+    assert "adam" in warnings[0]
+
+
+def test_sgd_uses_learning_rate_and_momentum() -> None:
+    assert ignored_settings(train_cfg(solver="sgd", momentum=0.5)) == []
+
+
+def test_lbfgs_warns_about_stochastic_settings_set_on_purpose() -> None:
+    warnings = ignored_settings(train_cfg(solver="lbfgs", batch_size=64, learning_rate="constant"))
+    assert any("train.batch_size=64" in w for w in warnings)
+    # values equal to sklearn's defaults cannot mislead anyone
+    assert not any("train.shuffle" in w for w in warnings)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"hidden_layer_sizes": [100, -5]}, "train.hidden_layer_sizes"),
+        ({"activation": "softmax"}, "train.activation"),
+        ({"solver": "rmsprop"}, "train.solver"),
+        ({"max_iter": 0}, "train.max_iter"),
+        ({"batch_size": "big"}, "train.batch_size"),
+        ({"alpha": "0.1"}, "train.alpha"),
+    ],
+)
+def test_bad_params_name_the_key(override: dict, key: str) -> None:
+    with pytest.raises(ParamsError, match=re.escape(f"'{key}'")):
+        train_cfg(**override)
+
+
+def test_fit_with_progress_reports_every_epoch_and_pickles_plain() -> None:
+    X, Y, _ = data()
+    seen: list[tuple[int, float, float | None]] = []
+    model = fit_with_progress(
+        build_classifier(train_cfg(max_iter=3, hidden_layer_sizes=[8])),
+        X,
+        Y,
+        lambda e, loss, val: seen.append((e, loss, val)),
+    )
+    assert [e for e, _, _ in seen] == [1, 2, 3]
+    assert [loss for _, loss, _ in seen] == pytest.approx(model.loss_curve_)
+    assert all(val is None for _, _, val in seen)
+    assert "_update_no_improvement_count" not in vars(model)
+    assert type(pickle.loads(pickle.dumps(model))) is MLPClassifier
+
+
+def test_fit_with_progress_reports_validation_score_with_early_stopping() -> None:
+    X, Y, _ = data()
+    seen: list[float | None] = []
+    model = fit_with_progress(
+        build_classifier(train_cfg(max_iter=2, hidden_layer_sizes=[8], early_stopping=True)),
+        X,
+        Y,
+        lambda e, loss, val: seen.append(val),
+    )
+    assert seen == pytest.approx(model.validation_scores_)
+    assert loss_history(model)[1] == pytest.approx(model.validation_scores_)
+
+
+def test_same_params_and_data_give_byte_identical_model() -> None:
+    X, Y, _ = data()
+    cfg = train_cfg(max_iter=2, hidden_layer_sizes=[16, 8])
+    blobs = [
+        pickle.dumps(fit_with_progress(build_classifier(cfg), X, Y, lambda *a: None), protocol=5)
+        for _ in range(2)
+    ]
+    assert blobs[0] == blobs[1]
+    other = train_cfg(max_iter=2, hidden_layer_sizes=[16, 8], random_state=7)
+    blob3 = pickle.dumps(fit_with_progress(build_classifier(other), X, Y, lambda *a: None), 5)
+    assert blob3 != blobs[0]  # the seed matters, so the equality above is not trivial
+
+
+def test_interrupt_during_fit_propagates_instead_of_half_trained_model() -> None:
+    X, Y, _ = data()
+    model = build_classifier(train_cfg(max_iter=50, hidden_layer_sizes=[8]))
+
+    def on_epoch(epoch: int, loss: float, val: float | None) -> None:
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(FitInterrupted) as info, raise_on_signals():
+        fit_with_progress(model, X, Y, on_epoch)
+    assert info.value.signum == signal.SIGTERM
+    assert model.n_iter_ == 2
+    assert "_update_no_improvement_count" not in vars(model)
+    # handlers restored afterwards
+    assert signal.getsignal(signal.SIGTERM) is not None
+    assert threading.current_thread() is threading.main_thread()
+
+
+def test_sklearn_swallows_keyboard_interrupt_which_is_why_we_do_not_use_it() -> None:
+    X, Y, _ = data()
+    model = build_classifier(train_cfg(max_iter=50, hidden_layer_sizes=[8]))
+
+    def on_epoch(epoch: int, loss: float, val: float | None) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.warns(UserWarning, match="interrupted"):
+        fit_with_progress(model, X, Y, on_epoch)  # returns normally: half-trained
+    assert model.n_iter_ == 2
+
+
+def test_predictions_onehot_and_index() -> None:
+    X, Y, y = data()
+    onehot = fit_with_progress(
+        build_classifier(train_cfg(max_iter=30, hidden_layer_sizes=[16])), X, Y, lambda *a: None
+    )
+    scores = predict_scores(onehot, X, 10)
+    assert scores.shape == (200, 10)
+    sets = decode_sets(scores, multilabel=True)
+    assert np.array_equal(sets, onehot.predict(X).astype(bool))  # sklearn's own threshold
+    index = fit_with_progress(
+        build_classifier(train_cfg(max_iter=30, hidden_layer_sizes=[16])), X, y, lambda *a: None
+    )
+    scores = predict_scores(index, X, 10)
+    assert np.allclose(scores.sum(axis=1), 1.0)
+    assert np.array_equal(decode_argmax(scores), index.predict(X))
+    assert np.all(decode_sets(scores, multilabel=False).sum(axis=1) == 1)
+
+
+def test_predict_scores_places_columns_by_class_when_a_class_is_missing() -> None:
+    X, _, y = data()
+    keep = y != 4
+    model = fit_with_progress(
+        build_classifier(train_cfg(max_iter=5, hidden_layer_sizes=[8])),
+        X[keep],
+        y[keep],
+        lambda *a: None,
+    )
+    scores = predict_scores(model, X, 10)
+    assert scores.shape == (200, 10)
+    assert np.all(scores[:, 4] == 0)
+    assert np.array_equal(decode_argmax(scores), model.predict(X))

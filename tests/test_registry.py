@@ -1,0 +1,80 @@
+"""Registry: the best finished run becomes mnist-mlp@champion in a real sqlite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mnistflow.leaderboard import shape_table
+from mnistflow.predict import _models_from_own_store
+from mnistflow.registry import RegistryConfig, RegistryError, best_finished, register_best
+from tests.mlflow_fixtures import EXPERIMENT, Store, copy_store, log_run, shared_store
+
+CFG = RegistryConfig(model_name="mnist-mlp", alias="champion")
+
+
+@pytest.fixture
+def store(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Store:
+    """A writable copy of the shared store (registering writes to it)."""
+    return copy_store(shared_store(tmp_path_factory), tmp_path / "store")
+
+
+def _load_champion(uri: str) -> object:
+    import mlflow
+    import mlflow.sklearn
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with _models_from_own_store():
+        return mlflow.sklearn.load_model(f"models:/{CFG.model_name}@{CFG.alias}")
+
+
+def test_best_finished_skips_runs_that_did_not_finish() -> None:
+    runs = pd.DataFrame(
+        {
+            "run_id": ["f", "ok"],
+            "run_name": ["failed-but-high", "finished"],
+            "status": ["FAILED", "FINISHED"],
+            "start_time": pd.to_datetime(["2026-01-01", "2026-01-02"], utc=True),
+            "metrics.test_accuracy": [0.99, 0.97],
+        }
+    )
+    assert best_finished(shape_table(runs, 0.97))["run_id"] == "ok"
+    with pytest.raises(RegistryError, match="no FINISHED run"):
+        best_finished(shape_table(runs.iloc[:1], 0.97))
+
+
+def test_register_best_sets_champion_to_the_best_runs_model(store: Store) -> None:
+    best = store.runs["wide-alpha"]
+    result = register_best(store.uri, EXPERIMENT, 0.97, CFG)
+    assert (result.version, result.run_id, result.created) == (1, best.run_id, True)
+    assert result.accuracy == pytest.approx(0.9811)
+
+    client = MlflowClient(tracking_uri=store.uri, registry_uri=store.uri)
+    version = client.get_model_version_by_alias("mnist-mlp", "champion")
+    assert version.run_id == best.run_id
+    assert int(version.version) == 1
+    model = _load_champion(store.uri)
+    assert model.hidden_layer_sizes == best.hidden  # the best run's model, not another's
+
+    # Registering again keeps the version; a better run moves the alias to a new version.
+    again = register_best(store.uri, EXPERIMENT, 0.97, CFG)
+    assert (again.version, again.created) == (1, False)
+    better = log_run(store.uri, store.experiment_id, "better", (10,), 0.0, 0.99, 30.0, "false",
+                     None)  # fmt: skip
+    moved = register_best(store.uri, EXPERIMENT, 0.97, CFG)
+    assert (moved.version, moved.run_id, moved.created) == (2, better.run_id, True)
+    assert client.get_model_version_by_alias("mnist-mlp", "champion").run_id == better.run_id
+    assert _load_champion(store.uri).hidden_layer_sizes == (10,)
+
+
+def test_register_without_finished_runs_is_a_clear_error(store: Store) -> None:
+    from mnistflow import tracking
+
+    experiment_id = tracking.ensure_experiment(store.uri, "only-failures", store.root)
+    log_run(store.uri, experiment_id, "crashed", (4,), 0.1, None, None, "false", None)
+    with pytest.raises(RegistryError, match="no FINISHED run with a test_accuracy"):
+        register_best(store.uri, "only-failures", 0.97, CFG)

@@ -1,0 +1,61 @@
+"""Tests for mnistflow.report: the markdown says what a reader needs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mnistflow import metrics as m
+from mnistflow import report
+
+LINKS = report.RunLinks(
+    run_id="abc123",
+    experiment_id="1",
+    experiment_name="mnist-mlp",
+    tracking_uri="sqlite:////repo/mlflow.db",
+    ui_command="mlflow ui --backend-store-uri 'sqlite:////repo/mlflow.db'",
+    run_url="http://127.0.0.1:5000/#/experiments/1/runs/abc123",
+)
+
+
+def evaluation(headline: str) -> m.Evaluation:
+    y = np.array([0, 1, 2, 1])
+    scores = np.array([[0.9, 0.1, 0.1], [0.2, 0.4, 0.1], [0.1, 0.7, 0.6], [0.1, 0.8, 0.2]])
+    return m.evaluate(y, scores, scores > 0.5, headline, top_pairs=2)
+
+
+def render(headline: str, labels: str = "onehot", ignored: list[str] | None = None) -> str:
+    return report.render(
+        evaluation(headline),
+        ["zero", "one", "two"],
+        baseline=0.7,
+        labels=labels,
+        dataset="mnist",
+        fit_time_s=12.3,
+        n_iter=20,
+        ignored=ignored or [],
+        figures={"Confusion matrix": "confusion.png"},
+        misclassified_csv="outputs/evaluate/misclassified.csv",
+        links=LINKS,
+    )
+
+
+def test_report_headline_delta_counts_pairs_and_links() -> None:
+    text = render("argmax", ignored=["train.learning_rate='adaptive' has no effect"])
+    assert text.startswith("# mnist: test accuracy 75.00% (argmax)")
+    assert "+5.00 points against the 70.00% baseline" in text
+    assert "exact-match accuracy: 50.00%" in text
+    assert "no predicted class: 1; with several: 1" in text
+    assert "highest output" in text  # why argmax is the headline
+    assert "| one ↔ two | 1 | 0 | 1 |" in text
+    assert "| two | 0.0000 | 0.0000 | 0.0000 | 1 |" in text
+    assert "train.learning_rate='adaptive' has no effect" in text
+    assert "![Confusion matrix](confusion.png)" in text
+    assert "abc123" in text
+    assert LINKS.run_url in text
+
+
+def test_report_exact_match_headline_and_index_targets() -> None:
+    assert "(exact_match)" in render("exact_match").splitlines()[0]
+    assert "-20.00 points" in render("exact_match")
+    assert "are the same" in render("argmax", labels="index")
+    assert "Settings that had no effect" not in render("argmax")

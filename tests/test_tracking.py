@@ -1,0 +1,306 @@
+"""Tests for mnistflow.tracking against real sqlite MLflow stores in temporary folders."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO_ROOT, copy_repo, run, synthetic_digits, workspace_env
+from mlflow.tracking import MlflowClient
+
+from mnistflow import fileio, tracking
+from mnistflow.model import FitInterrupted, build_classifier, fit_with_progress
+from mnistflow.params import MlflowConfig, TrainConfig, config, load_params
+
+EXPERIMENT = "test-exp"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
+    """A new sqlite store with one experiment: (uri, experiment id, root)."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return uri, tracking.ensure_experiment(uri, EXPERIMENT, root), root
+
+
+def write_encoded(ws: Path, n_train: int, n_test: int) -> None:
+    """Synthetic outputs of unpack + encode in a workspace (one-hot targets, x/255)."""
+    x_tr, y_tr = synthetic_digits(n_train, seed=1)
+    x_te, y_te = synthetic_digits(n_test, seed=2)
+    fileio.save_npz(
+        ws / "data/unpacked/arrays.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te
+    )
+    eye = np.eye(10, dtype=np.float32)
+    for name, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+        X = x.reshape(len(x), -1).astype(np.float32) / 255
+        fileio.save_npz(ws / f"data/encoded/{name}.npz", X=X, y=eye[y])
+    fileio.write_json(
+        ws / "data/encoded/info.json",
+        {
+            "dataset": "synthetic",
+            "dataset_sha256": "ab" * 32,
+            "labels": "onehot",
+            "n_classes": 10,
+            "scaling": "divide255",
+            "deskew": False,
+            "augment_copies": 0,
+            "n_train": n_train,
+            "n_test": n_test,
+        },
+    )
+
+
+def stage_env() -> dict[str, str]:
+    env = workspace_env()
+    env["PYTHONPATH"] = "src"
+    return env
+
+
+# --- store location -----------------------------------------------------------------------
+
+
+def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "repo" / ".dvc").mkdir(parents=True)
+    sub = tmp_path / "repo" / "a" / "b"
+    sub.mkdir(parents=True)
+    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    empty = MlflowConfig(experiment_name="x", tracking_uri="")
+    assert tracking.resolve_tracking_uri(empty, sub) == (
+        f"sqlite:///{(tmp_path / 'repo').resolve()}/mlflow.db"
+    )
+    # DVC_ROOT (set by DVC in queued temp workspaces) wins over the cwd's repo
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "main"))
+    assert tracking.resolve_tracking_uri(empty, sub).endswith("/main/mlflow.db")
+    explicit = MlflowConfig(experiment_name="x", tracking_uri="sqlite:////elsewhere/x.db")
+    assert tracking.resolve_tracking_uri(explicit, sub) == "sqlite:////elsewhere/x.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert tracking.resolve_tracking_uri(explicit, sub) == "http://127.0.0.1:1"
+
+
+def test_no_dvc_repo_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    with pytest.raises(tracking.TrackingError, match=r"\.dvc"):
+        tracking.store_root(tmp_path)
+
+
+def test_experiment_artifacts_beside_the_store(store: tuple[str, str, Path]) -> None:
+    uri, exp_id, root = store
+    exp = MlflowClient(uri).get_experiment(exp_id)
+    assert exp.artifact_location == (root / "mlartifacts").resolve().as_uri()
+    assert tracking.ensure_experiment(uri, EXPERIMENT, root) == exp_id  # idempotent
+
+
+def test_concurrent_creation_of_a_new_store_does_not_crash(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = (
+        "import sys, time, pathlib\n"
+        "from mnistflow import tracking\n"
+        "d = pathlib.Path(sys.argv[1])\n"
+        "(d / f'ready{sys.argv[2]}').touch()\n"
+        "while not (d / 'go').exists(): time.sleep(0.01)\n"
+        f"print(tracking.ensure_experiment({uri!r}, 'race', d))\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path), str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")},
+        )
+        for i in range(3)
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready*"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()  # all start creating at once
+    outs = [p.communicate(timeout=180) for p in procs]
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    ids = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert len(ids) == 1
+    assert len(MlflowClient(uri).search_experiments(filter_string="name = 'race'")) == 1
+
+
+# --- run lifecycle ------------------------------------------------------------------------
+
+
+def test_run_logs_params_metrics_artifacts_model_and_tags(
+    store: tuple[str, str, Path], tmp_path: Path
+) -> None:
+    uri, exp_id, _ = store
+    images, labels = synthetic_digits(60, seed=4)
+    X = images.reshape(60, -1).astype(np.float32) / 255
+    cfg = config(load_params(REPO_ROOT / "params.yaml"), "train", TrainConfig)
+    model = fit_with_progress(build_classifier(cfg), X, np.eye(10)[labels], lambda *a: None)
+    artifact = tmp_path / "loss.csv"
+    artifact.write_text("epoch,loss\n1,0.5\n")
+    with tracking.mlflow_run(uri, exp_id, run_name="full") as run:
+        run.log_params(tracking.flatten({"train": cfg.as_dict(), "data": {"dataset": "x"}}))
+        run.set_tags({"dataset": "x", "is_baseline": "true"})
+        for epoch, loss in enumerate([0.9, 0.5, 0.3], start=1):
+            run.log_metric("train_loss", loss, step=epoch)
+        run.log_metrics({"test_accuracy": 0.5})
+        run.log_artifact(artifact, "train")
+        run.log_model(model, X[:3])
+        run_id = run.run_id
+    client = MlflowClient(uri)
+    got = client.get_run(run_id)
+    assert got.info.status == "FINISHED"
+    assert got.data.params["train.hidden_layer_sizes"] == "[100, 50, 25]"
+    assert got.data.params["train.alpha"] == "0.0001"
+    assert got.data.params["data.dataset"] == "x"
+    assert got.data.tags["is_baseline"] == "true"
+    assert got.data.metrics["test_accuracy"] == 0.5
+    history = client.get_metric_history(run_id, "train_loss")
+    assert [(h.step, h.value) for h in history] == [(1, 0.9), (2, 0.5), (3, 0.3)]
+    assert [a.path for a in client.list_artifacts(run_id, "train")] == ["train/loss.csv"]
+    mlflow.set_tracking_uri(uri)
+    models = mlflow.search_logged_models(experiment_ids=[exp_id], output_format="list")
+    mine = [lm for lm in models if lm.source_run_id == run_id]
+    assert len(mine) == 1
+    assert mine[0].name == "model"
+    loaded = mlflow.sklearn.load_model(f"models:/{mine[0].model_id}")
+    assert np.array_equal(loaded.predict(X), model.predict(X))
+    info = mlflow.models.get_model_info(f"models:/{mine[0].model_id}")
+    assert info.signature is not None
+    assert info.saved_input_example_info is not None
+    # resuming adds to the same run and ends it again; a changed param becomes a tag
+    with tracking.mlflow_run(uri, exp_id, run_id=run_id) as again:
+        again.log_params({"train.alpha": 0.5, "evaluate.headline": "argmax"})
+    got = client.get_run(run_id)
+    assert got.info.status == "FINISHED"
+    assert got.data.params["train.alpha"] == "0.0001"
+    assert got.data.tags["changed.train.alpha"] == "0.5"
+    assert got.data.params["evaluate.headline"] == "argmax"
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (RuntimeError("boom"), "FAILED"),
+        (FitInterrupted(signal.SIGTERM), "KILLED"),
+        (KeyboardInterrupt(), "KILLED"),
+    ],
+)
+def test_run_ends_failed_or_killed_never_running(
+    store: tuple[str, str, Path], exc: BaseException, status: str
+) -> None:
+    uri, exp_id, _ = store
+    seen: list[tuple[str, str]] = []
+
+    def crash() -> None:
+        with tracking.mlflow_run(uri, exp_id) as run:
+            seen.append((run.run_id, tracking.run_status(uri, run.run_id)))
+            raise exc
+
+    with pytest.raises(type(exc)):
+        crash()
+    ((run_id, during),) = seen
+    assert during == "RUNNING"
+    assert tracking.run_status(uri, run_id) == status
+    assert mlflow.active_run() is None
+
+
+def test_resuming_an_unknown_run_names_the_store(store: tuple[str, str, Path]) -> None:
+    uri, exp_id, _ = store
+    with (
+        pytest.raises(tracking.TrackingError, match="not found"),
+        tracking.mlflow_run(uri, exp_id, run_id="0" * 32),
+    ):
+        pass
+
+
+# --- tags from git ------------------------------------------------------------------------
+
+
+def test_git_tags_and_is_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("DVC_EXP_BASELINE_REV", "DVC_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    ws = copy_repo(tmp_path / "ws")
+    params = load_params(ws / "params.yaml")
+    tags = tracking.git_tags(ws, ["outputs/evaluate/metrics.json", "reports/latest"])
+    assert len(tags["git_commit"]) == 40
+    assert tags["git_dirty"] == "false"
+    assert tracking.is_baseline(params, ws) == "true"
+    # pipeline outputs do not make the tree dirty; a source edit does
+    (ws / "reports/latest").mkdir(parents=True, exist_ok=True)
+    (ws / "reports/latest/report.md").write_text("x")
+    assert tracking.git_tags(ws, ["reports/latest"])["git_dirty"] == "false"
+    # nor does a params edit (`dvc exp run -S`): the run logs its params
+    (ws / "params.yaml").write_text((ws / "params.yaml").read_text() + "\n# edited\n")
+    assert tracking.git_tags(ws, ["reports/latest"])["git_dirty"] == "false"
+    (ws / "src/mnistflow/metrics.py").write_text("# edited\n")
+    assert tracking.git_tags(ws, ["reports/latest"])["git_dirty"] == "true"
+    # a changed train param is not the baseline; an equal value written differently is
+    changed = yaml.safe_load((ws / "params.yaml").read_text())
+    changed["train"]["alpha"] = 0.001
+    assert tracking.is_baseline(changed, ws) == "false"
+    changed["train"]["alpha"] = 1e-4
+    assert tracking.is_baseline(changed, ws) == "true"
+    # against an explicit baseline revision (dvc exp run sets DVC_EXP_BASELINE_REV)
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    assert tracking.is_baseline(params, ws) == "unknown"
+    assert tracking.git_tags(tmp_path, [])["git_commit"] == "unknown"
+
+
+# --- the train stage under signals ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_train_stage_ends_run_killed_and_writes_no_model(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    def params_edit(p: dict) -> None:
+        p["train"].update(
+            max_iter=100000, n_iter_no_change=100000, tol=0.0, hidden_layer_sizes=[32]
+        )
+
+    ws = copy_repo(tmp_path / "ws", params_edit)
+    write_encoded(ws, n_train=2000, n_test=50)
+    err_file = tmp_path / "stderr.txt"
+    with err_file.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "stages/train.py"], cwd=ws, env=stage_env(), stderr=err
+        )
+        try:
+            deadline = time.monotonic() + 120
+            # wait until epochs are being reported: the fit is under way
+            while "loss=" not in err_file.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, err_file.read_text()[-3000:]
+                time.sleep(0.1)
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    stderr = err_file.read_text()
+    assert proc.returncode == 128 + sig, stderr[-3000:]
+    assert "no model written" in stderr
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    runs = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("mnist-mlp").experiment_id]
+    )
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert len(MlflowClient(uri).get_metric_history(runs[0].info.run_id, "train_loss")) >= 1
+    assert not (ws / "models").exists() or not any((ws / "models").iterdir())
+    assert not (ws / "outputs/train/run.json").exists()
+
+
+def test_bad_param_fails_before_any_work(tmp_path: Path) -> None:
+    ws = copy_repo(tmp_path / "ws", lambda p: p["train"].update(activation="softmax"))
+    write_encoded(ws, n_train=50, n_test=20)
+    proc = run([sys.executable, "stages/train.py"], ws, stage_env(), check=False)
+    assert proc.returncode != 0
+    assert "'train.activation'" in proc.stderr
+    assert not (ws / "mlflow.db").exists()  # no store, no run
+    assert not (ws / "models").exists()
