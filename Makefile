@@ -78,6 +78,12 @@ sweep: setup ## queue the README's example grid and run it on two workers
 register: setup ## register the best run as model mnist-mlp@champion
 	$(BIN)/mnistflow register
 
+predict: setup ## classify images with the champion: make predict IMAGES="a.png b.png"
+	$(BIN)/mnistflow predict $(IMAGES)
+
+reproduce: setup ## rerun a logged run and compare metrics: make reproduce RUN=<mlflow-run-id>
+	$(BIN)/mnistflow reproduce $(RUN)
+
 lock: ## re-resolve requirements.lock from pyproject.toml (needs network)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip && .lock-venv/bin/pip install --quiet -e '.[dev]'

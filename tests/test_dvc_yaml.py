@@ -1,0 +1,73 @@
+"""dvc.yaml stays the exact pipeline map: each stage depends on exactly the library modules
+its script imports (transitively) and on params keys that exist."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnistflow.params import load_params, section
+from tests.conftest import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "src" / "mnistflow"
+DVC_YAML = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+STAGES = DVC_YAML["stages"]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """mnistflow modules imported anywhere in a file (module-level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mnistflow"):
+            parts = node.module.split(".")
+            if len(parts) > 1:
+                found.add(parts[1])
+            else:  # from mnistflow import x, y
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("mnistflow."):
+                    found.add(alias.name.split(".")[1])
+    return {m for m in found if (PACKAGE / f"{m}.py").exists()}
+
+
+def closure(script: Path) -> set[str]:
+    """Every package module the script needs, following imports between modules."""
+    todo, seen = list(imported_modules(script)), set()
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(imported_modules(PACKAGE / f"{module}.py"))
+    return seen
+
+
+def resolve(text: str, params: dict) -> str:
+    """Expand ``${a.b}`` the way DVC templating does (only what dvc.yaml uses)."""
+    while "${" in text:
+        start = text.index("${")
+        end = text.index("}", start)
+        text = text[:start] + str(section(params, text[start + 2 : end])) + text[end + 1 :]
+    return text
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_stage_deps_are_exactly_the_modules_it_imports(stage: str) -> None:
+    spec = STAGES[stage]
+    script = f"stages/{stage}.py"
+    assert spec["cmd"].endswith(f"python {script}")
+    deps = [d if isinstance(d, str) else next(iter(d)) for d in spec["deps"]]
+    assert script in deps
+    listed = {Path(d).stem for d in deps if d.startswith("src/mnistflow/")}
+    assert listed == closure(REPO_ROOT / script), "dvc.yaml deps vs imports of " + script
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_stage_params_exist(stage: str) -> None:
+    params = load_params(REPO_ROOT / "params.yaml")
+    for key in STAGES[stage].get("params", []):
+        key = key if isinstance(key, str) else next(iter(key))
+        section(params, resolve(key, params))  # raises naming the missing key
