@@ -59,8 +59,8 @@ bench: setup ## benchmark: cold/no-op/param-change repro vs a bare script, peak 
 bench-best: setup ## run the documented best configuration and print accuracy, time, memory
 	$(BIN)/python benchmarks/best.py
 
-best: setup ## reproduce the best configuration as a DVC experiment
-	$(BIN)/python -m mnistflow.cli best
+best: setup ## run the best configuration (presets/best.yaml) as DVC experiment `best`
+	$(BIN)/mnistflow best
 
 ui: setup ## MLflow UI on the project's store, http://127.0.0.1:5000
 	$(BIN)/mnistflow ui

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,6 +49,19 @@ def measure(args: list[str], cwd: Path, env: dict[str, str]) -> Measured:
     return Measured(seconds, usage.ru_maxrss / 1024, text)
 
 
+def bench_env(mirror: str | None) -> tuple[dict[str, str], list[str]]:
+    """Environment for a benchmark workspace (its own MLflow store) and the dvc command."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME")
+    }
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    if mirror:
+        env["MNIST_MIRROR"] = str(Path(mirror).resolve())
+    return env, [str(Path(sys.executable).parent / "dvc")]
+
+
 def stages_run(output: str) -> list[str]:
     """Names of the stages `dvc repro` actually ran (not skipped or restored)."""
     return re.findall(r"Running stage '([^']+)'", output)
@@ -65,13 +79,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="mnistflow-bench-"))
     ws = copy_working_tree(REPO, tmp / "ws")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME")
-    }
-    env.update(MNIST_MIRROR=str(mirror), PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
-    dvc = [str(Path(sys.executable).parent / "dvc")]
+    env, dvc = bench_env(str(mirror))
     rows: list[tuple[str, str, str, str]] = []
 
     bare = measure([sys.executable, str(REPO / "benchmarks/bare.py"), str(mirror)], ws, env)
@@ -131,7 +139,7 @@ def main() -> None:
     lines += [f"| {' | '.join(c.ljust(w) for c, w in zip(r, width, strict=True))} |" for r in rows]
     sys.stdout.write("\n".join(lines) + f"\n\nmachine: {os.cpu_count()} cores; workspace {ws}\n")
     if not args.keep:
-        subprocess.run(["rm", "-rf", str(tmp)], check=True)
+        shutil.rmtree(tmp)
 
 
 def _ok(met: bool) -> str:

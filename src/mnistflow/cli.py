@@ -38,6 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mnistflow.queue",
         "wait for the DVC experiment queue to finish; exit 1 naming any failed experiment",
     ),
+    "best": (
+        "mnistflow.presets",
+        "run the best configuration (presets/best.yaml) as a DVC experiment",
+    ),
     "reproduce": (
         "mnistflow.reproduce",
         "rerun a logged MLflow run in a temporary worktree and compare its metrics",

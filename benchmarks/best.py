@@ -1,0 +1,58 @@
+"""Time the best configuration (presets/best.yaml) end to end in a throw-away copy of the repo.
+
+Prints test accuracy, fit time, total `dvc repro` time (all five stages, cold) and the peak
+memory of the largest stage process. Usage: python benchmarks/best.py [--mirror DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from pipeline import REPO, bench_env, measure  # benchmarks/pipeline.py
+
+from mnistflow.params import load_params
+from mnistflow.presets import apply_preset, load_preset
+from mnistflow.workspace import copy_working_tree
+
+
+def main() -> None:
+    """Run the preset once, cold, and print the figures as a markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="best")
+    parser.add_argument("--mirror", default=os.environ.get("MNIST_MIRROR"))
+    parser.add_argument("--keep", action="store_true", help="keep the temporary workspace")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="mnistflow-best-"))
+    ws = copy_working_tree(REPO, tmp / "ws")
+    overrides = load_preset(REPO / "presets" / f"{args.preset}.yaml")
+    params = apply_preset(load_params(ws / "params.yaml"), overrides)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env, dvc = bench_env(args.mirror)
+
+    run = measure([*dvc, "repro"], ws, env)
+    metrics = json.loads((ws / "outputs/evaluate/metrics.json").read_text())
+    rows = [
+        ("preset", args.preset, ""),
+        ("test accuracy (argmax, headline)", f"{metrics['accuracy']:.4f}", ">= 0.99"),
+        ("exact-match accuracy", f"{metrics['accuracy_exact_match']:.4f}", ""),
+        ("fit time", f"{metrics['fit_time_s']:.0f} s", ""),
+        ("total cold `dvc repro` (5 stages)", f"{run.seconds:.0f} s", "<= 600 s"),
+        ("peak RSS of the largest stage process", f"{run.peak_mb:.0f} MB", "<= 4096 MB"),
+    ]
+    lines = ["| measure | value | target |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    sys.stdout.write("\n".join(lines) + f"\n\nmachine: {os.cpu_count()} cores\n")
+    if not args.keep:
+        shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Named sets of param overrides (``presets/<name>.yaml``) and ``mnistflow best``.
+
+A preset maps dotted params keys to values. It is applied as ``dvc exp run -S key=value``
+flags, so the run is an ordinary DVC experiment and MLflow run, compared like any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mnistflow.params import (
+    Config,
+    EncodeConfig,
+    ParamsError,
+    TrainConfig,
+    config,
+    load_params,
+    section,
+)
+
+log = logging.getLogger(__name__)
+
+PRESETS_DIR = Path("presets")
+# The sections a preset may change, with the config that validates each.
+_SECTIONS: dict[str, type[Config]] = {"encode": EncodeConfig, "train": TrainConfig}
+
+
+def load_preset(path: str | Path) -> dict[str, Any]:
+    """Read a preset file: a flat mapping of dotted params keys to values.
+
+    Raises:
+        ParamsError: the file is missing, not a flat mapping, or sets a key outside the
+            ``encode`` and ``train`` sections.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ParamsError(f"{path}: preset not found") from exc
+    if not isinstance(data, dict) or not data:
+        raise ParamsError(f"{path}: expected a mapping of dotted params keys to values")
+    for key in data:
+        if not isinstance(key, str) or key.split(".")[0] not in _SECTIONS:
+            raise ParamsError(f"{path}: key {key!r} is not in {', '.join(_SECTIONS)}")
+    return data
+
+
+def apply_preset(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``params`` with the overrides set, validated.
+
+    Raises:
+        ParamsError: an override names a key params.yaml does not have, or a bad value.
+    """
+    result = copy.deepcopy(params)
+    for key, value in overrides.items():
+        parent, _, leaf = key.rpartition(".")
+        node = section(result, parent)
+        if leaf not in node:
+            raise ParamsError(f"preset sets unknown key '{key}'")
+        node[leaf] = value
+    for name, cls in _SECTIONS.items():
+        config(result, name, cls)
+    return result
+
+
+def set_flags(overrides: dict[str, Any]) -> list[str]:
+    """``dvc exp run`` flags: ``-S key=value`` with values in YAML flow style."""
+    flags = []
+    for key, value in overrides.items():
+        text = yaml.safe_dump(value, default_flow_style=True).strip()
+        text = text.removesuffix("\n...").removesuffix("...").strip()
+        flags += ["-S", f"{key}={text}"]
+    return flags
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``mnistflow best``."""
+    parser.add_argument("--preset", default="best", help="preset name in presets/ (default best)")
+    parser.add_argument("--name", help="DVC experiment name (default: the preset's name)")
+    parser.add_argument("--queue", action="store_true", help="queue it instead of running now")
+    parser.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run (or queue) the preset as a DVC experiment; return dvc's exit code."""
+    overrides = load_preset(PRESETS_DIR / f"{args.preset}.yaml")
+    apply_preset(load_params(args.params), overrides)  # fail before dvc starts
+    cmd = ["dvc", "exp", "run", "-n", args.name or args.preset, *set_flags(overrides)]
+    if args.queue:
+        cmd.append("--queue")
+    log.info("%s", " ".join(cmd))
+    return subprocess.run(cmd, check=False, env=os.environ).returncode
