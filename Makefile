@@ -15,8 +15,8 @@ endif
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser lint format test test-fast repro bench bench-best best ui \
-        leaderboard sweep register predict reproduce lock clean
+.PHONY: help setup browser lint format test test-fast repro bench bench-best bench-queue best \
+        ui leaderboard sweep register predict reproduce lock clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench: setup ## benchmark: cold/no-op/param-change repro vs a bare script, peak 
 
 bench-best: setup ## run the documented best configuration and print accuracy, time, memory
 	$(BIN)/python benchmarks/best.py
+
+bench-queue: setup ## queue throughput: 4 experiments on -j 2 against -j 1
+	$(BIN)/python benchmarks/queue.py
 
 best: setup ## run the best configuration (presets/best.yaml) as DVC experiment `best`
 	$(BIN)/mnistflow best

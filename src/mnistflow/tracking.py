@@ -1,4 +1,6 @@
-"""MLflow glue: the only module that imports mlflow.
+"""MLflow glue for the pipeline: the store, the run lifecycle and everything train and
+evaluate log. (The read side, leaderboard/registry/predict/reproduce, queries the store
+through MLflow's client in those modules, importing it lazily to keep the CLI fast.)
 
 Store: ``MLFLOW_TRACKING_URI`` wins, else params ``mlflow.tracking_uri``, else an sqlite file
 ``<root>/mlflow.db`` where ``<root>`` is ``$DVC_ROOT`` (set by DVC, also inside queued
