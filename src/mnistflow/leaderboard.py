@@ -337,6 +337,28 @@ def write_leaderboard(
     log.info("wrote %s and %s (%d ranked runs)", markdown, figure, len(board.ranked))
 
 
+@dataclass(frozen=True)
+class StoreSettings:
+    """What the read-side commands need from params.yaml: the store and the baseline."""
+
+    experiment_name: str
+    tracking_uri: str
+    baseline_accuracy: float
+
+
+def store_settings(params: dict) -> StoreSettings:
+    """The MLflow store the pipeline logs to (tracking.py) and the baseline, from params."""
+    from mnistflow import tracking
+
+    mlflow_cfg = config(params, "mlflow", MlflowConfig)
+    return StoreSettings(
+        experiment_name=mlflow_cfg.experiment_name,
+        baseline_accuracy=config(params, "evaluate", EvaluateConfig).baseline_accuracy,
+        # last: the store is only looked for once the params are known to be valid
+        tracking_uri=tracking.resolve_tracking_uri(mlflow_cfg, Path.cwd()),
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mnistflow leaderboard`` (none: everything comes from params.yaml)."""
     parser.set_defaults(handler=command)
@@ -344,15 +366,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """``mnistflow leaderboard``: rank every run of the experiment into leaderboard files."""
-    from mnistflow import tracking
-
     params = load_params(args.params)
-    mlflow_cfg = config(params, "mlflow", MlflowConfig)
-    baseline = config(params, "evaluate", EvaluateConfig).baseline_accuracy
     out = config(params, "leaderboard", LeaderboardConfig)
-    uri = tracking.resolve_tracking_uri(mlflow_cfg, Path.cwd())
-    board = shape_table(fetch_runs(uri, mlflow_cfg.experiment_name), baseline)
-    write_leaderboard(board, mlflow_cfg.experiment_name, Path(out.markdown), Path(out.figure))
+    store = store_settings(params)
+    board = shape_table(
+        fetch_runs(store.tracking_uri, store.experiment_name), store.baseline_accuracy
+    )
+    write_leaderboard(board, store.experiment_name, Path(out.markdown), Path(out.figure))
     if len(board.ranked):
         best = board.ranked.iloc[0]
         log.info("best: %s (%s) %s=%.4f", best["run"], best["run_id"], HEADLINE, best[HEADLINE])

@@ -11,19 +11,11 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
 from mnistflow import leaderboard
-from mnistflow.params import (
-    Config,
-    EvaluateConfig,
-    MlflowConfig,
-    ParamsError,
-    config,
-    load_params,
-)
+from mnistflow.params import Config, ParamsError, config, load_params
 
 log = logging.getLogger(__name__)
 
@@ -168,14 +160,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """``mnistflow register``: register the best run as ``<model_name>@<alias>``."""
-    from mnistflow import tracking
-
     params = load_params(args.params)
-    mlflow_cfg = config(params, "mlflow", MlflowConfig)
-    baseline = config(params, "evaluate", EvaluateConfig).baseline_accuracy
     cfg = config(params, "registry", RegistryConfig)
-    uri = tracking.resolve_tracking_uri(mlflow_cfg, Path.cwd())
-    result = register_best(uri, mlflow_cfg.experiment_name, baseline, cfg)
+    store = leaderboard.store_settings(params)
+    result = register_best(store.tracking_uri, store.experiment_name, store.baseline_accuracy, cfg)
     # The result on stdout, for scripts: models:/<name>@<alias> and what it points at.
     sys.stdout.write(
         f"models:/{result.model_name}@{result.alias}\tversion {result.version}\t"
