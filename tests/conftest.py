@@ -153,3 +153,20 @@ def use_tiny_dataset(files: dict[str, dict], **overrides: dict) -> Callable[[dic
             params[name].update(values)
 
     return edit
+
+
+def tiny_repo_after_repro(base: Path) -> tuple[Path, dict[str, str]]:
+    """A repo copy on a tiny dataset (one 16-unit layer, 5 epochs) after one `dvc repro`.
+
+    Returns:
+        ``(repo, env)``: env runs commands there (venv first, the tiny mirror set).
+    """
+    mirror = base / "tiny-mirror"
+    files = write_idx_dataset(mirror)
+    repo = copy_repo(
+        base / "repo",
+        use_tiny_dataset(files, train={"hidden_layer_sizes": [16], "max_iter": 5}),
+    )
+    env = workspace_env(mirror)  # the venv's bin first: queue workers spawn `dvc` by name
+    run(["dvc", "repro"], repo, env)
+    return repo, env

@@ -20,7 +20,11 @@ from mnistflow.reproduce import (
     restore_params,
 )
 
-from .conftest import REPO_ROOT, copy_repo, run, use_tiny_dataset, workspace_env, write_idx_dataset
+from .conftest import (
+    REPO_ROOT,
+    run,
+    tiny_repo_after_repro,
+)
 
 MNISTFLOW = str(Path(sys.executable).parent / "mnistflow")
 
@@ -117,15 +121,7 @@ def test_compare_metrics() -> None:
 @pytest.fixture(scope="module")
 def logged_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
     """A workspace with the tiny dataset after one `dvc repro`: (repo, env, run id)."""
-    base = tmp_path_factory.mktemp("reproduce")
-    mirror = base / "tiny-mirror"
-    files = write_idx_dataset(mirror)
-    repo = copy_repo(
-        base / "repo",
-        use_tiny_dataset(files, train={"hidden_layer_sizes": [16], "max_iter": 5}),
-    )
-    env = workspace_env(mirror)
-    run(["dvc", "repro"], repo, env)
+    repo, env = tiny_repo_after_repro(tmp_path_factory.mktemp("reproduce"))
     run_id = json.loads((repo / "outputs/train/run.json").read_text())["run_id"]
     return repo, env, run_id
 

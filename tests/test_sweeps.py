@@ -17,7 +17,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from .conftest import copy_repo, run, use_tiny_dataset, workspace_env, write_idx_dataset
+from .conftest import run, tiny_repo_after_repro
 
 pytestmark = pytest.mark.e2e
 
@@ -56,16 +56,7 @@ def runs(repo: Path) -> list[Run]:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
-    base = tmp_path_factory.mktemp("sweep")
-    mirror = base / "tiny-mirror"
-    files = write_idx_dataset(mirror)
-    repo = copy_repo(
-        base / "repo",
-        use_tiny_dataset(files, train={"hidden_layer_sizes": [16], "max_iter": 5}),
-    )
-    env = workspace_env(mirror)  # the venv's bin first: queue workers spawn `dvc` by name
-
-    run(["dvc", "repro"], repo, env)
+    repo, env = tiny_repo_after_repro(tmp_path_factory.mktemp("sweep"))
     baseline_run = json.loads((repo / "outputs/train/run.json").read_text())["run_id"]
 
     out = run(["dvc", "exp", "run", "-S", "train.alpha=0.001"], repo, env).stdout
