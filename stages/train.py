@@ -90,16 +90,8 @@ def main() -> None:
         cfg.threads,
     )
 
-    outputs = [
-        paths.model,
-        paths.run_info,
-        paths.loss_curve,
-        paths.train_metrics,
-        paths.metrics,
-        paths.confusion,
-        paths.misclassified,
-        paths.report_dir,
-    ]
+    # Every pipeline path: DVC rewrites outputs mid-run, so they do not make the tree dirty.
+    outputs = list(paths.as_dict().values())
     with raise_on_signals(), threadpool_limits(limits=cfg.threads):
         experiment_id = tracking.ensure_experiment(uri, mlflow_cfg.experiment_name, root)
         with tracking.mlflow_run(
