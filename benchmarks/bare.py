@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.neural_network import MLPClassifier
 
-from mnistflow.idx import IMAGES_MAGIC, LABELS_MAGIC, gunzip, parse_idx
-from mnistflow.logs import configure
+from mnistflow.data.idx import IMAGES_MAGIC, LABELS_MAGIC, gunzip, parse_idx
+from mnistflow.util.logs import configure
 
 logger = logging.getLogger("bare")
 

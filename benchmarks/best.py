@@ -17,9 +17,9 @@ from pathlib import Path
 import yaml
 from pipeline import REPO, bench_env, measure  # benchmarks/pipeline.py
 
-from mnistflow.params import load_params
-from mnistflow.presets import apply_preset, load_preset
-from mnistflow.workspace import copy_working_tree
+from mnistflow.config import load_params
+from mnistflow.experiments.presets import apply_preset, load_preset
+from mnistflow.util.workspace import copy_working_tree
 
 
 def main() -> None:

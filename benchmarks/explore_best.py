@@ -33,10 +33,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 from threadpoolctl import threadpool_limits
 
-from mnistflow import augment as aug
-from mnistflow.idx import IMAGES_MAGIC, LABELS_MAGIC, gunzip, parse_idx
-from mnistflow.logs import configure
-from mnistflow.params import AugmentConfig
+from mnistflow.config import AugmentConfig
+from mnistflow.data import augment as aug
+from mnistflow.data.idx import IMAGES_MAGIC, LABELS_MAGIC, gunzip, parse_idx
+from mnistflow.util.logs import configure
 
 log = logging.getLogger("explore_best")
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnistflow.workspace import copy_working_tree
+from mnistflow.util.workspace import copy_working_tree
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("download", "unpack", "encode", "train", "evaluate")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline import REPO, bench_env, measure  # benchmarks/pipeline.py
 
-from mnistflow.workspace import copy_working_tree
+from mnistflow.util.workspace import copy_working_tree
 
 GRID = ["-S", "train.alpha=0.0001,0.001", "-S", "train.hidden_layer_sizes=[100,50,25],[256,128]"]
 

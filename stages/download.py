@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
-from mnistflow import logs
-from mnistflow.download import download_dataset
-from mnistflow.params import DownloadConfig, Paths, config, dataset_spec, load_params
-from mnistflow.workspace import find_root
+from mnistflow.config import DownloadConfig, Paths, config, dataset_spec, load_params
+from mnistflow.data.download import download_dataset
+from mnistflow.util.entrypoint import run_main
+from mnistflow.util.workspace import find_root
 
 log = logging.getLogger("mnistflow.stages.download")
 
 
 def main() -> None:
     """Read params, download and verify every file of ``data.dataset``."""
-    logs.configure()
     params = load_params()
     paths = config(params, "paths", Paths)
     name, spec = dataset_spec(params)
@@ -27,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main, "stage download"))

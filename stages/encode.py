@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 
-from mnistflow import augment as augmentation
-from mnistflow import logs
-from mnistflow.encode import dataset_sha256, encode_labels, flatten, scale
-from mnistflow.fileio import load_npz, save_npz, write_json
-from mnistflow.params import EncodeConfig, Paths, config, dataset_spec, load_params
+from mnistflow.config import EncodeConfig, Paths, config, dataset_spec, load_params
+from mnistflow.data import augment as augmentation
+from mnistflow.data.encode import dataset_sha256, encode_labels, flatten, scale
+from mnistflow.util.entrypoint import run_main
+from mnistflow.util.fileio import load_npz, save_npz, write_json
 
 log = logging.getLogger("mnistflow.stages.encode")
 
 
 def main() -> None:
     """Read params, encode the unpacked arrays, write train/test features and info."""
-    logs.configure()
     params = load_params()
     paths = config(params, "paths", Paths)
     cfg = config(params, "encode", EncodeConfig)
@@ -68,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main, "stage encode"))

@@ -16,16 +16,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.neural_network import MLPClassifier
 
-from mnistflow import figures, fileio, logs, report, tracking
-from mnistflow import metrics as m
-from mnistflow.model import (
-    FitInterrupted,
-    decode_sets,
-    loss_history,
-    predict_scores,
-    raise_on_signals,
-)
-from mnistflow.params import (
+from mnistflow.config import (
     EvaluateConfig,
     MlflowConfig,
     Paths,
@@ -33,6 +24,17 @@ from mnistflow.params import (
     dataset_spec,
     load_params,
 )
+from mnistflow.modeling import metrics as m
+from mnistflow.modeling.model import (
+    decode_sets,
+    loss_history,
+    predict_scores,
+)
+from mnistflow.reporting import figures, report
+from mnistflow.tracking import store, ui
+from mnistflow.tracking.runs import flatten, mlflow_run
+from mnistflow.util import fileio
+from mnistflow.util.entrypoint import run_main
 
 log = logging.getLogger("mnistflow.stages.evaluate")
 
@@ -76,7 +78,6 @@ def caption(row: dict, classes: list[str], multilabel: bool) -> str:
 
 def main() -> None:
     """Evaluate and report."""
-    logs.configure()
     params = load_params()
     paths = config(params, "paths", Paths)
     cfg = config(params, "evaluate", EvaluateConfig)
@@ -141,13 +142,13 @@ def main() -> None:
         report_dir / "misclassified.png",
     )
 
-    uri = tracking.resolve_tracking_uri(mlflow_cfg, Path.cwd())
+    uri = store.resolve_tracking_uri(mlflow_cfg, Path.cwd())
     if uri != run_info["tracking_uri"]:
         log.warning("tracking store is %s but train logged to %s", uri, run_info["tracking_uri"])
     headline_key = "test_accuracy_" + ("argmax" if ev.headline == "argmax" else "exact_match")
-    with tracking.mlflow_run(uri, run_info["experiment_id"], run_id=run_info["run_id"]) as run:
+    with mlflow_run(uri, run_info["experiment_id"], run_id=run_info["run_id"]) as run:
         run.set_tags({"mnistflow.stage": "evaluate", "headline_metric": headline_key})
-        run.log_params(tracking.flatten({"evaluate": cfg.as_dict()}))
+        run.log_params(flatten({"evaluate": cfg.as_dict()}))
         per_class = {}
         for k in range(n_classes):
             per_class[f"precision_class_{k}"] = ev.precision[k]
@@ -169,8 +170,8 @@ def main() -> None:
             experiment_id=run.experiment_id,
             experiment_name=run_info["experiment_name"],
             tracking_uri=uri,
-            ui_command=tracking.ui_command(uri),
-            run_url=tracking.run_url(run.experiment_id, run.run_id),
+            ui_command=ui.ui_shell_command(uri),
+            run_url=ui.run_url(run.experiment_id, run.run_id),
         )
         text = report.render(
             ev,
@@ -199,10 +200,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        # SIGTERM too must end the resumed MLflow run (KILLED), not leave it RUNNING
-        with raise_on_signals():
-            main()
-    except FitInterrupted as exc:
-        logging.getLogger("mnistflow.stages.evaluate").error("evaluation %s", exc)
-        sys.exit(128 + exc.signum)
+    sys.exit(run_main(main, "stage evaluate"))

@@ -18,16 +18,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from mnistflow import fileio, logs, tracking
-from mnistflow.model import (
-    FitInterrupted,
-    build_classifier,
-    fit_with_progress,
-    ignored_settings,
-    loss_history,
-    raise_on_signals,
-)
-from mnistflow.params import (
+from mnistflow.config import (
     EncodeConfig,
     MlflowConfig,
     Paths,
@@ -36,6 +27,16 @@ from mnistflow.params import (
     dataset_spec,
     load_params,
 )
+from mnistflow.modeling.model import (
+    build_classifier,
+    fit_with_progress,
+    ignored_settings,
+    loss_history,
+)
+from mnistflow.tracking import provenance, store
+from mnistflow.tracking.runs import flatten, mlflow_run
+from mnistflow.util import fileio
+from mnistflow.util.entrypoint import run_main
 
 log = logging.getLogger("mnistflow.stages.train")
 PICKLE_PROTOCOL = 5  # fixed, so the model's bytes do not depend on the Python default
@@ -66,7 +67,6 @@ def loss_csv(losses: list[float], val_scores: list[float] | None) -> str:
 
 def main() -> None:
     """Train and record one run."""
-    logs.configure()
     params = load_params()
     paths = config(params, "paths", Paths)
     cfg = config(params, "train", TrainConfig)
@@ -78,8 +78,8 @@ def main() -> None:
         log.warning("%s", warning)
 
     cwd = Path.cwd()
-    uri = tracking.resolve_tracking_uri(mlflow_cfg, cwd)
-    root = tracking.store_root(cwd)
+    uri = store.resolve_tracking_uri(mlflow_cfg, cwd)
+    root = store.store_root(cwd)
     info = fileio.read_json(paths.encode_info)
     X, y = load_features(paths.path("train_features"))
     log.info(
@@ -92,14 +92,12 @@ def main() -> None:
 
     # Every pipeline path: DVC rewrites outputs mid-run, so they do not make the tree dirty.
     outputs = list(paths.as_dict().values())
-    with raise_on_signals(), threadpool_limits(limits=cfg.threads):
-        experiment_id = tracking.ensure_experiment(uri, mlflow_cfg.experiment_name, root)
-        with tracking.mlflow_run(
-            uri, experiment_id, run_name=os.environ.get("DVC_EXP_NAME")
-        ) as run:
-            run.set_tags(tracking.train_tags(params, info, ignored, cwd, outputs))
+    with threadpool_limits(limits=cfg.threads):
+        experiment_id = store.ensure_experiment(uri, mlflow_cfg.experiment_name, root)
+        with mlflow_run(uri, experiment_id, run_name=os.environ.get("DVC_EXP_NAME")) as run:
+            run.set_tags(provenance.train_tags(params, info, ignored, cwd, outputs))
             run.log_params(
-                tracking.flatten(
+                flatten(
                     {
                         "data": {"dataset": dataset},
                         "encode": encode_cfg.as_dict(),
@@ -158,8 +156,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except FitInterrupted as exc:
-        logging.getLogger("mnistflow.stages.train").error("training %s; no model written", exc)
-        sys.exit(128 + exc.signum)
+    sys.exit(run_main(main, "stage train"))

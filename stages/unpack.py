@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from mnistflow import logs
-from mnistflow.fileio import atomic_path, save_npz, write_json
-from mnistflow.idx import IMAGES_MAGIC, LABELS_MAGIC, IdxError, check_pair, gunzip, parse_idx
-from mnistflow.images import (
+from mnistflow.config import DatasetSpec, Paths, UnpackConfig, config, dataset_spec, load_params
+from mnistflow.data.idx import IMAGES_MAGIC, LABELS_MAGIC, IdxError, check_pair, gunzip, parse_idx
+from mnistflow.data.images import (
     arrays_sha256,
     class_counts,
     labelled_table,
     remove_png_tree,
     write_png_tree,
 )
-from mnistflow.params import DatasetSpec, Paths, UnpackConfig, config, dataset_spec, load_params
+from mnistflow.util.entrypoint import run_main
+from mnistflow.util.fileio import atomic_path, save_npz, write_json
 
 log = logging.getLogger("mnistflow.stages.unpack")
 
@@ -48,7 +49,6 @@ def read_split(raw_dir: Path, spec: DatasetSpec, split: str) -> tuple[np.ndarray
 
 def main() -> None:
     """Read params, unpack the raw files, write arrays, table, manifest and PNG tree."""
-    logs.configure()
     params = load_params()
     paths = config(params, "paths", Paths)
     cfg = config(params, "unpack", UnpackConfig)
@@ -98,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main, "stage unpack"))

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
-from mnistflow.idx import encode_idx
-from mnistflow.workspace import copy_working_tree, git
+from mnistflow.data.idx import encode_idx
+from mnistflow.util.workspace import copy_working_tree, git
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "mnist"

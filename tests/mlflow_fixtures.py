@@ -1,6 +1,6 @@
 """A real MLflow sqlite store with a few runs, for the leaderboard/registry/predict/UI tests.
 
-Runs are made through mnistflow.tracking (the same calls as the train and evaluate stages), with
+Runs are made through mnistflow.tracking.runs (the same calls as the train and evaluate stages),
 the params, metrics and tags of the CONTEXT conventions and a tiny MLPClassifier as the model.
 The store is built once per test process (``shared_store``) and copied where a test writes to
 it, because creating an sqlite store and logging the first model costs ~15 s here.
@@ -19,7 +19,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
-from mnistflow import tracking
+from mnistflow.tracking import runs, store
 
 EXPERIMENT = "mnist-mlp"
 
@@ -117,7 +117,7 @@ def log_run(
     model = tiny_model(hidden)
     run_id = ""
     try:
-        with tracking.mlflow_run(uri, experiment_id, run_name=name) as run:
+        with runs.mlflow_run(uri, experiment_id, run_name=name) as run:
             run_id = run.run_id
             run.log_params(params_for(list(hidden), alpha))
             tags = {"is_baseline": baseline, "dataset": "mnist", "headline_metric": "argmax"}
@@ -148,7 +148,7 @@ def build_store(root: Path) -> Store:
     root.mkdir(parents=True, exist_ok=True)
     (root / ".dvc").mkdir(exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    experiment_id = tracking.ensure_experiment(uri, EXPERIMENT, root)
+    experiment_id = store.ensure_experiment(uri, EXPERIMENT, root)
     runs = {spec[0]: log_run(uri, experiment_id, *spec) for spec in RUN_SPECS}
     return Store(uri, root, experiment_id, runs)
 

@@ -1,4 +1,4 @@
-"""Tests for mnistflow.augment: deskewing and seeded augmentation (synthetic images)."""
+"""Tests for mnistflow.data.augment: deskewing and seeded augmentation (synthetic images)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import yaml
 from scipy import ndimage
 
-from mnistflow import augment as aug
-from mnistflow.fileio import load_npz, read_json
-from mnistflow.params import AugmentConfig, EncodeConfig, ParamsError, config, load_params
+from mnistflow.config import AugmentConfig, EncodeConfig, ParamsError, config, load_params
+from mnistflow.data import augment as aug
+from mnistflow.util.fileio import load_npz, read_json
 
 from .conftest import REPO_ROOT, copy_repo, run, use_tiny_dataset, workspace_env
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnistflow.download import (
+from mnistflow.config import DatasetSpec, DownloadConfig, FileSpec
+from mnistflow.data.download import (
     DownloadError,
     backoff_delay,
     download_dataset,
@@ -25,7 +26,6 @@ from mnistflow.download import (
     source_for,
     verify_file,
 )
-from mnistflow.params import DatasetSpec, DownloadConfig, FileSpec
 
 from .conftest import REPO_ROOT, run, use_tiny_dataset, workspace_env
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnistflow.params import load_params, section
+from mnistflow.config import load_params, section
 from tests.conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "src" / "mnistflow"
@@ -18,30 +18,27 @@ STAGES = DVC_YAML["stages"]
 
 
 def imported_modules(path: Path) -> set[str]:
-    """mnistflow modules imported anywhere in a file (module-level or inside functions)."""
-    found = set()
+    """Files of the package imported anywhere in a file (module level or inside functions),
+    as repository-relative paths such as ``src/mnistflow/data/idx.py``."""
+    names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mnistflow"):
-            parts = node.module.split(".")
-            if len(parts) > 1:
-                found.add(parts[1])
-            else:  # from mnistflow import x, y
-                found.update(alias.name for alias in node.names)
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("mnistflow."):
-                    found.add(alias.name.split(".")[1])
-    return {m for m in found if (PACKAGE / f"{m}.py").exists()}
+            names.update(a.name for a in node.names if a.name.startswith("mnistflow."))
+    files = {PACKAGE.parent / (name.replace(".", "/") + ".py") for name in names}
+    return {f.relative_to(REPO_ROOT).as_posix() for f in files if f.exists()}
 
 
 def closure(script: Path) -> set[str]:
-    """Every package module the script needs, following imports between modules."""
+    """Every package file the script needs, following imports between modules."""
     todo, seen = list(imported_modules(script)), set()
     while todo:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
-            todo.extend(imported_modules(PACKAGE / f"{module}.py"))
+            todo.extend(imported_modules(REPO_ROOT / module))
     return seen
 
 
@@ -61,7 +58,7 @@ def test_stage_deps_are_exactly_the_modules_it_imports(stage: str) -> None:
     assert spec["cmd"].endswith(f"python {script}")
     deps = [d if isinstance(d, str) else next(iter(d)) for d in spec["deps"]]
     assert script in deps
-    listed = {Path(d).stem for d in deps if d.startswith("src/mnistflow/")}
+    listed = {d for d in deps if d.startswith("src/mnistflow/")}
     assert listed == closure(REPO_ROOT / script), "dvc.yaml deps vs imports of " + script
 
 

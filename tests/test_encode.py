@@ -7,8 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from mnistflow.encode import dataset_sha256, encode_labels, flatten, onehot, pixel_stats, scale
-from mnistflow.params import DatasetSpec
+from mnistflow.config import DatasetSpec
+from mnistflow.data.encode import dataset_sha256, encode_labels, flatten, onehot, pixel_stats, scale
 
 from .conftest import synthetic_digits
 

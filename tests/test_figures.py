@@ -1,4 +1,4 @@
-"""Tests for mnistflow.figures: real PNGs from arrays, written atomically and reproducibly."""
+"""Tests for mnistflow.reporting.figures: real PNGs from arrays, atomic and reproducible."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 from conftest import synthetic_digits
 from PIL import Image
 
-from mnistflow import figures
+from mnistflow.reporting import figures
 
 
 def test_loss_curve_png(tmp_path: Path) -> None:

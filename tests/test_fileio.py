@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnistflow.fileio import atomic_path, load_npz, read_json, save_npz, write_json
+from mnistflow.util.fileio import atomic_path, load_npz, read_json, save_npz, write_json
 
 
 def test_failed_write_leaves_old_content_and_no_temp_file(tmp_path) -> None:

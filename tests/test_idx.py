@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from mnistflow.idx import (
+from mnistflow.data.idx import (
     IMAGES_MAGIC,
     LABELS_MAGIC,
     IdxError,

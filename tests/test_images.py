@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnistflow.images import (
+from mnistflow.data.images import (
     arrays_sha256,
     class_counts,
     labelled_table,

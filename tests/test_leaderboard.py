@@ -10,14 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mnistflow.leaderboard import (
-    HEADLINE,
-    LeaderboardError,
-    fetch_runs,
+from mnistflow.modeling.metrics import HEADLINE
+from mnistflow.reporting.leaderboard import (
     shape_table,
     to_markdown,
     write_leaderboard,
 )
+from mnistflow.tracking.query import LeaderboardError, fetch_runs
 from tests.mlflow_fixtures import EXPERIMENT, Store, shared_store
 
 

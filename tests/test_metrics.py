@@ -1,11 +1,11 @@
-"""Tests for mnistflow.metrics on small hand-computed cases."""
+"""Tests for mnistflow.modeling.metrics on small hand-computed cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mnistflow import metrics as m
+from mnistflow.modeling import metrics as m
 
 # 5 rows, 3 classes. Scores are sigmoid-like outputs of one-hot targets.
 Y_TRUE = np.array([0, 1, 2, 1, 0])

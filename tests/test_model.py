@@ -1,4 +1,4 @@
-"""Tests for mnistflow.model: building from params, ignored settings, progress, determinism."""
+"""Tests for mnistflow.modeling.model: building from params, ignored settings, progress."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from conftest import REPO_ROOT, synthetic_digits
 from sklearn.neural_network import MLPClassifier
 
-from mnistflow.model import (
-    FitInterrupted,
+from mnistflow.config import ParamsError, TrainConfig, config, load_params
+from mnistflow.modeling.model import (
     build_classifier,
     decode_argmax,
     decode_sets,
@@ -23,9 +23,8 @@ from mnistflow.model import (
     ignored_settings,
     loss_history,
     predict_scores,
-    raise_on_signals,
 )
-from mnistflow.params import ParamsError, TrainConfig, config, load_params
+from mnistflow.util.signals import Interrupted, raise_on_signals
 
 
 def train_section(**overrides: object) -> dict:
@@ -145,7 +144,7 @@ def test_interrupt_during_fit_propagates_instead_of_half_trained_model() -> None
         if epoch == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(FitInterrupted) as info, raise_on_signals():
+    with pytest.raises(Interrupted) as info, raise_on_signals():
         fit_with_progress(model, X, Y, on_epoch)
     assert info.value.signum == signal.SIGTERM
     assert model.n_iter_ == 2

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from mnistflow.params import (
+from mnistflow.config import (
     DownloadConfig,
     EncodeConfig,
     EvaluateConfig,

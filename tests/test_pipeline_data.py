@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mnistflow.fileio import load_npz, read_json
+from mnistflow.util.fileio import load_npz, read_json
 
 from .conftest import copy_repo, run, use_tiny_dataset, workspace_env
 

@@ -13,7 +13,7 @@ from conftest import copy_repo, run, use_tiny_dataset, workspace_env
 from mlflow.tracking import MlflowClient
 from sklearn.neural_network import MLPClassifier
 
-from mnistflow.fileio import read_json
+from mnistflow.util.fileio import read_json
 
 
 def only_run(ws: Path) -> tuple[MlflowClient, mlflow.entities.Run]:

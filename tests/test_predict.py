@@ -10,22 +10,21 @@ from PIL import Image, ImageDraw
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
-from mnistflow.augment import deskew
-from mnistflow.encode import flatten, scale
-from mnistflow.idx import IMAGES_MAGIC, LABELS_MAGIC, gunzip, parse_idx
-from mnistflow.predict import (
-    ImageError,
+from mnistflow.config import RegistryConfig
+from mnistflow.data.augment import deskew
+from mnistflow.data.encode import flatten, scale
+from mnistflow.data.idx import IMAGES_MAGIC, LABELS_MAGIC, gunzip, parse_idx
+from mnistflow.data.preprocess import ImageError, load_digit, to_mnist
+from mnistflow.tracking.predict import (
     InputEncoding,
     PredictError,
     encode_images,
     input_encoding,
-    load_digit,
     load_run_model,
     predict_files,
     resolve_model,
-    to_mnist,
 )
-from mnistflow.registry import RegistryConfig, register_best
+from mnistflow.tracking.registry import register_best
 from tests.conftest import FILE_NAMES
 from tests.mlflow_fixtures import (
     EXPERIMENT,

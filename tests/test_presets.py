@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from mnistflow.params import EncodeConfig, ParamsError, TrainConfig, config, load_params
-from mnistflow.presets import apply_preset, load_preset, set_flags
+from mnistflow.config import EncodeConfig, ParamsError, TrainConfig, config, load_params
+from mnistflow.experiments.presets import apply_preset, load_preset, set_flags
 from tests.conftest import REPO_ROOT
 
 BEST = REPO_ROOT / "presets" / "best.yaml"

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mnistflow.leaderboard import shape_table
-from mnistflow.predict import _models_from_own_store
-from mnistflow.registry import RegistryConfig, RegistryError, best_finished, register_best
+from mnistflow.reporting.leaderboard import shape_table
+from mnistflow.tracking.predict import _models_from_own_store
+from mnistflow.tracking.registry import RegistryConfig, RegistryError, best_finished, register_best
+from mnistflow.tracking.store import ensure_experiment
 from tests.mlflow_fixtures import EXPERIMENT, Store, copy_store, log_run, shared_store
 
 CFG = RegistryConfig(model_name="mnist-mlp", alias="champion")
@@ -72,9 +73,7 @@ def test_register_best_sets_champion_to_the_best_runs_model(store: Store) -> Non
 
 
 def test_register_without_finished_runs_is_a_clear_error(store: Store) -> None:
-    from mnistflow import tracking
-
-    experiment_id = tracking.ensure_experiment(store.uri, "only-failures", store.root)
+    experiment_id = ensure_experiment(store.uri, "only-failures", store.root)
     log_run(store.uri, experiment_id, "crashed", (4,), 0.1, None, None, "false", None)
     with pytest.raises(RegistryError, match="no FINISHED run with a test_accuracy"):
         register_best(store.uri, "only-failures", 0.97, CFG)

@@ -1,11 +1,11 @@
-"""Tests for mnistflow.report: the markdown says what a reader needs."""
+"""Tests for mnistflow.reporting.report: the markdown says what a reader needs."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from mnistflow import metrics as m
-from mnistflow import report
+from mnistflow.modeling import metrics as m
+from mnistflow.reporting import report
 
 LINKS = report.RunLinks(
     run_id="abc123",

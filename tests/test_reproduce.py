@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mnistflow.params import load_params
-from mnistflow.reproduce import (
+from mnistflow.config import load_params
+from mnistflow.experiments.reproduce import (
     ReproduceError,
     compare_metrics,
     format_table,

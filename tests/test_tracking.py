@@ -1,4 +1,4 @@
-"""Tests for mnistflow.tracking against real sqlite MLflow stores in temporary folders."""
+"""Tests for mnistflow.tracking.runs against real sqlite MLflow stores in temporary folders."""
 
 from __future__ import annotations
 
@@ -16,9 +16,12 @@ import yaml
 from conftest import REPO_ROOT, copy_repo, run, synthetic_digits, workspace_env
 from mlflow.tracking import MlflowClient
 
-from mnistflow import fileio, tracking
-from mnistflow.model import FitInterrupted, build_classifier, fit_with_progress
-from mnistflow.params import MlflowConfig, TrainConfig, config, load_params
+from mnistflow.config import MlflowConfig, TrainConfig, config, load_params
+from mnistflow.modeling.model import build_classifier, fit_with_progress
+from mnistflow.tracking import provenance, runs
+from mnistflow.tracking import store as store_mod
+from mnistflow.util import fileio
+from mnistflow.util.signals import Interrupted
 
 EXPERIMENT = "test-exp"
 
@@ -28,7 +31,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
     """A new sqlite store with one experiment: (uri, experiment id, root)."""
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    return uri, tracking.ensure_experiment(uri, EXPERIMENT, root), root
+    return uri, store_mod.ensure_experiment(uri, EXPERIMENT, root), root
 
 
 def write_encoded(ws: Path, n_train: int, n_test: int) -> None:
@@ -74,40 +77,40 @@ def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
         monkeypatch.delenv(var, raising=False)
     empty = MlflowConfig(experiment_name="x", tracking_uri="")
-    assert tracking.resolve_tracking_uri(empty, sub) == (
+    assert store_mod.resolve_tracking_uri(empty, sub) == (
         f"sqlite:///{(tmp_path / 'repo').resolve()}/mlflow.db"
     )
     # DVC_ROOT (set by DVC in queued temp workspaces) wins over the cwd's repo
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "main"))
-    assert tracking.resolve_tracking_uri(empty, sub).endswith("/main/mlflow.db")
+    assert store_mod.resolve_tracking_uri(empty, sub).endswith("/main/mlflow.db")
     explicit = MlflowConfig(experiment_name="x", tracking_uri="sqlite:////elsewhere/x.db")
-    assert tracking.resolve_tracking_uri(explicit, sub) == "sqlite:////elsewhere/x.db"
+    assert store_mod.resolve_tracking_uri(explicit, sub) == "sqlite:////elsewhere/x.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
-    assert tracking.resolve_tracking_uri(explicit, sub) == "http://127.0.0.1:1"
+    assert store_mod.resolve_tracking_uri(explicit, sub) == "http://127.0.0.1:1"
 
 
 def test_no_dvc_repo_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DVC_ROOT", raising=False)
-    with pytest.raises(tracking.TrackingError, match=r"\.dvc"):
-        tracking.store_root(tmp_path)
+    with pytest.raises(store_mod.TrackingError, match=r"\.dvc"):
+        store_mod.store_root(tmp_path)
 
 
 def test_experiment_artifacts_beside_the_store(store: tuple[str, str, Path]) -> None:
     uri, exp_id, root = store
     exp = MlflowClient(uri).get_experiment(exp_id)
     assert exp.artifact_location == (root / "mlartifacts").resolve().as_uri()
-    assert tracking.ensure_experiment(uri, EXPERIMENT, root) == exp_id  # idempotent
+    assert store_mod.ensure_experiment(uri, EXPERIMENT, root) == exp_id  # idempotent
 
 
 def test_concurrent_creation_of_a_new_store_does_not_crash(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     script = (
         "import sys, time, pathlib\n"
-        "from mnistflow import tracking\n"
+        "from mnistflow.tracking import store as store_mod\n"
         "d = pathlib.Path(sys.argv[1])\n"
         "(d / f'ready{sys.argv[2]}').touch()\n"
         "while not (d / 'go').exists(): time.sleep(0.01)\n"
-        f"print(tracking.ensure_experiment({uri!r}, 'race', d))\n"
+        f"print(store_mod.ensure_experiment({uri!r}, 'race', d))\n"
     )
     procs = [
         subprocess.Popen(
@@ -144,8 +147,8 @@ def test_run_logs_params_metrics_artifacts_model_and_tags(
     model = fit_with_progress(build_classifier(cfg), X, np.eye(10)[labels], lambda *a: None)
     artifact = tmp_path / "loss.csv"
     artifact.write_text("epoch,loss\n1,0.5\n")
-    with tracking.mlflow_run(uri, exp_id, run_name="full") as run:
-        run.log_params(tracking.flatten({"train": cfg.as_dict(), "data": {"dataset": "x"}}))
+    with runs.mlflow_run(uri, exp_id, run_name="full") as run:
+        run.log_params(runs.flatten({"train": cfg.as_dict(), "data": {"dataset": "x"}}))
         run.set_tags({"dataset": "x", "is_baseline": "true"})
         for epoch, loss in enumerate([0.9, 0.5, 0.3], start=1):
             run.log_metric("train_loss", loss, step=epoch)
@@ -175,7 +178,7 @@ def test_run_logs_params_metrics_artifacts_model_and_tags(
     assert info.signature is not None
     assert info.saved_input_example_info is not None
     # resuming adds to the same run and ends it again; a changed param becomes a tag
-    with tracking.mlflow_run(uri, exp_id, run_id=run_id) as again:
+    with runs.mlflow_run(uri, exp_id, run_id=run_id) as again:
         again.log_params({"train.alpha": 0.5, "evaluate.headline": "argmax"})
     got = client.get_run(run_id)
     assert got.info.status == "FINISHED"
@@ -188,7 +191,7 @@ def test_run_logs_params_metrics_artifacts_model_and_tags(
     ("exc", "status"),
     [
         (RuntimeError("boom"), "FAILED"),
-        (FitInterrupted(signal.SIGTERM), "KILLED"),
+        (Interrupted(signal.SIGTERM), "KILLED"),
         (KeyboardInterrupt(), "KILLED"),
     ],
 )
@@ -199,23 +202,23 @@ def test_run_ends_failed_or_killed_never_running(
     seen: list[tuple[str, str]] = []
 
     def crash() -> None:
-        with tracking.mlflow_run(uri, exp_id) as run:
-            seen.append((run.run_id, tracking.run_status(uri, run.run_id)))
+        with runs.mlflow_run(uri, exp_id) as run:
+            seen.append((run.run_id, runs.run_status(uri, run.run_id)))
             raise exc
 
     with pytest.raises(type(exc)):
         crash()
     ((run_id, during),) = seen
     assert during == "RUNNING"
-    assert tracking.run_status(uri, run_id) == status
+    assert runs.run_status(uri, run_id) == status
     assert mlflow.active_run() is None
 
 
 def test_resuming_an_unknown_run_names_the_store(store: tuple[str, str, Path]) -> None:
     uri, exp_id, _ = store
     with (
-        pytest.raises(tracking.TrackingError, match="not found"),
-        tracking.mlflow_run(uri, exp_id, run_id="0" * 32),
+        pytest.raises(store_mod.TrackingError, match="not found"),
+        runs.mlflow_run(uri, exp_id, run_id="0" * 32),
     ):
         pass
 
@@ -228,29 +231,29 @@ def test_git_tags_and_is_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         monkeypatch.delenv(var, raising=False)
     ws = copy_repo(tmp_path / "ws")
     params = load_params(ws / "params.yaml")
-    tags = tracking.git_tags(ws, ["outputs/evaluate/metrics.json", "reports/latest"])
+    tags = provenance.git_tags(ws, ["outputs/evaluate/metrics.json", "reports/latest"])
     assert len(tags["git_commit"]) == 40
     assert tags["git_dirty"] == "false"
-    assert tracking.is_baseline(params, ws) == "true"
+    assert provenance.is_baseline(params, ws) == "true"
     # pipeline outputs do not make the tree dirty; a source edit does
     (ws / "reports/latest").mkdir(parents=True, exist_ok=True)
     (ws / "reports/latest/report.md").write_text("x")
-    assert tracking.git_tags(ws, ["reports/latest"])["git_dirty"] == "false"
+    assert provenance.git_tags(ws, ["reports/latest"])["git_dirty"] == "false"
     # nor does a params edit (`dvc exp run -S`): the run logs its params
     (ws / "params.yaml").write_text((ws / "params.yaml").read_text() + "\n# edited\n")
-    assert tracking.git_tags(ws, ["reports/latest"])["git_dirty"] == "false"
-    (ws / "src/mnistflow/metrics.py").write_text("# edited\n")
-    assert tracking.git_tags(ws, ["reports/latest"])["git_dirty"] == "true"
+    assert provenance.git_tags(ws, ["reports/latest"])["git_dirty"] == "false"
+    (ws / "src/mnistflow/modeling/metrics.py").write_text("# edited\n")
+    assert provenance.git_tags(ws, ["reports/latest"])["git_dirty"] == "true"
     # a changed train param is not the baseline; an equal value written differently is
     changed = yaml.safe_load((ws / "params.yaml").read_text())
     changed["train"]["alpha"] = 0.001
-    assert tracking.is_baseline(changed, ws) == "false"
+    assert provenance.is_baseline(changed, ws) == "false"
     changed["train"]["alpha"] = 1e-4
-    assert tracking.is_baseline(changed, ws) == "true"
+    assert provenance.is_baseline(changed, ws) == "true"
     # against an explicit baseline revision (dvc exp run sets DVC_EXP_BASELINE_REV)
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
-    assert tracking.is_baseline(params, ws) == "unknown"
-    assert tracking.git_tags(tmp_path, [])["git_commit"] == "unknown"
+    assert provenance.is_baseline(params, ws) == "unknown"
+    assert provenance.git_tags(tmp_path, [])["git_commit"] == "unknown"
 
 
 # --- the train stage under signals ----------------------------------------------------------
@@ -285,7 +288,7 @@ def test_signal_during_train_stage_ends_run_killed_and_writes_no_model(
                 proc.kill()
     stderr = err_file.read_text()
     assert proc.returncode == 128 + sig, stderr[-3000:]
-    assert "no model written" in stderr
+    assert f"stage train interrupted by {signal.Signals(sig).name}: stopped" in stderr
     uri = f"sqlite:///{ws / 'mlflow.db'}"
     runs = MlflowClient(uri).search_runs(
         [MlflowClient(uri).get_experiment_by_name("mnist-mlp").experiment_id]

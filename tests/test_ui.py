@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mnistflow.ui import VIEW_KEY, leaderboard_view, runs_url
+from mnistflow.tracking.ui import VIEW_KEY, leaderboard_view, runs_url
 from tests.conftest import REPO_ROOT, workspace_env
 from tests.mlflow_fixtures import EXPERIMENT, copy_store, shared_store
 

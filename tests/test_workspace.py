@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mnistflow.workspace import copy_working_tree, find_root, git
+from mnistflow.util.workspace import copy_working_tree, find_root, git
 from tests.conftest import REPO_ROOT
 
 

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from dataclasses import dataclass
@@ -17,15 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from mnistflow import fileio
-from mnistflow.params import Config, EvaluateConfig, MlflowConfig, config, load_params
+from mnistflow.modeling.metrics import HEADLINE
+from mnistflow.util import fileio
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
-HEADLINE = "test_accuracy"  # the headline metric logged by evaluate (see CONTEXT conventions)
 # Params a person sweeps, in display order; only those logged by at least one run are shown.
 KEY_PARAMS = (
     "data.dataset",
@@ -42,22 +40,6 @@ KEY_PARAMS = (
     "encode.deskew",
     "encode.augment.copies",
 )
-PAGE_SIZE = 1000  # runs per search request
-
-
-class LeaderboardError(RuntimeError):
-    """The store holds nothing to rank (no such experiment)."""
-
-
-USER_ERRORS = (LeaderboardError,)  # reported by the CLI without a traceback
-
-
-@dataclass(frozen=True)
-class LeaderboardConfig(Config):
-    """``leaderboard:``: where the leaderboard is written."""
-
-    markdown: str
-    figure: str
 
 
 @dataclass(frozen=True)
@@ -77,54 +59,6 @@ class Leaderboard:
     incomplete: pd.DataFrame
     common: dict[str, str]
     baseline_accuracy: float
-
-
-def fetch_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
-    """Every active run of an experiment, one row each, through MLflow's client API.
-
-    Args:
-        tracking_uri: the MLflow store.
-        experiment_name: the experiment (params ``mlflow.experiment_name``).
-
-    Returns:
-        A DataFrame shaped like ``mlflow.search_runs``: run_id, run_name, status, start_time
-        (UTC), and ``metrics.<key>``, ``params.<key>``, ``tags.<key>`` columns.
-
-    Raises:
-        LeaderboardError: the experiment does not exist in the store.
-    """
-    # Imported here: mlflow takes seconds to import, and `mnistflow --help` should not wait.
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        raise LeaderboardError(
-            f"no MLflow experiment {experiment_name!r} (mlflow.experiment_name) in "
-            f"{tracking_uri}: run the pipeline first (dvc repro or dvc exp run)"
-        )
-    rows = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment.experiment_id], max_results=PAGE_SIZE, page_token=token
-        )
-        for found in page:
-            row = {
-                "run_id": found.info.run_id,
-                "run_name": found.info.run_name,
-                "status": found.info.status,
-                "start_time": pd.Timestamp(found.info.start_time, unit="ms", tz="UTC"),
-            }
-            row.update({f"metrics.{k}": v for k, v in found.data.metrics.items()})
-            row.update({f"params.{k}": v for k, v in found.data.params.items()})
-            row.update({f"tags.{k}": v for k, v in found.data.tags.items()})
-            rows.append(row)
-        token = page.token
-        if not token:
-            break
-    log.info("%d runs in experiment %r", len(rows), experiment_name)
-    return pd.DataFrame(rows)
 
 
 def _column(runs: pd.DataFrame, name: str) -> pd.Series:
@@ -335,45 +269,3 @@ def write_leaderboard(
         fig.savefig(tmp, format="png", dpi=100)
     fileio.write_text(markdown, to_markdown(board, experiment_name, Path(relative).as_posix()))
     log.info("wrote %s and %s (%d ranked runs)", markdown, figure, len(board.ranked))
-
-
-@dataclass(frozen=True)
-class StoreSettings:
-    """What the read-side commands need from params.yaml: the store and the baseline."""
-
-    experiment_name: str
-    tracking_uri: str
-    baseline_accuracy: float
-
-
-def store_settings(params: dict) -> StoreSettings:
-    """The MLflow store the pipeline logs to (tracking.py) and the baseline, from params."""
-    from mnistflow import tracking
-
-    mlflow_cfg = config(params, "mlflow", MlflowConfig)
-    return StoreSettings(
-        experiment_name=mlflow_cfg.experiment_name,
-        baseline_accuracy=config(params, "evaluate", EvaluateConfig).baseline_accuracy,
-        # last: the store is only looked for once the params are known to be valid
-        tracking_uri=tracking.resolve_tracking_uri(mlflow_cfg, Path.cwd()),
-    )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``mnistflow leaderboard`` (none: everything comes from params.yaml)."""
-    parser.set_defaults(handler=command)
-
-
-def command(args: argparse.Namespace) -> int:
-    """``mnistflow leaderboard``: rank every run of the experiment into leaderboard files."""
-    params = load_params(args.params)
-    out = config(params, "leaderboard", LeaderboardConfig)
-    store = store_settings(params)
-    board = shape_table(
-        fetch_runs(store.tracking_uri, store.experiment_name), store.baseline_accuracy
-    )
-    write_leaderboard(board, store.experiment_name, Path(out.markdown), Path(out.figure))
-    if len(board.ranked):
-        best = board.ranked.iloc[0]
-        log.info("best: %s (%s) %s=%.4f", best["run"], best["run_id"], HEADLINE, best[HEADLINE])
-    return 0

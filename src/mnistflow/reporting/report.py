@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mnistflow.metrics import Evaluation
+from mnistflow.modeling.metrics import Evaluation
 
 HEADLINE_WHY = {
     "argmax": (

@@ -13,12 +13,16 @@ import zlib
 
 import numpy as np
 
+from mnistflow.util.errors import UserError
+
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 
 
-class IdxError(ValueError):
+class IdxError(UserError, ValueError):
     """An IDX file that is malformed or does not match what was expected."""
+
+    exit_code = 3
 
 
 def gunzip(data: bytes, name: str) -> bytes:

@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from mnistflow.params import DatasetSpec
+from mnistflow.config import DatasetSpec
 
 Scaling = Literal["divide255", "none", "standardize"]
 LabelEncoding = Literal["onehot", "index"]

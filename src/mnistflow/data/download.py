@@ -26,8 +26,9 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from mnistflow.fileio import atomic_path
-from mnistflow.params import DatasetSpec, DownloadConfig, FileSpec
+from mnistflow.util.errors import UserError
+from mnistflow.util.fileio import atomic_path
+from mnistflow.config import DatasetSpec, DownloadConfig, FileSpec
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ LOCAL_MIRROR_HINT = (
 )
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError):
     """A file could not be fetched and verified from any mirror."""
+
+    exit_code = 3
 
 
 class FetchError(Exception):

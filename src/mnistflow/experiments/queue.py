@@ -6,13 +6,14 @@ parsing; the failed experiments' logs come from ``dvc queue logs <name>``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from mnistflow.util.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ FAILED = "Failed"
 SUCCESS = "Success"
 
 
-class QueueError(RuntimeError):
+class QueueError(UserError):
     """The queue cannot finish (no worker, timeout) or experiments in it failed."""
 
 
@@ -167,31 +168,3 @@ def wait_queue(
         return 1
     log.info("all %d experiment(s) in the queue succeeded; see `dvc exp show`", len(tasks))
     return 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``mnistflow wait-queue``."""
-    parser.add_argument(
-        "--poll", type=float, default=5.0, metavar="S", help="seconds between looks (5)"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=None, metavar="S", help="give up after S seconds"
-    )
-    parser.add_argument(
-        "--no-worker-grace",
-        type=float,
-        default=60.0,
-        metavar="S",
-        help="give up when tasks stay queued with no worker for S seconds (60)",
-    )
-    parser.add_argument(
-        "--log-lines", type=int, default=20, metavar="N", help="log lines shown per failure (20)"
-    )
-    parser.set_defaults(handler=command)
-
-
-def command(args: argparse.Namespace) -> int:
-    """``mnistflow wait-queue``: exit 0 all succeeded, 1 some failed, 2 cannot finish."""
-    from mnistflow.workspace import find_root
-
-    return wait_queue(find_root(), args.poll, args.timeout, args.no_worker_grace, args.log_lines)

@@ -17,13 +17,15 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from mnistflow.util.errors import UserError
+
 PARAMS_FILE = "params.yaml"
 
 
 C = typing.TypeVar("C", bound="Config")
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """A missing, unknown or invalid key in params.yaml."""
 
 
@@ -364,6 +366,27 @@ class MlflowConfig(Config):
     def _validate(self, prefix: str) -> None:
         if not self.experiment_name.strip():
             raise ParamsError(f"params.yaml: '{prefix}.experiment_name' must not be empty")
+
+
+@dataclass(frozen=True)
+class LeaderboardConfig(Config):
+    """``leaderboard:``: where the leaderboard is written."""
+
+    markdown: str
+    figure: str
+
+
+@dataclass(frozen=True)
+class RegistryConfig(Config):
+    """``registry:``: the registered model's name and the alias of the best version."""
+
+    model_name: str
+    alias: str
+
+    def _validate(self, prefix: str) -> None:
+        for key in ("model_name", "alias"):
+            if not getattr(self, key).strip():
+                raise ParamsError(f"params.yaml: '{prefix}.{key}' must not be empty")
 
 
 def config(params: Mapping[str, Any], dotted: str, cls: type[C]) -> C:

@@ -1,55 +1,20 @@
-"""Build, fit and query scikit-learn's MLPClassifier from validated params (no MLflow here).
-
-Also the interruption machinery for training: sklearn's stochastic solvers catch
-KeyboardInterrupt inside ``fit`` and return a half-trained model as if nothing happened, so
-Ctrl-C/SIGTERM are turned into :class:`FitInterrupted`, which sklearn does not catch.
-"""
+"""Build, fit and query scikit-learn's MLPClassifier from validated params (no MLflow here)."""
 
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from types import FrameType
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
-from mnistflow.params import TrainConfig
+from mnistflow.config import TrainConfig
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[int, float, float | None], None]
-INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class FitInterrupted(BaseException):
-    """SIGINT or SIGTERM arrived; a BaseException so that no ``except Exception`` swallows it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-        self.signum = signum
-
-
-@contextmanager
-def raise_on_signals() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise FitInterrupted (main thread only)."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise FitInterrupted(signum)
-
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("raise_on_signals() must be used in the main thread")
-    previous = {s: signal.signal(s, handler) for s in INTERRUPT_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
 
 
 def build_classifier(cfg: TrainConfig) -> MLPClassifier:

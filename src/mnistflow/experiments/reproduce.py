@@ -13,13 +13,11 @@ looked up or reproduced.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -30,8 +28,7 @@ from typing import Any
 
 import yaml
 
-from mnistflow import fileio
-from mnistflow.params import (
+from mnistflow.config import (
     DownloadConfig,
     EncodeConfig,
     EvaluateConfig,
@@ -44,12 +41,17 @@ from mnistflow.params import (
     dataset_spec,
     load_params,
 )
-from mnistflow.workspace import REPRODUCES_ENV, find_root, git
+from mnistflow.tracking.provenance import REPRODUCES_ENV, REPRODUCES_TAG
+from mnistflow.tracking.store import absolute_uri
+from mnistflow.util import fileio
+from mnistflow.util.dvc import dvc
+from mnistflow.util.errors import UserError
+from mnistflow.util.git import git, git_or_none
+from mnistflow.util.workspace import find_root
 
 log = logging.getLogger(__name__)
 
-EXIT_IDENTICAL, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
-REPRODUCES_TAG = "reproduces"
+EXIT_IDENTICAL, EXIT_DIFFERENT = 0, 1
 # Wall-clock measurements differ between any two runs; they say nothing about the model.
 TIMING_METRIC = re.compile(r"(_time_s|_seconds)$")
 PER_CLASS_METRIC = re.compile(r"^(?P<group>.+_class_)\d+$")
@@ -67,7 +69,7 @@ SECTION_CONFIGS = {
 DVC_RUN_ENV = ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE")
 
 
-class ReproduceError(RuntimeError):
+class ReproduceError(UserError):
     """The run cannot be looked up or reproduced (exit status 2)."""
 
 
@@ -257,25 +259,6 @@ def format_table(rows: list[MetricRow]) -> str:
     )
 
 
-def absolute_uri(uri: str, cwd: Path) -> str:
-    """A relative ``sqlite:///file`` made absolute, so the rerun (elsewhere) uses the same file."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str((cwd / uri[len(prefix) :]).resolve())
-    return uri
-
-
-def commit_exists(repo: Path, commit: str) -> bool:
-    """True if ``commit`` names a commit of the git repository at ``repo``."""
-    proc = subprocess.run(
-        ["git", "cat-file", "-e", f"{commit}^{{commit}}"],
-        cwd=repo,
-        capture_output=True,
-        check=False,
-    )
-    return proc.returncode == 0
-
-
 @contextmanager
 def worktree(repo: Path, commit: str, keep: bool) -> Iterator[Path]:
     """A detached git worktree of ``commit`` in a new temporary folder; removed afterwards.
@@ -298,38 +281,6 @@ def worktree(repo: Path, commit: str, keep: bool) -> Iterator[Path]:
             git(["worktree", "remove", "--force", str(path)], repo, check=False)
             shutil.rmtree(path, ignore_errors=True)  # what git left (nothing, normally)
             git(["worktree", "prune"], repo)
-
-
-def dvc(args: list[str], cwd: Path, env: Mapping[str, str]) -> None:
-    """Run a dvc command in ``cwd``; its output goes to our stderr.
-
-    Raises:
-        ReproduceError: dvc failed.
-    """
-    log.info("$ dvc %s  (in %s)", " ".join(args), cwd)
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", *args],
-        cwd=cwd,
-        env=dict(env),
-        stdout=sys.stderr,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise ReproduceError(f"`dvc {' '.join(args)}` failed in {cwd} (exit {proc.returncode})")
-
-
-def dvc_cache_dir(repo: Path) -> str:
-    """The DVC cache folder of ``repo`` (``dvc cache dir``), to share with the worktree."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "cache", "dir"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise ReproduceError(f"`dvc cache dir` failed in {repo}: {proc.stderr.strip()}")
-    return proc.stdout.strip()
 
 
 def rerun_env(uri: str, run_id: str) -> dict[str, str]:
@@ -358,7 +309,7 @@ def check_run(run: LoggedRun, repo: Path) -> str:
     if missing:
         raise ReproduceError(f"run {run.run_id} has no tag {', '.join(missing)}")
     commit = run.tags["git_commit"]
-    if commit == "unknown" or not commit_exists(repo, commit):
+    if commit == "unknown" or git_or_none(["cat-file", "-e", f"{commit}^{{commit}}"], repo) is None:
         raise ReproduceError(
             f"run {run.run_id} was made at commit {commit}, which the git repository {repo} "
             "does not have (fetch it, or reproduce in the repository it came from)"
@@ -382,13 +333,13 @@ def reproduce(run_id: str, cwd: Path, uri: str, keep: bool) -> int:
         0 if the rerun's metrics are identical, 1 if not (or the data differs).
 
     Raises:
-        ReproduceError: lookup or setup failure (exit 2).
+        UserError: lookup or setup failure (ReproduceError, TrackingError, GitError...).
     """
     repo = find_root(cwd)
     uri = absolute_uri(uri, cwd)
     run = fetch_run(uri, run_id)
     commit = check_run(run, repo)
-    cache_dir = dvc_cache_dir(repo)
+    cache_dir = dvc(["cache", "dir"], repo, capture=True).stdout.strip()
     env = rerun_env(uri, run_id)
     with worktree(repo, commit, keep) as work:
         base = load_params(work / "params.yaml")
@@ -450,27 +401,3 @@ def reproduce(run_id: str, cwd: Path, uri: str, keep: bool) -> int:
         f"result: {verdict}\n"
     )
     return EXIT_IDENTICAL if not problems else EXIT_DIFFERENT
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``mnistflow reproduce``."""
-    parser.add_argument("run_id", help="the MLflow run to reproduce")
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the temporary workspace (a git worktree)"
-    )
-    parser.set_defaults(handler=command)
-
-
-def command(args: argparse.Namespace) -> int:
-    """``mnistflow reproduce <run-id>``: exit 0 identical, 1 different, 2 on errors."""
-    from mnistflow import tracking
-
-    cwd = Path.cwd()
-    try:
-        mlflow_cfg = config(load_params(args.params), "mlflow", MlflowConfig)
-        uri = tracking.resolve_tracking_uri(mlflow_cfg, cwd)
-        return reproduce(args.run_id, cwd, uri, args.keep)
-    # RuntimeError: ReproduceError, TrackingError and git failures (with git's message)
-    except (RuntimeError, ParamsError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return EXIT_ERROR

@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 
+# The headline metric's one name, in MLflow, the DVC metrics file, reports and leaderboards.
+HEADLINE = "test_accuracy"
+
 
 def true_classes(y: np.ndarray) -> np.ndarray:
     """Class indices (n,) from one-hot rows (n, k) or from indices (n,)."""

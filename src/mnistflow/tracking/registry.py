@@ -7,39 +7,24 @@ leaderboard shows on top. Registering the same run again reuses its version.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from dataclasses import dataclass
 
 import pandas as pd
 
-from mnistflow import leaderboard
-from mnistflow.params import Config, ParamsError, config, load_params
+from mnistflow.config import RegistryConfig
+from mnistflow.modeling.metrics import HEADLINE
+from mnistflow.reporting import leaderboard
+from mnistflow.tracking.query import fetch_runs
+from mnistflow.util.errors import UserError
 
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"  # the name train logs the model under (mlflow.sklearn.log_model)
 
 
-class RegistryError(RuntimeError):
+class RegistryError(UserError):
     """Nothing can be registered (no finished run with a headline accuracy, no model)."""
-
-
-USER_ERRORS = (RegistryError, leaderboard.LeaderboardError)  # CLI: no traceback
-
-
-@dataclass(frozen=True)
-class RegistryConfig(Config):
-    """``registry:``: the registered model's name and the alias of the best version."""
-
-    model_name: str
-    alias: str
-
-    def _validate(self, prefix: str) -> None:
-        for key in ("model_name", "alias"):
-            if not getattr(self, key).strip():
-                raise ParamsError(f"params.yaml: '{prefix}.{key}' must not be empty")
 
 
 @dataclass(frozen=True)
@@ -64,7 +49,7 @@ def best_finished(board: leaderboard.Leaderboard) -> pd.Series:
     finished = board.ranked[board.ranked["status"] == "FINISHED"]
     if finished.empty:
         raise RegistryError(
-            f"no FINISHED run with a {leaderboard.HEADLINE} metric to register: run the "
+            f"no FINISHED run with a {HEADLINE} metric to register: run the "
             "pipeline (dvc repro) first"
         )
     return finished.iloc[0]
@@ -90,9 +75,7 @@ def register_best(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    board = leaderboard.shape_table(
-        leaderboard.fetch_runs(tracking_uri, experiment_name), baseline_accuracy
-    )
+    board = leaderboard.shape_table(fetch_runs(tracking_uri, experiment_name), baseline_accuracy)
     best = best_finished(board)
     run_id = str(best["run_id"])
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -136,7 +119,7 @@ def register_best(
         alias=cfg.alias,
         run_id=run_id,
         run_name=str(best["run"]),
-        accuracy=float(best[leaderboard.HEADLINE]),
+        accuracy=float(best[HEADLINE]),
         created=created,
     )
     log.info(
@@ -147,26 +130,7 @@ def register_best(
         cfg.alias,
         result.run_name,
         run_id,
-        leaderboard.HEADLINE,
+        HEADLINE,
         result.accuracy,
     )
     return result
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``mnistflow register`` (none: names come from params.yaml ``registry:``)."""
-    parser.set_defaults(handler=command)
-
-
-def command(args: argparse.Namespace) -> int:
-    """``mnistflow register``: register the best run as ``<model_name>@<alias>``."""
-    params = load_params(args.params)
-    cfg = config(params, "registry", RegistryConfig)
-    store = leaderboard.store_settings(params)
-    result = register_best(store.tracking_uri, store.experiment_name, store.baseline_accuracy, cfg)
-    # The result on stdout, for scripts: models:/<name>@<alias> and what it points at.
-    sys.stdout.write(
-        f"models:/{result.model_name}@{result.alias}\tversion {result.version}\t"
-        f"run {result.run_id}\t{leaderboard.HEADLINE} {result.accuracy:.4f}\n"
-    )
-    return 0

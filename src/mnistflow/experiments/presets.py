@@ -6,23 +6,19 @@ flags, so the run is an ordinary DVC experiment and MLflow run, compared like an
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mnistflow.params import (
+from mnistflow.config import (
     Config,
     EncodeConfig,
     ParamsError,
     TrainConfig,
     config,
-    load_params,
     section,
 )
 
@@ -79,22 +75,3 @@ def set_flags(overrides: dict[str, Any]) -> list[str]:
         text = text.removesuffix("\n...").removesuffix("...").strip()
         flags += ["-S", f"{key}={text}"]
     return flags
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``mnistflow best``."""
-    parser.add_argument("--preset", default="best", help="preset name in presets/ (default best)")
-    parser.add_argument("--name", help="DVC experiment name (default: the preset's name)")
-    parser.add_argument("--queue", action="store_true", help="queue it instead of running now")
-    parser.set_defaults(handler=command)
-
-
-def command(args: argparse.Namespace) -> int:
-    """Run (or queue) the preset as a DVC experiment; return dvc's exit code."""
-    overrides = load_preset(PRESETS_DIR / f"{args.preset}.yaml")
-    apply_preset(load_params(args.params), overrides)  # fail before dvc starts
-    cmd = ["dvc", "exp", "run", "-n", args.name or args.preset, *set_flags(overrides)]
-    if args.queue:
-        cmd.append("--queue")
-    log.info("%s", " ".join(cmd))
-    return subprocess.run(cmd, check=False, env=os.environ).returncode

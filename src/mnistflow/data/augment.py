@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from mnistflow.params import AugmentConfig
+from mnistflow.config import AugmentConfig
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ accuracy with the columns that matter, opened by ``.../runs?viewStateShareKey=<k
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -23,14 +23,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
 
-from mnistflow.params import MlflowConfig, config, load_params
+from mnistflow.util.errors import UserError
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"  # never 0.0.0.0: the UI has no authentication
+DEFAULT_PORT = 5000  # mlflow ui's own default
 READY_TIMEOUT_S = 180.0  # ~20 s measured; generous because the machine is shared
 POLL_S = 0.5
 STOP_TIMEOUT_S = 15.0
@@ -40,30 +40,32 @@ VIEW_METRICS = ("test_accuracy", "delta_to_baseline", "fit_time_s")
 VIEW_TAGS = ("is_baseline", "dvc_exp_name")
 
 
-class UiError(RuntimeError):
+class UiError(UserError):
     """The UI could not be started."""
-
-
-USER_ERRORS = (UiError,)  # reported by the CLI without a traceback
 
 
 class _StopRequestedError(Exception):
     """SIGTERM received: stop the server and return."""
 
 
-def ui_command(tracking_uri: str, host: str, port: int) -> list[str]:
-    """The ``mlflow ui`` command line for a store.
+def _ui_args(tracking_uri: str, host: str, port: int) -> list[str]:
+    """``mlflow``'s arguments for the UI on a store.
 
     One worker process: the UI serves one person, and the default (4) costs ~4x the memory
     and start-up time on a 2-core machine.
     """
     return [
-        sys.executable, "-m", "mlflow", "ui",
+        "ui",
         "--backend-store-uri", tracking_uri,
         "--host", host,
         "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
+
+
+def ui_command(tracking_uri: str, host: str, port: int) -> list[str]:
+    """The ``mlflow ui`` command line for a store, run with this environment's MLflow."""
+    return [sys.executable, "-m", "mlflow", *_ui_args(tracking_uri, host, port)]
 
 
 def base_url(host: str, port: int) -> str:
@@ -78,6 +80,16 @@ def runs_url(host: str, port: int, experiment_id: str | None, view: str | None =
         return f"{base_url(host, port)}/"
     url = f"{base_url(host, port)}/#/experiments/{experiment_id}/runs"
     return f"{url}?viewStateShareKey={view}" if view else url
+
+
+def run_url(experiment_id: str, run_id: str, host: str = HOST, port: int = DEFAULT_PORT) -> str:
+    """One run's page in the UI (not the GenAI landing page)."""
+    return f"{base_url(host, port)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def ui_shell_command(tracking_uri: str, host: str = HOST, port: int = DEFAULT_PORT) -> str:
+    """:func:`ui_command` as one line to paste into a shell (for reports)."""
+    return shlex.join(["mlflow", *_ui_args(tracking_uri, host, port)])
 
 
 def leaderboard_view(param_keys: Sequence[str]) -> dict[str, object]:
@@ -100,7 +112,7 @@ def save_leaderboard_view(tracking_uri: str, experiment_id: str) -> None:
     """Store the leaderboard view on the experiment (idempotent)."""
     from mlflow.tracking import MlflowClient
 
-    from mnistflow.leaderboard import KEY_PARAMS
+    from mnistflow.reporting.leaderboard import KEY_PARAMS
 
     client = MlflowClient(tracking_uri)
     value = json.dumps(leaderboard_view(KEY_PARAMS))
@@ -221,21 +233,3 @@ def serve(tracking_uri: str, experiment_name: str, host: str, port: int) -> int:
     finally:
         stop(process)
         signal.signal(signal.SIGTERM, previous)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``mnistflow ui``."""
-    parser.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
-    parser.set_defaults(handler=command)
-
-
-def command(args: argparse.Namespace) -> int:
-    """``mnistflow ui``: serve the MLflow UI for the project's store until Ctrl-C."""
-    from mnistflow import tracking
-
-    if not 0 < args.port < 65536:
-        raise UiError(f"--port must be in 1..65535; got {args.port}")
-    params = load_params(args.params)
-    mlflow_cfg = config(params, "mlflow", MlflowConfig)
-    uri = tracking.resolve_tracking_uri(mlflow_cfg, Path.cwd())
-    return serve(uri, mlflow_cfg.experiment_name, HOST, args.port)

@@ -5,22 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 from pathlib import Path
+
+from mnistflow.util.git import git
 
 logger = logging.getLogger(__name__)
 
-# Set by `mnistflow reproduce` for the rerun's stages: train tags its run `reproduces=<id>`.
-REPRODUCES_ENV = "MNISTFLOW_REPRODUCES"
-
 # Outputs that belong to one run of the pipeline; a fresh copy must regenerate them.
 _RUN_OUTPUTS = ("outputs/", "reports/latest/")
-_GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "mnistflow",
-    "GIT_AUTHOR_EMAIL": "mnistflow@localhost",
-    "GIT_COMMITTER_NAME": "mnistflow",
-    "GIT_COMMITTER_EMAIL": "mnistflow@localhost",
-}
 
 
 def find_root(start: str | Path | None = None) -> Path:
@@ -40,25 +32,6 @@ def find_root(start: str | Path | None = None) -> Path:
         if (candidate / ".dvc").is_dir():
             return candidate
     raise FileNotFoundError(f"no DVC repository (.dvc/) at or above {here}")
-
-
-def git(args: list[str], cwd: str | Path, check: bool = True) -> str:
-    """Run git in ``cwd`` and return its stripped stdout.
-
-    Raises:
-        RuntimeError: git failed (with its stderr) and ``check`` is true.
-    """
-    proc = subprocess.run(
-        ["git", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **_GIT_IDENTITY},
-    )
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}")
-    return proc.stdout.strip()
 
 
 def copy_working_tree(src: str | Path, dest: str | Path) -> Path:

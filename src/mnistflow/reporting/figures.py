@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mnistflow import fileio
+from mnistflow.util import fileio
 
 DPI = 100
 

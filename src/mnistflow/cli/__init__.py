@@ -1,0 +1,74 @@
+"""The ``mnistflow`` command: one subcommand per module of this package.
+
+Adding a subcommand: write ``cli/<name>.py`` with ``add_arguments(parser)``, which must call
+``parser.set_defaults(handler=<function(args) -> int>)``, and add it to ``COMMANDS``. The
+handler raises a :class:`~mnistflow.util.errors.UserError` for anything the user can fix
+(one line, its exit code). Modules import MLflow inside their functions so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from mnistflow.config import PARAMS_FILE
+from mnistflow.util.entrypoint import run_main
+
+# name -> (module in this package, one-line help); a new subcommand is one more entry.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "leaderboard": (
+        "leaderboard",
+        "rank every MLflow run of the experiment into the leaderboard files (markdown + PNG)",
+    ),
+    "register": (
+        "register",
+        "register the best finished run's model under registry.model_name@registry.alias",
+    ),
+    "predict": (
+        "predict",
+        "classify image files with the champion model (or --run RUN_ID's model)",
+    ),
+    "ui": ("ui", "serve the MLflow UI for the project's store on 127.0.0.1"),
+    "wait-queue": (
+        "wait_queue",
+        "wait for the DVC experiment queue to finish; exit 1 naming any failed experiment",
+    ),
+    "best": ("best", "run the best configuration (presets/best.yaml) as a DVC experiment"),
+    "reproduce": (
+        "reproduce",
+        "rerun a logged MLflow run in a temporary worktree and compare its metrics",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand of COMMANDS."""
+    parser = argparse.ArgumentParser(
+        prog="mnistflow",
+        description="Compare, register and use the runs of the MNIST pipeline (see README).",
+    )
+    parser.add_argument(
+        "--params",
+        default=PARAMS_FILE,
+        help="the params file (default: params.yaml in the current directory)",
+    )
+    parser.add_argument(
+        "--log-level", default=None, help="DEBUG, INFO (default; env MNISTFLOW_LOG), WARNING..."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mnistflow``; returns the exit code (also used by ``sys.exit``)."""
+    args = build_parser().parse_args(argv)
+    return run_main(lambda: args.handler(args), f"mnistflow {args.command}", args.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""``mnistflow leaderboard``: the command line of :mod:`mnistflow.reporting.leaderboard`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from mnistflow.config import LeaderboardConfig, config, load_params
+from mnistflow.modeling.metrics import HEADLINE
+from mnistflow.reporting.leaderboard import shape_table, write_leaderboard
+from mnistflow.tracking.query import fetch_runs
+from mnistflow.tracking.store import store_settings
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``mnistflow leaderboard`` (none: everything comes from params.yaml)."""
+    parser.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``mnistflow leaderboard``: rank every run of the experiment into leaderboard files."""
+    params = load_params(args.params)
+    out = config(params, "leaderboard", LeaderboardConfig)
+    store = store_settings(params)
+    board = shape_table(
+        fetch_runs(store.tracking_uri, store.experiment_name), store.baseline_accuracy
+    )
+    write_leaderboard(board, store.experiment_name, Path(out.markdown), Path(out.figure))
+    if len(board.ranked):
+        best = board.ranked.iloc[0]
+        log.info("best: %s (%s) %s=%.4f", best["run"], best["run_id"], HEADLINE, best[HEADLINE])
+    return 0

@@ -1,0 +1,65 @@
+"""Reading runs back from the MLflow store (through MLflow's client, never the store's files)."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from mnistflow.util.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 1000  # runs per search request
+
+
+class LeaderboardError(UserError):
+    """The store holds nothing to rank (no such experiment)."""
+
+
+def fetch_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
+    """Every active run of an experiment, one row each, through MLflow's client API.
+
+    Args:
+        tracking_uri: the MLflow store.
+        experiment_name: the experiment (params ``mlflow.experiment_name``).
+
+    Returns:
+        A DataFrame shaped like ``mlflow.search_runs``: run_id, run_name, status, start_time
+        (UTC), and ``metrics.<key>``, ``params.<key>``, ``tags.<key>`` columns.
+
+    Raises:
+        LeaderboardError: the experiment does not exist in the store.
+    """
+    # Imported here: mlflow takes seconds to import, and `mnistflow --help` should not wait.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise LeaderboardError(
+            f"no MLflow experiment {experiment_name!r} (mlflow.experiment_name) in "
+            f"{tracking_uri}: run the pipeline first (dvc repro or dvc exp run)"
+        )
+    rows = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment.experiment_id], max_results=PAGE_SIZE, page_token=token
+        )
+        for found in page:
+            row = {
+                "run_id": found.info.run_id,
+                "run_name": found.info.run_name,
+                "status": found.info.status,
+                "start_time": pd.Timestamp(found.info.start_time, unit="ms", tz="UTC"),
+            }
+            row.update({f"metrics.{k}": v for k, v in found.data.metrics.items()})
+            row.update({f"params.{k}": v for k, v in found.data.params.items()})
+            row.update({f"tags.{k}": v for k, v in found.data.tags.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    log.info("%d runs in experiment %r", len(rows), experiment_name)
+    return pd.DataFrame(rows)

@@ -1,0 +1,128 @@
+"""Where runs go: the MLflow tracking URI and the experiment, created once under a lock.
+
+Store: ``MLFLOW_TRACKING_URI`` wins, else params ``mlflow.tracking_uri``, else an sqlite file
+``<root>/mlflow.db`` where ``<root>`` is ``$DVC_ROOT`` (set by DVC, also inside queued
+experiments' temporary workspaces) or the nearest ancestor of the working directory holding
+``.dvc/``. So every run lands in the main workspace's store, never in a throw-away copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from filelock import FileLock, Timeout
+
+from mnistflow.config import EvaluateConfig, MlflowConfig, config
+from mnistflow.util.errors import UserError
+from mnistflow.util.workspace import find_root
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT_S = 300  # a store creation takes seconds; minutes means a stuck process
+STORE_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+
+
+class TrackingError(UserError):
+    """The MLflow store or run cannot be used as configured."""
+
+    exit_code = 4
+
+
+def store_root(cwd: Path) -> Path:
+    """The project root that holds the store (``workspace.find_root``), as a TrackingError."""
+    try:
+        return find_root(cwd)
+    except FileNotFoundError as exc:
+        raise TrackingError(f"{exc}; run from the repository root") from exc
+
+
+def resolve_tracking_uri(cfg: MlflowConfig, cwd: Path) -> str:
+    """The tracking URI by the precedence in the module docstring."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    if cfg.tracking_uri.strip():
+        return cfg.tracking_uri.strip()
+    return f"sqlite:///{store_root(cwd) / STORE_FILE}"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of an ``sqlite:///`` URI, else None."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None
+    # sqlite:////abs/path -> path "//abs/path"; sqlite:///rel -> "/rel"
+    path = unquote(parsed.path)
+    return Path(path[1:]) if path.startswith("/") else Path(path)
+
+
+def ensure_experiment(uri: str, name: str, root: Path) -> str:
+    """Create the store and the experiment once (under a file lock); return its id.
+
+    Concurrent first runs (queued experiments) would otherwise race to create the sqlite
+    tables and crash with "table experiments already exists". New experiments store their
+    artifacts in ``<store folder>/mlartifacts`` (for an sqlite store: beside the database,
+    i.e. ``<root>/mlartifacts`` by default), never in a temporary workspace.
+    """
+    from mlflow.entities import LifecycleStage
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_file(uri)
+    if db is not None:
+        db = db if db.is_absolute() else (Path.cwd() / db)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = db.with_name(db.name + ".lock")
+        artifacts: str | None = (db.parent / ARTIFACTS_DIR).resolve().as_uri()
+    else:
+        lock_file = root / f"{STORE_FILE}.lock"
+        # a tracking server decides where artifacts go; a local folder store gets ours
+        remote = urlparse(uri).scheme in ("http", "https", "databricks")
+        artifacts = None if remote else (root / ARTIFACTS_DIR).resolve().as_uri()
+    try:
+        with FileLock(str(lock_file), timeout=LOCK_TIMEOUT_S):
+            client = MlflowClient(tracking_uri=uri)
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                log.info("creating MLflow experiment %r in %s", name, uri)
+                return client.create_experiment(name, artifact_location=artifacts)
+    except Timeout as exc:
+        raise TrackingError(f"{lock_file}: still locked after {LOCK_TIMEOUT_S} s") from exc
+    if exp.lifecycle_stage == LifecycleStage.DELETED:
+        raise TrackingError(
+            f"MLflow experiment {name!r} (mlflow.experiment_name) is deleted in {uri}: restore "
+            "it (mlflow experiments restore) or choose another name"
+        )
+    return exp.experiment_id
+
+
+def absolute_uri(uri: str, cwd: Path) -> str:
+    """A relative ``sqlite:///file`` made absolute, so a process elsewhere uses the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((cwd / uri[len(prefix) :]).resolve())
+    return uri
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """What the read-side commands need from params.yaml: the store and the baseline."""
+
+    experiment_name: str
+    tracking_uri: str
+    baseline_accuracy: float
+
+
+def store_settings(params: dict) -> StoreSettings:
+    """The MLflow store the pipeline logs to  and the baseline, from params."""
+    mlflow_cfg = config(params, "mlflow", MlflowConfig)
+    return StoreSettings(
+        experiment_name=mlflow_cfg.experiment_name,
+        baseline_accuracy=config(params, "evaluate", EvaluateConfig).baseline_accuracy,
+        # last: the store is only looked for once the params are known to be valid
+        tracking_uri=resolve_tracking_uri(mlflow_cfg, Path.cwd()),
+    )

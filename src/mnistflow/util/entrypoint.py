@@ -1,0 +1,53 @@
+"""How every program of the project starts and ends: the DVC stages and ``mnistflow``.
+
+One place for the edge: logging, signals, and turning expected failures into one line and a
+documented exit code (:mod:`mnistflow.util.errors`). Set ``MNISTFLOW_TRACEBACK=1`` to see the
+traceback of an expected failure too; a bug always shows its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+from mnistflow.util import logs
+from mnistflow.util.errors import UserError
+from mnistflow.util.signals import Interrupted, raise_on_signals
+
+log = logging.getLogger(__name__)
+
+TRACEBACK_ENV = "MNISTFLOW_TRACEBACK"
+FILE_ERROR_EXIT = 2
+# A missing or unreadable file named on the command line or in params is the user's to fix.
+FILE_ERRORS: tuple[type[Exception], ...] = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
+
+
+def run_main(main: Callable[[], int | None], name: str, log_level: str | None = None) -> int:
+    """Run ``main`` and return the process exit code.
+
+    Args:
+        main: the program; returns an exit code or None (0).
+        name: what to call it in the one-line error (e.g. ``stage train``).
+        log_level: overrides ``MNISTFLOW_LOG``.
+    """
+    logs.configure(log_level)
+    # MLflow 3 sends usage telemetry unless told not to; these machines are offline and the
+    # runs are nobody else's business. An explicit setting in the environment still wins.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        with raise_on_signals():
+            return int(main() or 0)
+    except Interrupted as exc:
+        log.error("%s %s: stopped; outputs it had not finished were not written", name, exc)
+        return exc.exit_code
+    except (UserError, *FILE_ERRORS) as exc:
+        if os.environ.get(TRACEBACK_ENV):
+            log.exception("%s failed", name)
+        log.error("%s: %s", name, exc)
+        return getattr(exc, "exit_code", FILE_ERROR_EXIT)
