@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from mnistflow.config import DownloadConfig, Paths, config, dataset_spec, load_params
+from mnistflow.config import load_config
 from mnistflow.data.download import download_dataset
 from mnistflow.util.entrypoint import run_main
 from mnistflow.util.workspace import find_root
@@ -16,10 +16,8 @@ log = logging.getLogger("mnistflow.stages.download")
 
 def main() -> None:
     """Read params, download and verify every file of ``data.dataset``."""
-    params = load_params()
-    paths = config(params, "paths", Paths)
-    name, spec = dataset_spec(params)
-    cfg = config(params, "download", DownloadConfig)
+    params = load_config()
+    paths, name, spec, cfg = params.paths, params.dataset_name, params.dataset, params.download
     files = download_dataset(
         spec, paths.path("raw_dir"), cfg, os.environ.get("MNIST_MIRROR"), find_root()
     )

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from mnistflow.config import EncodeConfig, Paths, config, dataset_spec, load_params
+from mnistflow.config import load_config
 from mnistflow.data import augment as augmentation
 from mnistflow.data.encode import dataset_sha256, encode_labels, flatten, scale
 from mnistflow.util.entrypoint import run_main
@@ -18,10 +18,8 @@ log = logging.getLogger("mnistflow.stages.encode")
 
 def main() -> None:
     """Read params, encode the unpacked arrays, write train/test features and info."""
-    params = load_params()
-    paths = config(params, "paths", Paths)
-    cfg = config(params, "encode", EncodeConfig)
-    name, spec = dataset_spec(params)
+    params = load_config()
+    paths, cfg, name, spec = params.paths, params.encode, params.dataset_name, params.dataset
     n_classes = len(spec.classes)
 
     arrays = load_npz(paths.arrays)

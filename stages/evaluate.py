@@ -16,14 +16,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.neural_network import MLPClassifier
 
-from mnistflow.config import (
-    EvaluateConfig,
-    MlflowConfig,
-    Paths,
-    config,
-    dataset_spec,
-    load_params,
-)
+from mnistflow.config import load_config
 from mnistflow.modeling import metrics as m
 from mnistflow.modeling.model import (
     decode_sets,
@@ -78,11 +71,9 @@ def caption(row: dict, classes: list[str], multilabel: bool) -> str:
 
 def main() -> None:
     """Evaluate and report."""
-    params = load_params()
-    paths = config(params, "paths", Paths)
-    cfg = config(params, "evaluate", EvaluateConfig)
-    mlflow_cfg = config(params, "mlflow", MlflowConfig)
-    dataset, spec = dataset_spec(params)
+    params = load_config()
+    paths, cfg, mlflow_cfg = params.paths, params.evaluate, params.mlflow
+    dataset, spec = params.dataset_name, params.dataset
     classes = list(spec.classes)
 
     run_info = fileio.read_json(paths.run_info)

@@ -18,15 +18,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from mnistflow.config import (
-    EncodeConfig,
-    MlflowConfig,
-    Paths,
-    TrainConfig,
-    config,
-    dataset_spec,
-    load_params,
-)
+from mnistflow.config import load_config
 from mnistflow.modeling.model import (
     build_classifier,
     fit_with_progress,
@@ -67,12 +59,9 @@ def loss_csv(losses: list[float], val_scores: list[float] | None) -> str:
 
 def main() -> None:
     """Train and record one run."""
-    params = load_params()
-    paths = config(params, "paths", Paths)
-    cfg = config(params, "train", TrainConfig)
-    mlflow_cfg = config(params, "mlflow", MlflowConfig)
-    encode_cfg = config(params, "encode", EncodeConfig)
-    dataset, _ = dataset_spec(params)
+    params = load_config()
+    paths, cfg, mlflow_cfg, encode_cfg = params.paths, params.train, params.mlflow, params.encode
+    dataset = params.dataset_name
     ignored = ignored_settings(cfg)
     for warning in ignored:
         log.warning("%s", warning)
@@ -95,7 +84,7 @@ def main() -> None:
     with threadpool_limits(limits=cfg.threads):
         experiment_id = store.ensure_experiment(uri, mlflow_cfg.experiment_name, root)
         with mlflow_run(uri, experiment_id, run_name=os.environ.get("DVC_EXP_NAME")) as run:
-            run.set_tags(provenance.train_tags(params, info, ignored, cwd, outputs))
+            run.set_tags(provenance.train_tags(params.raw, info, ignored, cwd, outputs))
             run.log_params(
                 flatten(
                     {

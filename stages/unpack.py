@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-import numpy as np
-
-from mnistflow.config import DatasetSpec, Paths, UnpackConfig, config, dataset_spec, load_params
-from mnistflow.data.idx import IMAGES_MAGIC, LABELS_MAGIC, IdxError, check_pair, gunzip, parse_idx
+from mnistflow.config import load_config
+from mnistflow.data.idx import SPLITS, read_split
 from mnistflow.data.images import (
     arrays_sha256,
     class_counts,
@@ -22,37 +19,11 @@ from mnistflow.util.fileio import atomic_path, save_npz, write_json
 
 log = logging.getLogger("mnistflow.stages.unpack")
 
-SPLITS = {"train": ("train_images", "train_labels"), "test": ("test_images", "test_labels")}
-
-
-def read_split(raw_dir: Path, spec: DatasetSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Parse and validate one split's images and labels (errors name the file)."""
-    images_role, labels_role = SPLITS[split]
-    images_name = getattr(spec.files, images_role).name
-    labels_name = getattr(spec.files, labels_role).name
-    images_path, labels_path = raw_dir / images_name, raw_dir / labels_name
-    images = parse_idx(
-        gunzip(images_path.read_bytes(), str(images_path)), str(images_path), IMAGES_MAGIC
-    )
-    labels = parse_idx(
-        gunzip(labels_path.read_bytes(), str(labels_path)), str(labels_path), LABELS_MAGIC
-    )
-    check_pair(images, labels, str(images_path), str(labels_path))
-    n_classes = len(spec.classes)
-    if labels.size and int(labels.max()) >= n_classes:
-        raise IdxError(
-            f"{labels_path}: label {int(labels.max())} out of range for the dataset's "
-            f"{n_classes} classes (datasets.<name>.classes)"
-        )
-    return images, labels
-
 
 def main() -> None:
     """Read params, unpack the raw files, write arrays, table, manifest and PNG tree."""
-    params = load_params()
-    paths = config(params, "paths", Paths)
-    cfg = config(params, "unpack", UnpackConfig)
-    name, spec = dataset_spec(params)
+    params = load_config()
+    paths, cfg, name, spec = params.paths, params.unpack, params.dataset_name, params.dataset
     raw_dir = paths.path("raw_dir")
 
     splits = {split: read_split(raw_dir, spec, split) for split in SPLITS}

@@ -412,3 +412,53 @@ def dataset_spec(params: Mapping[str, Any]) -> tuple[str, DatasetSpec]:
             f"params.yaml: 'data.dataset' is {name!r}; choose one of {', '.join(datasets)}"
         )
     return name, config(params, f"datasets.{name}", DatasetSpec)
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of params.yaml, every section validated: what :func:`load_config` returns."""
+
+    paths: Paths
+    dataset_name: str
+    dataset: DatasetSpec
+    download: DownloadConfig
+    unpack: UnpackConfig
+    encode: EncodeConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    mlflow: MlflowConfig
+    leaderboard: LeaderboardConfig
+    registry: RegistryConfig
+    raw: Mapping[str, Any]  # the parsed file, for what compares params (baseline, reproduce)
+
+
+# The one map from params.yaml's sections to their schemas (data/datasets are handled apart).
+SECTIONS: dict[str, type[Config]] = {
+    "paths": Paths,
+    "download": DownloadConfig,
+    "unpack": UnpackConfig,
+    "encode": EncodeConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "mlflow": MlflowConfig,
+    "leaderboard": LeaderboardConfig,
+    "registry": RegistryConfig,
+}
+
+
+def validate(params: Mapping[str, Any]) -> Params:
+    """Validate every section of a parsed params mapping (errors name the key)."""
+    known = {*SECTIONS, "data", "datasets"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ParamsError(
+            f"params.yaml: unknown section '{unknown[0]}' (known: {', '.join(sorted(known))})"
+        )
+    name, spec = dataset_spec(params)
+    sections = {key: config(params, key, cls) for key, cls in SECTIONS.items()}
+    return Params(dataset_name=name, dataset=spec, raw=params, **sections)  # type: ignore[arg-type]
+
+
+def load_config(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate the whole params file once: a typo anywhere fails before any work."""
+    return validate(load_params(path))

@@ -11,7 +11,11 @@ import gzip
 import struct
 import zlib
 
+from pathlib import Path
+
 import numpy as np
+
+from mnistflow.config import DatasetSpec
 
 from mnistflow.util.errors import UserError
 
@@ -113,3 +117,28 @@ def encode_idx(array: np.ndarray) -> bytes:
     magic = LABELS_MAGIC if array.ndim == 1 else IMAGES_MAGIC
     header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + np.ascontiguousarray(array).tobytes()
+
+
+SPLITS = {"train": ("train_images", "train_labels"), "test": ("test_images", "test_labels")}
+
+
+def read_split(raw_dir: Path, spec: DatasetSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parse and validate one split's images and labels (errors name the file)."""
+    images_role, labels_role = SPLITS[split]
+    images_name = getattr(spec.files, images_role).name
+    labels_name = getattr(spec.files, labels_role).name
+    images_path, labels_path = raw_dir / images_name, raw_dir / labels_name
+    images = parse_idx(
+        gunzip(images_path.read_bytes(), str(images_path)), str(images_path), IMAGES_MAGIC
+    )
+    labels = parse_idx(
+        gunzip(labels_path.read_bytes(), str(labels_path)), str(labels_path), LABELS_MAGIC
+    )
+    check_pair(images, labels, str(images_path), str(labels_path))
+    n_classes = len(spec.classes)
+    if labels.size and int(labels.max()) >= n_classes:
+        raise IdxError(
+            f"{labels_path}: label {int(labels.max())} out of range for the dataset's "
+            f"{n_classes} classes (datasets.<name>.classes)"
+        )
+    return images, labels
