@@ -47,8 +47,8 @@ format: setup ## apply ruff fixes and formatting
 test: setup browser ## set up and run the whole test suite (includes real-data runs)
 	$(BIN)/pytest
 
-test-fast: setup ## unit tests only (no pipeline runs, real data or browser)
-	$(BIN)/pytest -m "not slow and not browser and not e2e"
+test-fast: setup ## the unit tier: no subprocess, about 30 s (tests/conftest.py enforces it)
+	$(BIN)/pytest -m unit
 
 repro: setup ## set up and run the pipeline on params.yaml (dvc repro)
 	$(BIN)/dvc repro

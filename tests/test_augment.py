@@ -15,8 +15,7 @@ from scipy import ndimage
 from mnistflow.config import AugmentConfig, EncodeConfig, ParamsError, config, load_params
 from mnistflow.data import augment as aug
 from mnistflow.util.fileio import load_npz, read_json
-
-from .conftest import REPO_ROOT, copy_repo, run, use_tiny_dataset, workspace_env
+from tests.helpers import REPO_ROOT, copy_repo, run, use_tiny_dataset, workspace_env
 
 
 def augment_cfg(**overrides: float) -> AugmentConfig:
@@ -63,6 +62,7 @@ def random_digits(n: int, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------- deskew
 
 
+@pytest.mark.unit
 def test_deskew_makes_a_slanted_bar_upright_and_centred() -> None:
     images = slanted_bars([0.5, -0.4, 0.3, 0.0])
     before = images.copy()
@@ -90,6 +90,7 @@ def test_deskew_makes_a_slanted_bar_upright_and_centred() -> None:
     np.testing.assert_allclose(out.sum(axis=(1, 2)), images.sum(axis=(1, 2)), rtol=0.05)
 
 
+@pytest.mark.unit
 def test_deskew_equals_the_moment_affine_transform() -> None:
     """Same result as the textbook recipe: ``affine_transform`` with matrix [[1, 0], [skew, 1]]
     and the offset that maps the image centre to the centre of mass (order 1)."""
@@ -105,6 +106,7 @@ def test_deskew_equals_the_moment_affine_transform() -> None:
         np.testing.assert_allclose(out[i], expected, atol=1e-3)
 
 
+@pytest.mark.unit
 def test_deskew_keeps_blank_images_blank() -> None:
     images = np.zeros((3, 28, 28), dtype=np.uint8)
     images[1, 10, 5:20] = 200  # one horizontal line: zero row variance, skew undefined
@@ -114,6 +116,7 @@ def test_deskew_keeps_blank_images_blank() -> None:
     assert out[1].sum() == pytest.approx(images[1].sum(), rel=1e-4)
 
 
+@pytest.mark.unit
 def test_deskew_is_independent_of_workers() -> None:
     images = random_digits(aug.CHUNK + 300, seed=3)  # more than one chunk
     np.testing.assert_array_equal(aug.deskew(images, workers=1), aug.deskew(images, workers=2))
@@ -122,6 +125,7 @@ def test_deskew_is_independent_of_workers() -> None:
 # ---------------------------------------------------------------- augment
 
 
+@pytest.mark.unit
 def test_augment_shapes_dtype_range_and_originals_first() -> None:
     images = random_digits(50, seed=1)
     labels = np.arange(50, dtype=np.uint8) % 10
@@ -142,6 +146,7 @@ def test_augment_shapes_dtype_range_and_originals_first() -> None:
         assert not np.array_equal(x[50 * k : 50 * (k + 1)], x[:50])
 
 
+@pytest.mark.unit
 def test_augment_without_copies_returns_the_originals() -> None:
     images = random_digits(7, seed=2)
     labels = np.arange(7)
@@ -150,6 +155,7 @@ def test_augment_without_copies_returns_the_originals() -> None:
     np.testing.assert_array_equal(y, labels)
 
 
+@pytest.mark.unit
 def test_augment_keeps_labels_aligned() -> None:
     labels = np.random.default_rng(5).integers(0, 10, size=300)
     images = label_discs(labels)
@@ -162,6 +168,7 @@ def test_augment_keeps_labels_aligned() -> None:
     np.testing.assert_array_equal(decoded, y)
 
 
+@pytest.mark.unit
 def test_augment_is_deterministic_and_independent_of_workers() -> None:
     images = random_digits(1300, seed=4)
     labels = np.arange(1300) % 10
@@ -178,6 +185,7 @@ def test_augment_is_deterministic_and_independent_of_workers() -> None:
     np.testing.assert_array_equal(x1[:1300], x3[:1300])
 
 
+@pytest.mark.unit
 def test_augment_shift_only_moves_whole_pixels_within_max_shift() -> None:
     images = np.zeros((40, 28, 28), dtype=np.uint8)
     images[:, 8:20, 10:16] = np.arange(72, dtype=np.uint8).reshape(12, 6) + 100
@@ -198,6 +206,7 @@ def test_augment_shift_only_moves_whole_pixels_within_max_shift() -> None:
     assert len(seen) > 10  # shifts really are random
 
 
+@pytest.mark.unit
 def test_augment_rotation_turns_a_bar_within_max_rotation() -> None:
     images = np.zeros((60, 28, 28), dtype=np.uint8)
     images[:, 4:24, 13:15] = 255  # an upright bar through the centre
@@ -215,6 +224,7 @@ def test_augment_rotation_turns_a_bar_within_max_rotation() -> None:
     np.testing.assert_allclose(mc, 13.5, atol=0.2)
 
 
+@pytest.mark.unit
 def test_elastic_distortion_is_off_at_zero_alpha_and_local_otherwise() -> None:
     images = random_digits(30, seed=6)
     labels = np.zeros(30, dtype=np.int64)
@@ -237,6 +247,7 @@ def test_elastic_distortion_is_off_at_zero_alpha_and_local_otherwise() -> None:
     np.testing.assert_allclose(m1[1], m0[1], atol=2.0)
 
 
+@pytest.mark.unit
 def test_augment_rejects_misaligned_labels_and_bad_workers() -> None:
     images = random_digits(5, seed=7)
     with pytest.raises(ValueError, match="5 images but labels of shape"):
@@ -254,12 +265,14 @@ def repo_params() -> dict:
     return load_params(REPO_ROOT / "params.yaml")
 
 
+@pytest.mark.unit
 def test_repo_defaults_keep_the_baseline() -> None:
     cfg = config(repo_params(), "encode", EncodeConfig)
     assert cfg.deskew is False
     assert cfg.augment.copies == 0
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
@@ -279,6 +292,7 @@ def test_bad_augment_params_name_the_key(key: str, value: object, message: str) 
         config(params, "encode", EncodeConfig)
 
 
+@pytest.mark.unit
 def test_unknown_augment_option_is_rejected_by_name() -> None:
     params = repo_params()
     params["encode"]["augment"]["flip"] = True
@@ -286,6 +300,7 @@ def test_unknown_augment_option_is_rejected_by_name() -> None:
         config(params, "encode", EncodeConfig)
 
 
+@pytest.mark.unit
 def test_bad_encode_options_name_the_key() -> None:
     params = repo_params()
     params["encode"]["deskew"] = "yes"
@@ -304,6 +319,7 @@ def test_bad_encode_options_name_the_key() -> None:
 # ---------------------------------------------------------------- encode stage
 
 
+@pytest.mark.e2e
 def test_encode_stage_augments_train_only(tiny_mirror: tuple[Path, dict], tmp_path: Path) -> None:
     """The stage deskews both splits, augments the training split only, and the test
     features do not depend on the augmentation settings at all."""

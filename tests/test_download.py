@@ -26,8 +26,7 @@ from mnistflow.data.download import (
     source_for,
     verify_file,
 )
-
-from .conftest import REPO_ROOT, run, use_tiny_dataset, workspace_env
+from tests.helpers import REPO_ROOT, run, use_tiny_dataset, workspace_env
 
 Route = Callable[[BaseHTTPRequestHandler], None]
 NAME = "train-labels-idx1-ubyte.gz"
@@ -167,6 +166,7 @@ def refused_url() -> str:
 # ---------------------------------------------------------------------- pure helpers
 
 
+@pytest.mark.unit
 def test_mirror_order_env_then_param_then_dataset() -> None:
     order = mirror_order("/env", "http://param/", ["http://a/", "/env", "", "http://b/"])
     assert order == ["/env", "http://param/", "http://a/", "http://b/"]
@@ -176,6 +176,7 @@ def test_mirror_order_env_then_param_then_dataset() -> None:
     assert anchored == [str(Path("/repo/../shared/mnist")), "http://a/"]
 
 
+@pytest.mark.unit
 def test_source_for_each_kind(tmp_path: Path) -> None:
     assert source_for("https://h/mnist", "f.gz").url == "https://h/mnist/f.gz"
     assert source_for("https://h/mnist/", "f.gz").url == "https://h/mnist/f.gz"
@@ -185,6 +186,7 @@ def test_source_for_each_kind(tmp_path: Path) -> None:
         source_for("ftp://h/", "f.gz")
 
 
+@pytest.mark.unit
 def test_backoff_doubles() -> None:
     assert [backoff_delay(0.5, a) for a in (1, 2, 3)] == [0.5, 1.0, 2.0]
 
@@ -192,6 +194,7 @@ def test_backoff_doubles() -> None:
 # ----------------------------------------------------------------------- HTTP mirrors
 
 
+@pytest.mark.unit
 def test_good_mirror_downloads_and_verifies_all_files(
     server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -207,6 +210,7 @@ def test_good_mirror_downloads_and_verifies_all_files(
     assert_raw_dir_clean(raw_dir, files)
 
 
+@pytest.mark.unit
 def test_404_on_first_mirror_then_second_succeeds(
     server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -219,6 +223,7 @@ def test_404_on_first_mirror_then_second_succeeds(
     assert server.hits[f"/b/{NAME}"] == 1
 
 
+@pytest.mark.unit
 def test_5xx_is_retried(
     server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -243,6 +248,7 @@ def _one_mirror_failure(
     return str(info.value), elapsed
 
 
+@pytest.mark.unit
 def test_flipped_content_byte_is_a_checksum_mismatch_and_not_retried(
     server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -256,6 +262,7 @@ def test_flipped_content_byte_is_a_checksum_mismatch_and_not_retried(
     assert server.hits[f"/m/{NAME}"] == 1
 
 
+@pytest.mark.unit
 def test_flipped_gzip_byte_is_rejected(
     server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -266,6 +273,7 @@ def test_flipped_gzip_byte_is_rejected(
     assert "corrupt gzip data" in message or "checksum mismatch" in message
 
 
+@pytest.mark.unit
 def test_html_page_instead_of_gzip_is_rejected(
     server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -275,6 +283,7 @@ def test_html_page_instead_of_gzip_is_rejected(
     assert "not gzip (starts with b'<!DOCTYPE html" in message
 
 
+@pytest.mark.unit
 def test_truncated_transfer_is_retried_then_rejected(
     server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -286,6 +295,7 @@ def test_truncated_transfer_is_retried_then_rejected(
     assert server.hits[f"/m/{NAME}"] == CFG.retries
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("partial", [None, b"\x1f\x8b"], ids=["before-headers", "mid-body"])
 def test_hanging_server_times_out(
     server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path, partial: bytes | None
@@ -297,6 +307,7 @@ def test_hanging_server_times_out(
     assert elapsed < 5  # two 0.3 s timeouts, not the server's 10 s stall
 
 
+@pytest.mark.unit
 def test_already_valid_file_is_not_downloaded_again(
     server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -310,6 +321,7 @@ def test_already_valid_file_is_not_downloaded_again(
     assert (raw_dir / NAME).stat().st_mtime_ns == mtime
 
 
+@pytest.mark.unit
 def test_invalid_existing_file_is_replaced(
     server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -325,6 +337,7 @@ def test_invalid_existing_file_is_replaced(
     assert_raw_dir_clean(raw_dir, files)
 
 
+@pytest.mark.unit
 def test_invalid_existing_file_is_removed_even_when_all_mirrors_fail(
     tiny_mirror: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -337,6 +350,7 @@ def test_invalid_existing_file_is_removed_even_when_all_mirrors_fail(
     assert list(raw_dir.iterdir()) == []
 
 
+@pytest.mark.unit
 def test_all_mirrors_failed_lists_each_mirror_and_reason(
     server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -362,6 +376,7 @@ def test_all_mirrors_failed_lists_each_mirror_and_reason(
 # ----------------------------------------------------------------------- local mirrors
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("as_uri", [False, True], ids=["folder", "file-url"])
 def test_local_folder_mirror(tiny_mirror: tuple[Path, dict], tmp_path: Path, as_uri: bool) -> None:
     folder, files = tiny_mirror
@@ -373,6 +388,7 @@ def test_local_folder_mirror(tiny_mirror: tuple[Path, dict], tmp_path: Path, as_
     assert_raw_dir_clean(raw_dir, files)
 
 
+@pytest.mark.unit
 def test_local_mirror_with_bad_file_falls_through_to_next(
     tiny_mirror: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -387,6 +403,7 @@ def test_local_mirror_with_bad_file_falls_through_to_next(
 # ------------------------------------------------------------- the stage, end to end
 
 
+@pytest.mark.e2e
 def test_stage_env_mirror_wins_over_param_and_dataset_mirrors(
     server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -476,6 +493,7 @@ def tls_server(
     return server
 
 
+@pytest.mark.unit
 def test_https_mirror_and_read_timeout_over_tls(
     tls_server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
 ) -> None:

@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from mnistflow.config import load_params, section
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
+
+pytestmark = pytest.mark.unit
 
 PACKAGE = REPO_ROOT / "src" / "mnistflow"
 DVC_YAML = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())

@@ -9,8 +9,9 @@ import pytest
 
 from mnistflow.config import DatasetSpec
 from mnistflow.data.encode import dataset_sha256, encode_labels, flatten, onehot, pixel_stats, scale
+from tests.helpers import synthetic_digits
 
-from .conftest import synthetic_digits
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture

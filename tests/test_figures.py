@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import synthetic_digits
+import pytest
 from PIL import Image
 
 from mnistflow.reporting import figures
+from tests.helpers import synthetic_digits
+
+pytestmark = pytest.mark.unit
 
 
 def test_loss_curve_png(tmp_path: Path) -> None:

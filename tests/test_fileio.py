@@ -7,6 +7,8 @@ import pytest
 
 from mnistflow.util.fileio import atomic_path, load_npz, read_json, save_npz, write_json
 
+pytestmark = pytest.mark.unit
+
 
 def test_failed_write_leaves_old_content_and_no_temp_file(tmp_path) -> None:
     target = tmp_path / "out.json"

@@ -18,6 +18,8 @@ from mnistflow.data.idx import (
     parse_idx,
 )
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def images() -> np.ndarray:

@@ -16,8 +16,9 @@ from mnistflow.data.images import (
     remove_png_tree,
     write_png_tree,
 )
+from tests.helpers import synthetic_digits
 
-from .conftest import synthetic_digits
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture

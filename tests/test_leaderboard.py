@@ -19,6 +19,8 @@ from mnistflow.reporting.leaderboard import (
 from mnistflow.tracking.query import LeaderboardError, fetch_runs
 from tests.mlflow_fixtures import EXPERIMENT, Store, shared_store
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:

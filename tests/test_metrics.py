@@ -18,6 +18,8 @@ SCORES = np.array(
         [0.3, 0.2, 0.9],  # {2}, argmax 2: wrong both ways
     ]
 )
+
+pytestmark = pytest.mark.unit
 SETS = SCORES > 0.5
 
 

@@ -21,7 +21,9 @@ from mnistflow.config import (
     load_params,
     section,
 )
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
+
+pytestmark = pytest.mark.unit
 
 SECTIONS = [
     ("paths", Paths),

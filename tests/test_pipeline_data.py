@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,7 @@ import pytest
 from PIL import Image
 
 from mnistflow.util.fileio import load_npz, read_json
-
-from .conftest import copy_repo, run, use_tiny_dataset, workspace_env
+from tests.helpers import copy_repo, run, use_tiny_dataset, workspace_env
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
@@ -46,6 +44,7 @@ def repro_twice(ws: Path, env: dict[str, str]) -> tuple[dict[str, int], str]:
     return before, second.stdout
 
 
+@pytest.mark.e2e
 def test_tiny_dataset_through_encode(tiny_mirror: tuple[Path, dict], tmp_path: Path) -> None:
     folder, files = tiny_mirror
     ws = copy_repo(tmp_path / "ws", use_tiny_dataset(files))
@@ -75,6 +74,7 @@ def test_tiny_dataset_through_encode(tiny_mirror: tuple[Path, dict], tmp_path: P
     assert "images" not in status
 
 
+@pytest.mark.e2e
 def test_tiny_dataset_encode_variants(tiny_mirror: tuple[Path, dict], tmp_path: Path) -> None:
     folder, files = tiny_mirror
     edit = use_tiny_dataset(
@@ -104,14 +104,9 @@ def test_tiny_dataset_encode_variants(tiny_mirror: tuple[Path, dict], tmp_path: 
 def test_real_mnist_through_encode(shared_mnist: Path, tmp_path: Path) -> None:
     ws = copy_repo(tmp_path / "ws")
     env = workspace_env(mirror=shared_mnist)
-    start = time.monotonic()
     run([DVC, "repro", "encode"], ws, env)
-    cold = time.monotonic() - start
     before = tree_state(ws / "data/images")
-    start = time.monotonic()
     second = run([DVC, "repro", "encode"], ws, env).stdout
-    noop = time.monotonic() - start
-    print(f"cold repro encode {cold:.1f}s, no-op {noop:.1f}s")
 
     assert "Data and pipelines are up to date" in second
     assert tree_state(ws / "data/images") == before  # the no-op did not touch a PNG

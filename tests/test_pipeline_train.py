@@ -9,11 +9,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import copy_repo, run, use_tiny_dataset, workspace_env
 from mlflow.tracking import MlflowClient
 from sklearn.neural_network import MLPClassifier
 
 from mnistflow.util.fileio import read_json
+from tests.helpers import copy_repo, run, use_tiny_dataset, workspace_env
 
 
 def only_run(ws: Path) -> tuple[MlflowClient, mlflow.entities.Run]:
@@ -27,9 +27,12 @@ def only_run(ws: Path) -> tuple[MlflowClient, mlflow.entities.Run]:
     return client, runs[0]
 
 
+@pytest.mark.e2e
+@pytest.mark.smoke
 def test_dvc_repro_tiny_logs_one_run_and_writes_dvc_metrics_and_plots(
     tmp_path: Path, tiny_mirror: tuple[Path, dict]
 ) -> None:
+
     mirror, files = tiny_mirror
     ws = copy_repo(tmp_path / "ws", use_tiny_dataset(files, train={"max_iter": 2}))
     env = workspace_env(mirror)

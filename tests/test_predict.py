@@ -25,7 +25,7 @@ from mnistflow.tracking.predict import (
     resolve_model,
 )
 from mnistflow.tracking.registry import register_best
-from tests.conftest import FILE_NAMES
+from tests.helpers import FILE_NAMES
 from tests.mlflow_fixtures import (
     EXPERIMENT,
     Store,
@@ -63,6 +63,7 @@ def _centre_of_mass(digit: np.ndarray) -> tuple[float, float]:
     return (digit * r).sum() / mass, (digit * c).sum() / mass
 
 
+@pytest.mark.unit
 def test_big_white_background_digit_becomes_centred_white_on_black(tmp_path: Path) -> None:
     # 200x300 canvas, a 100x180 ring placed off-centre (top-left)
     img = _ring_on_white((200, 300), (10, 20, 110, 200))
@@ -87,6 +88,7 @@ def test_big_white_background_digit_becomes_centred_white_on_black(tmp_path: Pat
     np.testing.assert_array_equal(load_digit(path), digit)
 
 
+@pytest.mark.unit
 def test_transparent_background_is_treated_as_white(tmp_path: Path) -> None:
     ring = _ring_on_white((200, 300), (10, 20, 110, 200))
     rgba = Image.new("RGBA", ring.size, (0, 0, 0, 0))  # fully transparent canvas
@@ -96,6 +98,7 @@ def test_transparent_background_is_treated_as_white(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_digit(path), to_mnist(np.asarray(ring)))
 
 
+@pytest.mark.unit
 def test_dark_background_larger_image_is_scaled_and_centred() -> None:
     img = Image.new("L", (100, 80), 0)
     ImageDraw.Draw(img).line((70, 10, 70, 70), fill=255, width=6)  # a '1' near the right edge
@@ -105,6 +108,7 @@ def test_dark_background_larger_image_is_scaled_and_centred() -> None:
     assert (com_r, com_c) == pytest.approx((14, 14), abs=0.5)
 
 
+@pytest.mark.unit
 def test_mnist_like_png_round_trips_exactly(tmp_path: Path) -> None:
     images, _ = mnist_like_digits(3, seed=3)
     for i, image in enumerate(images):
@@ -113,12 +117,14 @@ def test_mnist_like_png_round_trips_exactly(tmp_path: Path) -> None:
         np.testing.assert_array_equal(load_digit(path), image)
 
 
+@pytest.mark.unit
 def test_28x28_on_white_is_inverted_not_used_as_is() -> None:
     images, _ = mnist_like_digits(1, seed=4)
     digit = to_mnist(255 - images[0])
     assert (digit[0, 0], digit.max()) == (0, 255)
 
 
+@pytest.mark.unit
 def test_not_an_image_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "notes.png"
     path.write_text("this is not a PNG\n")
@@ -130,6 +136,7 @@ def test_not_an_image_names_the_file(tmp_path: Path) -> None:
         load_digit(tmp_path)
 
 
+@pytest.mark.unit
 def test_truncated_png_is_a_clear_error(tmp_path: Path) -> None:
     good = tmp_path / "good.png"
     Image.fromarray(mnist_like_digits(1, seed=1)[0][0], mode="L").save(good)
@@ -139,6 +146,7 @@ def test_truncated_png_is_a_clear_error(tmp_path: Path) -> None:
         load_digit(bad)
 
 
+@pytest.mark.unit
 def test_unsupported_modes_and_animations_are_rejected(tmp_path: Path) -> None:
     deep = tmp_path / "deep.png"
     Image.fromarray(np.full((28, 28), 40000, dtype=np.uint16)).save(deep)
@@ -155,6 +163,7 @@ def test_unsupported_modes_and_animations_are_rejected(tmp_path: Path) -> None:
         load_digit(anim)
 
 
+@pytest.mark.unit
 def test_blank_image_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "blank.png"
     Image.new("L", (50, 50), 250).save(path)
@@ -162,6 +171,7 @@ def test_blank_image_names_the_file(tmp_path: Path) -> None:
         load_digit(path)
 
 
+@pytest.mark.unit
 def test_input_encoding_follows_the_runs_params() -> None:
     assert input_encoding({"encode.scaling": "none", "encode.deskew": "True"}, None, "r") == (
         InputEncoding("none", True)
@@ -176,6 +186,7 @@ def test_input_encoding_follows_the_runs_params() -> None:
     np.testing.assert_array_equal(encode_images(images, enc), np.full((1, 784), 10, np.float32))
 
 
+@pytest.mark.unit
 def test_encode_images_matches_the_encode_stage() -> None:
     images, _ = mnist_like_digits(4, seed=6)
     plain = encode_images(images, DIVIDE255)
@@ -197,6 +208,7 @@ def _write_pngs(folder: Path, images: np.ndarray) -> list[Path]:
     return paths
 
 
+@pytest.mark.unit
 def test_predict_with_a_runs_logged_model(store: Store, tmp_path: Path) -> None:
     run = store.runs["wide-alpha"]
     images, labels = mnist_like_digits(20, seed=7)
@@ -215,6 +227,7 @@ def test_predict_with_a_runs_logged_model(store: Store, tmp_path: Path) -> None:
     assert np.mean([r.digit for r in results] == labels) >= 0.9  # the task is learnable
 
 
+@pytest.mark.unit
 def test_predict_rejects_a_bad_file_before_predicting(store: Store, tmp_path: Path) -> None:
     paths = _write_pngs(tmp_path, mnist_like_digits(2, seed=8)[0])
     bad = tmp_path / "bad.png"
@@ -226,6 +239,7 @@ def test_predict_rejects_a_bad_file_before_predicting(store: Store, tmp_path: Pa
         predict_files(model, encoding, [*paths, bad])
 
 
+@pytest.mark.unit
 def test_champion_is_resolved_from_the_registry(store: Store, tmp_path: Path) -> None:
     own = copy_store(store, tmp_path / "store")
     with pytest.raises(PredictError, match=r"no model mnist-mlp@champion.*mnistflow register"):

@@ -8,7 +8,9 @@ import pytest
 
 from mnistflow.config import EncodeConfig, ParamsError, TrainConfig, config, load_params
 from mnistflow.experiments.presets import apply_preset, load_preset, set_flags
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
+
+pytestmark = pytest.mark.unit
 
 BEST = REPO_ROOT / "presets" / "best.yaml"
 

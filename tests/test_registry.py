@@ -14,6 +14,8 @@ from mnistflow.tracking.registry import RegistryConfig, RegistryError, best_fini
 from mnistflow.tracking.store import ensure_experiment
 from tests.mlflow_fixtures import EXPERIMENT, Store, copy_store, log_run, shared_store
 
+pytestmark = pytest.mark.unit
+
 CFG = RegistryConfig(model_name="mnist-mlp", alias="champion")
 
 

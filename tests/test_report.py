@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mnistflow.modeling import metrics as m
 from mnistflow.reporting import report
@@ -15,6 +16,8 @@ LINKS = report.RunLinks(
     ui_command="mlflow ui --backend-store-uri 'sqlite:////repo/mlflow.db'",
     run_url="http://127.0.0.1:5000/#/experiments/1/runs/abc123",
 )
+
+pytestmark = pytest.mark.unit
 
 
 def evaluation(headline: str) -> m.Evaluation:

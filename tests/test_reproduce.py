@@ -19,8 +19,7 @@ from mnistflow.experiments.reproduce import (
     parse_logged_value,
     restore_params,
 )
-
-from .conftest import (
+from tests.helpers import (
     REPO_ROOT,
     run,
     tiny_repo_after_repro,
@@ -32,6 +31,7 @@ MNISTFLOW = str(Path(sys.executable).parent / "mnistflow")
 # --- pure parts ---------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("raw", "current", "expected"),
     [
@@ -54,6 +54,7 @@ def test_parse_logged_value(raw: str, current: object, expected: object) -> None
     assert type(value) is type(expected)
 
 
+@pytest.mark.unit
 def test_restore_params_sets_every_logged_key() -> None:
     base = load_params(REPO_ROOT / "params.yaml")
     logged = {
@@ -77,6 +78,7 @@ def test_restore_params_sets_every_logged_key() -> None:
     assert base["train"]["hidden_layer_sizes"] != [16, 8]  # the input is not modified
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("logged", "message"),
     [
@@ -93,6 +95,7 @@ def test_restore_params_rejects(logged: dict[str, str], message: str) -> None:
         restore_params(base, logged)
 
 
+@pytest.mark.unit
 def test_compare_metrics() -> None:
     logged = {"test_accuracy": 0.9, "n_iter": 5.0, "fit_time_s": 3.0, "train_loss": 0.25}
     logged |= {f"f1_class_{k}": 0.5 for k in range(10)}

@@ -17,7 +17,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from .conftest import run, tiny_repo_after_repro
+from tests.helpers import run, tiny_repo_after_repro
 
 pytestmark = pytest.mark.e2e
 

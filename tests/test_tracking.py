@@ -13,7 +13,6 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT, copy_repo, run, synthetic_digits, workspace_env
 from mlflow.tracking import MlflowClient
 
 from mnistflow.config import MlflowConfig, TrainConfig, config, load_params
@@ -22,6 +21,7 @@ from mnistflow.tracking import provenance, runs
 from mnistflow.tracking import store as store_mod
 from mnistflow.util import fileio
 from mnistflow.util.signals import Interrupted
+from tests.helpers import REPO_ROOT, copy_repo, run, synthetic_digits, workspace_env
 
 EXPERIMENT = "test-exp"
 
@@ -70,6 +70,7 @@ def stage_env() -> dict[str, str]:
 # --- store location -----------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "repo" / ".dvc").mkdir(parents=True)
     sub = tmp_path / "repo" / "a" / "b"
@@ -89,12 +90,14 @@ def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert store_mod.resolve_tracking_uri(explicit, sub) == "http://127.0.0.1:1"
 
 
+@pytest.mark.unit
 def test_no_dvc_repo_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DVC_ROOT", raising=False)
     with pytest.raises(store_mod.TrackingError, match=r"\.dvc"):
         store_mod.store_root(tmp_path)
 
 
+@pytest.mark.unit
 def test_experiment_artifacts_beside_the_store(store: tuple[str, str, Path]) -> None:
     uri, exp_id, root = store
     exp = MlflowClient(uri).get_experiment(exp_id)
@@ -102,6 +105,7 @@ def test_experiment_artifacts_beside_the_store(store: tuple[str, str, Path]) -> 
     assert store_mod.ensure_experiment(uri, EXPERIMENT, root) == exp_id  # idempotent
 
 
+@pytest.mark.e2e
 def test_concurrent_creation_of_a_new_store_does_not_crash(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     script = (
@@ -137,6 +141,7 @@ def test_concurrent_creation_of_a_new_store_does_not_crash(tmp_path: Path) -> No
 # --- run lifecycle ------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_run_logs_params_metrics_artifacts_model_and_tags(
     store: tuple[str, str, Path], tmp_path: Path
 ) -> None:
@@ -187,6 +192,7 @@ def test_run_logs_params_metrics_artifacts_model_and_tags(
     assert got.data.params["evaluate.headline"] == "argmax"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("exc", "status"),
     [
@@ -214,6 +220,7 @@ def test_run_ends_failed_or_killed_never_running(
     assert mlflow.active_run() is None
 
 
+@pytest.mark.unit
 def test_resuming_an_unknown_run_names_the_store(store: tuple[str, str, Path]) -> None:
     uri, exp_id, _ = store
     with (
@@ -226,6 +233,7 @@ def test_resuming_an_unknown_run_names_the_store(store: tuple[str, str, Path]) -
 # --- tags from git ------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_git_tags_and_is_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("DVC_EXP_BASELINE_REV", "DVC_ROOT"):
         monkeypatch.delenv(var, raising=False)
@@ -259,6 +267,7 @@ def test_git_tags_and_is_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 # --- the train stage under signals ----------------------------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_train_stage_ends_run_killed_and_writes_no_model(
     tmp_path: Path, sig: signal.Signals
@@ -299,6 +308,7 @@ def test_signal_during_train_stage_ends_run_killed_and_writes_no_model(
     assert not (ws / "outputs/train/run.json").exists()
 
 
+@pytest.mark.e2e
 def test_bad_param_fails_before_any_work(tmp_path: Path) -> None:
     ws = copy_repo(tmp_path / "ws", lambda p: p["train"].update(activation="softmax"))
     write_encoded(ws, n_train=50, n_test=20)

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from mnistflow.tracking.ui import VIEW_KEY, leaderboard_view, runs_url
-from tests.conftest import REPO_ROOT, workspace_env
+from tests.helpers import REPO_ROOT, workspace_env
 from tests.mlflow_fixtures import EXPERIMENT, copy_store, shared_store
 
 # Debian's chromium, headless, with nothing reaching for the (closed) network.
@@ -36,6 +36,7 @@ CHROMIUM_FLAGS = [
 STARTUP_TIMEOUT_S = 300  # ~20-40 s measured; the 2-core machine is shared with other jobs
 
 
+@pytest.mark.unit
 def test_leaderboard_view_selects_the_key_columns() -> None:
     view = leaderboard_view(["train.alpha"])
     assert view["orderByKey"] == "metrics.`test_accuracy`"
@@ -104,7 +105,6 @@ def test_ui_shows_experiment_runs_and_accuracy(
     log = tmp_path / "ui.log"
     cli = Path(sys.executable).parent / "mnistflow"
 
-    started = time.monotonic()
     with log.open("w") as sink:
         process = subprocess.Popen(
             [str(cli), "ui", "--port", str(port)], cwd=work, env=env, stdout=sink, stderr=sink
@@ -113,7 +113,6 @@ def test_ui_shows_experiment_runs_and_accuracy(
     try:
         server_group = int(_wait_for_line(log, r"process group (\d+)", process).group(1))
         ready = _wait_for_line(log, r"ready after ([\d.]+) s\. Runs table: (\S+)", process)
-        print(f"UI answered after {ready.group(1)} s ({time.monotonic() - started:.1f} s total)")
         runs_table = f"http://127.0.0.1:{port}/#/experiments/{store.experiment_id}/runs"
         assert ready.group(2) == runs_table
         view = _wait_for_line(log, r"Leaderboard view .*: (\S+)", process).group(1)

@@ -1,0 +1,160 @@
+"""Test helpers, imported one way: ``from tests.helpers import ...``.
+
+Tiny synthetic IDX datasets, temporary copies of the repository, and running commands there.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from mnistflow.data.idx import encode_idx
+from mnistflow.util.git import git
+from mnistflow.util.workspace import copy_working_tree
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO_ROOT.parent / "shared" / "mnist"
+FILE_NAMES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def synthetic_digits(n: int, seed: int, n_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable fake digits: a fixed random template per class plus noise (uint8)."""
+    templates = np.random.default_rng(1234).integers(0, 256, size=(n_classes, 28, 28))
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % n_classes).astype(np.uint8)
+    rng.shuffle(labels)
+    noise = rng.integers(-40, 41, size=(n, 28, 28))
+    images = np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def write_idx_dataset(folder: Path, n_train: int = 300, n_test: int = 100) -> dict[str, dict]:
+    """Write the four gzipped IDX files of a synthetic dataset into ``folder``.
+
+    Returns:
+        ``{role: {"name": file name, "sha256": decompressed SHA-256}}``, the shape of
+        ``datasets.<name>.files`` in params.yaml.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    x_train, y_train = synthetic_digits(n_train, seed=1)
+    x_test, y_test = synthetic_digits(n_test, seed=2)
+    arrays = {
+        "train_images": x_train,
+        "train_labels": y_train,
+        "test_images": x_test,
+        "test_labels": y_test,
+    }
+    files = {}
+    for role, array in arrays.items():
+        raw = encode_idx(array)
+        # mtime=0: identical bytes on every run
+        (folder / FILE_NAMES[role]).write_bytes(gzip.compress(raw, mtime=0))
+        files[role] = {"name": FILE_NAMES[role], "sha256": hashlib.sha256(raw).hexdigest()}
+    return files
+
+
+def run(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """Run a command, capturing output; on failure raise with the output in the message."""
+    proc = subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}"
+            f"\n--- stderr\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def workspace_env(mirror: Path | None = None) -> dict[str, str]:
+    """Environment for commands in a temporary workspace: the venv first, no outside store."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for var in (
+        "MLFLOW_TRACKING_URI",
+        "MNIST_MIRROR",
+        "DVC_ROOT",
+        "DVC_EXP_NAME",
+        "DVC_EXP_BASELINE_REV",
+    ):
+        env.pop(var, None)
+    if mirror is not None:
+        env["MNIST_MIRROR"] = str(mirror)
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.invalid"
+    return env
+
+
+def copy_repo(dest: Path, params_edit: Callable[[dict], None] | None = None) -> Path:
+    """Copy the repository's tracked and unignored files into ``dest`` as a fresh git repo.
+
+    Args:
+        dest: the new workspace folder (created).
+        params_edit: optional function that edits the parsed params.yaml in place; the
+            edit is committed, so the copy's HEAD holds the edited params.
+
+    Returns:
+        ``dest``.
+    """
+    copy_working_tree(REPO_ROOT, dest)
+    if params_edit is not None:
+        params_file = dest / "params.yaml"
+        params = yaml.safe_load(params_file.read_text())
+        params_edit(params)
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        git(["commit", "-q", "-am", "test params"], dest)
+    return dest
+
+
+def use_tiny_dataset(files: dict[str, dict], **overrides: dict) -> Callable[[dict], None]:
+    """A params edit that selects a tiny dataset ``tiny`` (a params-only change) and applies
+    ``overrides`` as ``{section: {key: value}}``."""
+
+    def edit(params: dict) -> None:
+        params["datasets"]["tiny"] = {
+            "mirrors": [],
+            "classes": [str(i) for i in range(10)],
+            "files": files,
+        }
+        params["data"]["dataset"] = "tiny"
+        params["unpack"]["png_workers"] = 1
+        for name, values in overrides.items():
+            params[name].update(values)
+
+    return edit
+
+
+def tiny_repo_after_repro(base: Path) -> tuple[Path, dict[str, str]]:
+    """A repo copy on a tiny dataset (one 16-unit layer, 5 epochs) after one `dvc repro`.
+
+    Returns:
+        ``(repo, env)``: env runs commands there (venv first, the tiny mirror set).
+    """
+    mirror = base / "tiny-mirror"
+    files = write_idx_dataset(mirror)
+    repo = copy_repo(
+        base / "repo",
+        use_tiny_dataset(files, train={"hidden_layer_sizes": [16], "max_iter": 5}),
+    )
+    env = workspace_env(mirror)  # the venv's bin first: queue workers spawn `dvc` by name
+    run(["dvc", "repro"], repo, env)
+    return repo, env
