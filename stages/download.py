@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from mnistflow.config import load_config
-from mnistflow.data.download import download_dataset
+from mnistflow.data.download import download_dataset, env_mirror
 from mnistflow.util.entrypoint import run_main
 from mnistflow.util.workspace import find_root
 
@@ -18,9 +17,7 @@ def main() -> None:
     """Read params, download and verify every file of ``data.dataset``."""
     params = load_config()
     paths, name, spec, cfg = params.paths, params.dataset_name, params.dataset, params.download
-    files = download_dataset(
-        spec, paths.path("raw_dir"), cfg, os.environ.get("MNIST_MIRROR"), find_root()
-    )
+    files = download_dataset(spec, paths.path("raw_dir"), cfg, env_mirror(), find_root())
     log.info("dataset %s: %d files verified in %s", name, len(files), paths.raw_dir)
 
 

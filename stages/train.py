@@ -25,7 +25,7 @@ from mnistflow.modeling.model import (
     ignored_settings,
     loss_history,
 )
-from mnistflow.tracking import provenance, store
+from mnistflow.tracking import liveness, provenance, store
 from mnistflow.tracking.runs import flatten, mlflow_run
 from mnistflow.util import fileio
 from mnistflow.util.entrypoint import run_main
@@ -83,6 +83,7 @@ def main() -> None:
     outputs = list(paths.as_dict().values())
     with threadpool_limits(limits=cfg.threads):
         experiment_id = store.ensure_experiment(uri, mlflow_cfg.experiment_name, root)
+        liveness.sweep(uri, mlflow_cfg.experiment_name)  # runs left RUNNING by killed processes
         with mlflow_run(uri, experiment_id, run_name=os.environ.get("DVC_EXP_NAME")) as run:
             run.set_tags(provenance.train_tags(params.raw, info, ignored, cwd, outputs))
             run.log_params(

@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from mnistflow.data.idx import encode_idx
+from mnistflow.util import fileio
 from mnistflow.util.git import git
 from mnistflow.util.workspace import copy_working_tree
 
@@ -92,13 +93,14 @@ def workspace_env(mirror: Path | None = None) -> dict[str, str]:
     for var in (
         "MLFLOW_TRACKING_URI",
         "MNIST_MIRROR",
+        "MNISTFLOW_MIRROR",
         "DVC_ROOT",
         "DVC_EXP_NAME",
         "DVC_EXP_BASELINE_REV",
     ):
         env.pop(var, None)
     if mirror is not None:
-        env["MNIST_MIRROR"] = str(mirror)
+        env["MNISTFLOW_MIRROR"] = str(mirror)
     env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
     env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.invalid"
     return env
@@ -158,3 +160,37 @@ def tiny_repo_after_repro(base: Path) -> tuple[Path, dict[str, str]]:
     env = workspace_env(mirror)  # the venv's bin first: queue workers spawn `dvc` by name
     run(["dvc", "repro"], repo, env)
     return repo, env
+
+
+def write_encoded(ws: Path, n_train: int, n_test: int) -> None:
+    """Synthetic outputs of unpack + encode in a workspace (one-hot targets, x/255)."""
+    x_tr, y_tr = synthetic_digits(n_train, seed=1)
+    x_te, y_te = synthetic_digits(n_test, seed=2)
+    fileio.save_npz(
+        ws / "data/unpacked/arrays.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te
+    )
+    eye = np.eye(10, dtype=np.float32)
+    for name, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+        X = x.reshape(len(x), -1).astype(np.float32) / 255
+        fileio.save_npz(ws / f"data/encoded/{name}.npz", X=X, y=eye[y])
+    fileio.write_json(
+        ws / "data/encoded/info.json",
+        {
+            "dataset": "synthetic",
+            "dataset_sha256": "ab" * 32,
+            "labels": "onehot",
+            "n_classes": 10,
+            "scaling": "divide255",
+            "deskew": False,
+            "augment_copies": 0,
+            "n_train": n_train,
+            "n_test": n_test,
+        },
+    )
+
+
+def stage_env() -> dict[str, str]:
+    """Environment for running a stage script directly (python stages/x.py) in a workspace."""
+    env = workspace_env()
+    env["PYTHONPATH"] = "src"
+    return env

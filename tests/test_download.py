@@ -3,6 +3,7 @@ timeouts, integrity, and the rule that no invalid file is left in raw_dir."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import socket
 import sys
@@ -21,6 +22,7 @@ from mnistflow.data.download import (
     DownloadError,
     backoff_delay,
     download_dataset,
+    env_mirror,
     fetch_file,
     mirror_order,
     source_for,
@@ -32,7 +34,9 @@ Route = Callable[[BaseHTTPRequestHandler], None]
 NAME = "train-labels-idx1-ubyte.gz"
 
 # Small timeouts keep the failure cases fast; two attempts exercise the retry path.
-CFG = DownloadConfig(mirror="", connect_timeout=2.0, read_timeout=0.3, retries=2, backoff=0.01)
+CFG = DownloadConfig(
+    mirror="", connect_timeout=2.0, read_timeout=0.3, retries=2, backoff=0.01, file_deadline=30
+)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -189,6 +193,19 @@ def test_source_for_each_kind(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_backoff_doubles() -> None:
     assert [backoff_delay(0.5, a) for a in (1, 2, 3)] == [0.5, 1.0, 2.0]
+
+
+@pytest.mark.unit
+def test_env_mirror_new_name_wins_and_old_name_is_an_alias(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="mnistflow.data.download")
+    assert env_mirror({"MNISTFLOW_MIRROR": "/new", "MNIST_MIRROR": "/old"}) == "/new"
+    assert "environment variable MNISTFLOW_MIRROR: /new" in caplog.text
+    assert env_mirror({"MNIST_MIRROR": " /old "}) == "/old"
+    assert "environment variable MNIST_MIRROR: /old" in caplog.text
+    assert env_mirror({"MNISTFLOW_MIRROR": "", "MNIST_MIRROR": "/old"}) == "/old"
+    assert env_mirror({}) is None
 
 
 # ----------------------------------------------------------------------- HTTP mirrors
@@ -368,8 +385,108 @@ def test_all_mirrors_failed_lists_each_mirror_and_reason(
     assert lines[2].startswith(f"  - {server.url('/html/')}{NAME}: not gzip")
     assert lines[3] == f"  - {refused}{NAME}: connection refused (after 2 attempts)"
     assert lines[4] == f"  - {missing / NAME}: file not found"
-    assert "MNIST_MIRROR=/path/to/folder" in lines[5]
+    assert "MNISTFLOW_MIRROR=/path/to/folder" in lines[5]
+    assert "MNIST_MIRROR also works" in lines[5]
     assert "download.mirror" in lines[5]
+    assert list(raw_dir.iterdir()) == []
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers; counts them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hung/"
+        self.connections: list[socket.socket] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections.append(conn)  # kept open: the client waits for an answer
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for conn in self.connections:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.mark.e2e
+def test_hung_mirror_is_tried_for_the_first_file_only_then_skipped(
+    server: MirrorServer,
+    tiny_mirror: tuple[Path, dict],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    folder, files = tiny_mirror
+    for f in files.values():
+        server.routes[f"/good/{f['name']}"] = serve((folder / f["name"]).read_bytes())
+    hung = SilentServer()
+    raw_dir = tmp_path / "raw"
+    start = time.monotonic()
+    try:
+        paths = download_dataset(
+            spec_of(files, [hung.url, server.url("/good/")]), raw_dir, CFG, None
+        )
+    finally:
+        elapsed = time.monotonic() - start
+        hung.close()
+    assert len(paths) == 4
+    assert_raw_dir_clean(raw_dir, files)
+    # the first file's attempts only (two 0.3 s read timeouts), not four files' worth
+    assert len(hung.connections) == CFG.retries
+    assert sum(server.hits.values()) == 4
+    assert elapsed < CFG.retries * (CFG.read_timeout + 0.5) + 2
+    assert caplog.text.count(f"mirror {hung.url} timed out: skipping it") == 1
+
+
+def trickle(server: MirrorServer, body: bytes, every: float) -> Route:
+    """Announce the whole body, then send it one byte every ``every`` seconds."""
+
+    def route(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        for byte in body:
+            if server.release.is_set():
+                break
+            try:
+                h.wfile.write(bytes([byte]))
+                h.wfile.flush()
+            except OSError:  # the client gave up
+                break
+            time.sleep(every)
+        h.close_connection = True
+
+    return route
+
+
+@pytest.mark.e2e
+def test_trickling_mirror_is_abandoned_at_the_file_deadline(
+    server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
+) -> None:
+    folder, files = tiny_mirror
+    body = (folder / NAME).read_bytes()
+    # 1 byte every 0.2 s never trips the 0.3 s read timeout; only the deadline stops it
+    server.routes[f"/m/{NAME}"] = trickle(server, body, every=0.2)
+    cfg = dataclasses.replace(CFG, file_deadline=1.0)
+    raw_dir = tmp_path / "raw"
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        fetch_file(file_spec(files), raw_dir, [server.url("/m/")], cfg)
+    elapsed = time.monotonic() - start
+    message = str(info.value)
+    assert f"{server.url('/m/')}{NAME}: deadline of 1s per file passed" in message
+    assert server.hits[f"/m/{NAME}"] == 1  # the deadline covers all attempts: no retry
+    assert 1.0 <= elapsed < 1.0 + CFG.read_timeout + 1
     assert list(raw_dir.iterdir()) == []
 
 

@@ -19,9 +19,15 @@ from mnistflow.config import MlflowConfig, TrainConfig, config, load_params
 from mnistflow.modeling.model import build_classifier, fit_with_progress
 from mnistflow.tracking import provenance, runs
 from mnistflow.tracking import store as store_mod
-from mnistflow.util import fileio
 from mnistflow.util.signals import Interrupted
-from tests.helpers import REPO_ROOT, copy_repo, run, synthetic_digits, workspace_env
+from tests.helpers import (
+    REPO_ROOT,
+    copy_repo,
+    run,
+    stage_env,
+    synthetic_digits,
+    write_encoded,
+)
 
 EXPERIMENT = "test-exp"
 
@@ -32,39 +38,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     return uri, store_mod.ensure_experiment(uri, EXPERIMENT, root), root
-
-
-def write_encoded(ws: Path, n_train: int, n_test: int) -> None:
-    """Synthetic outputs of unpack + encode in a workspace (one-hot targets, x/255)."""
-    x_tr, y_tr = synthetic_digits(n_train, seed=1)
-    x_te, y_te = synthetic_digits(n_test, seed=2)
-    fileio.save_npz(
-        ws / "data/unpacked/arrays.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te
-    )
-    eye = np.eye(10, dtype=np.float32)
-    for name, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
-        X = x.reshape(len(x), -1).astype(np.float32) / 255
-        fileio.save_npz(ws / f"data/encoded/{name}.npz", X=X, y=eye[y])
-    fileio.write_json(
-        ws / "data/encoded/info.json",
-        {
-            "dataset": "synthetic",
-            "dataset_sha256": "ab" * 32,
-            "labels": "onehot",
-            "n_classes": 10,
-            "scaling": "divide255",
-            "deskew": False,
-            "augment_copies": 0,
-            "n_train": n_train,
-            "n_test": n_test,
-        },
-    )
-
-
-def stage_env() -> dict[str, str]:
-    env = workspace_env()
-    env["PYTHONPATH"] = "src"
-    return env
 
 
 # --- store location -----------------------------------------------------------------------

@@ -245,8 +245,10 @@ class DownloadConfig(Config):
     read_timeout: float
     retries: int
     backoff: float
+    file_deadline: float
 
     _bounds: typing.ClassVar = {
+        "file_deadline": (0.001, None),
         "connect_timeout": (0.001, None),
         "read_timeout": (0.001, None),
         "retries": (1, 20),

@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "reproduce",
         "rerun a logged MLflow run in a temporary worktree and compare its metrics",
     ),
+    "doctor": (
+        "doctor",
+        "list RUNNING MLflow runs whose process is gone; --fix marks them FAILED",
+    ),
 }
 
 

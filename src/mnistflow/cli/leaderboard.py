@@ -9,6 +9,7 @@ from pathlib import Path
 from mnistflow.config import LeaderboardConfig, config, load_params
 from mnistflow.modeling.metrics import HEADLINE
 from mnistflow.reporting.leaderboard import shape_table, write_leaderboard
+from mnistflow.tracking.liveness import sweep
 from mnistflow.tracking.query import fetch_runs
 from mnistflow.tracking.store import store_settings
 
@@ -25,6 +26,7 @@ def command(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     out = config(params, "leaderboard", LeaderboardConfig)
     store = store_settings(params)
+    sweep(store.tracking_uri, store.experiment_name)  # no dead run ranked as RUNNING
     board = shape_table(
         fetch_runs(store.tracking_uri, store.experiment_name), store.baseline_accuracy
     )

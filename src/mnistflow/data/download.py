@@ -2,42 +2,49 @@
 
 A mirror is an http(s) URL (the file URL is the mirror plus the file name), a local folder,
 or a ``file://`` URL. The first half of this module is pure helpers (mirror order, URL
-building, content hashing, error text); the second half does the I/O (HTTP with timeouts
-and retries, local copies) and owns the rule that nothing unverified is left in ``raw_dir``.
+building, content hashing, error text); the second half does the I/O (HTTP through urllib3
+with connect/read timeouts, retries, local copies) and owns the rule that nothing unverified
+is left in ``raw_dir``.
+
+Hung mirrors cost little: a mirror that timed out (connect, read, or the per-file deadline
+``download.file_deadline`` that also stops a server trickling bytes) is skipped for the rest
+of the run's files.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import http.client
 import logging
+import os
 import socket
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
+import urllib3
 from tqdm import tqdm
 
+from mnistflow.config import DatasetSpec, DownloadConfig, FileSpec
 from mnistflow.util.errors import UserError
 from mnistflow.util.fileio import atomic_path
-from mnistflow.config import DatasetSpec, DownloadConfig, FileSpec
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
 GZIP_MAGIC = b"\x1f\x8b"
+# The environment variable naming a mirror tried first; the second name is the older alias.
+MIRROR_ENV = "MNISTFLOW_MIRROR"
+MIRROR_ENV_ALIAS = "MNIST_MIRROR"
 LOCAL_MIRROR_HINT = (
     "To use a local copy, put the dataset's .gz files in a folder and point at it with "
-    "MNIST_MIRROR=/path/to/folder (environment) or download.mirror: /path/to/folder "
-    "(params.yaml); either is tried before the public mirrors."
+    f"{MIRROR_ENV}=/path/to/folder (environment; {MIRROR_ENV_ALIAS} also works) or "
+    "download.mirror: /path/to/folder (params.yaml); either is tried before the public mirrors."
 )
 
 
@@ -53,12 +60,15 @@ class FetchError(Exception):
     Attributes:
         reason: short human-readable cause ("HTTP 404 Not Found", "read timeout ...").
         transient: whether retrying the same mirror may help (timeouts, 5xx, resets).
+        timeout: the mirror did not answer in time (connect, read or the file deadline);
+            it is then skipped for the remaining files.
     """
 
-    def __init__(self, reason: str, transient: bool) -> None:
+    def __init__(self, reason: str, transient: bool, timeout: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.transient = transient
+        self.timeout = timeout
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -78,13 +88,27 @@ class Source:
         return str(self.path) if self.path is not None else self.mirror
 
 
+def env_mirror(environ: Mapping[str, str] | None = None) -> str | None:
+    """The mirror named in the environment: ``MNISTFLOW_MIRROR``, else ``MNIST_MIRROR``.
+
+    Logs which variable was used; None when neither is set (or both are empty).
+    """
+    environ = os.environ if environ is None else environ
+    for var in (MIRROR_ENV, MIRROR_ENV_ALIAS):
+        value = environ.get(var, "").strip()
+        if value:
+            log.info("mirror from environment variable %s: %s", var, value)
+            return value
+    return None
+
+
 def mirror_order(
     env_mirror: str | None,
     param_mirror: str,
     dataset_mirrors: Iterable[str],
     root: Path | None = None,
 ) -> list[str]:
-    """The mirrors to try, in order: env ``MNIST_MIRROR``, ``download.mirror``, the dataset's.
+    """The mirrors to try, in order: env (:func:`env_mirror`), ``download.mirror``, the dataset's.
 
     Empty entries are skipped and duplicates keep their first position. A relative folder
     is taken relative to ``root`` (the project root), not the working directory: a queued
@@ -188,124 +212,110 @@ def backoff_delay(backoff: float, attempt: int) -> float:
 
 # ------------------------------------------------------------------------------- I/O
 
+# No retries inside urllib3 (``_try_source`` is the one retry loop: it also covers failures
+# in the middle of a body, which urllib3's Retry cannot), but redirects are followed.
+_NO_RETRIES = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5)
 
-class _ReadTimeoutMixin:
-    """An http.client connection whose socket switches to the read timeout once connected.
 
-    urllib uses one timeout for both connecting and reading; a slow server and a dead one
-    deserve different patience, so the connect timeout applies to connect (and the TLS
-    handshake) and the read timeout to every later wait for bytes.
+def _pool(url: str) -> urllib3.PoolManager:
+    """A connection pool for ``url``, through the proxy of ``http(s)_proxy`` if one applies.
+
+    urllib3's default TLS context trusts the system store (and ``SSL_CERT_FILE``).
     """
-
-    sock: socket.socket
-    read_timeout: float
-
-    def connect(self) -> None:
-        super().connect()  # type: ignore[misc]
-        self.sock.settimeout(self.read_timeout)
+    parsed = urllib.parse.urlparse(url)
+    proxy = urllib.request.getproxies().get(parsed.scheme)
+    if proxy and not urllib.request.proxy_bypass(parsed.hostname or ""):
+        return urllib3.ProxyManager(proxy)
+    return urllib3.PoolManager()
 
 
-class _HTTPConnection(_ReadTimeoutMixin, http.client.HTTPConnection):
-    def __init__(self, *args, read_timeout: float, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.read_timeout = read_timeout
+def _network_failure(exc: BaseException, cfg: DownloadConfig) -> FetchError:
+    """A urllib3 error as a FetchError: short reason, transient or not, a timeout or not."""
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    if isinstance(exc, urllib3.exceptions.NameResolutionError):
+        cause = exc.__cause__
+        # an unknown host name stays unknown; "temporary failure in name resolution" may pass
+        unknown = isinstance(cause, socket.gaierror) and cause.errno == socket.EAI_NONAME
+        detail = cause.strerror if isinstance(cause, socket.gaierror) else exc
+        return FetchError(f"host name lookup failed ({detail})", transient=not unknown)
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        if isinstance(exc.__cause__, ConnectionRefusedError):
+            return FetchError("connection refused", transient=True)
+        return FetchError(f"connection error ({exc})", transient=True)
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        reason = f"connect timeout after {cfg.connect_timeout:g}s"
+        return FetchError(reason, transient=True, timeout=True)
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        reason = f"read timeout (no data for {cfg.read_timeout:g}s)"
+        return FetchError(reason, transient=True, timeout=True)
+    return FetchError(f"connection error ({type(exc).__name__}: {exc})", transient=True)
 
 
-class _HTTPSConnection(_ReadTimeoutMixin, http.client.HTTPSConnection):
-    def __init__(self, *args, read_timeout: float, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.read_timeout = read_timeout
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, read_timeout: float) -> None:
-        super().__init__()
-        self._read_timeout = read_timeout
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(partial(_HTTPConnection, read_timeout=self._read_timeout), req)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, read_timeout: float) -> None:
-        super().__init__()
-        self._read_timeout = read_timeout
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(
-            partial(_HTTPSConnection, read_timeout=self._read_timeout),
-            req,
-            context=self._context,  # type: ignore[attr-defined]
-        )
-
-
-def _describe_oserror(exc: BaseException, cfg: DownloadConfig, phase: str) -> str:
-    """Short text for a socket-level error during ``phase`` ("connect" or "read")."""
-    if isinstance(exc, TimeoutError):
-        if phase == "connect":
-            return f"connect timeout after {cfg.connect_timeout:g}s"
-        return f"read timeout (no data for {cfg.read_timeout:g}s)"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return f"host name lookup failed ({exc.strerror})"
-    return f"connection error ({type(exc).__name__}: {exc})"
-
-
-def _http_fetch(url: str, dest: Path, cfg: DownloadConfig, name: str) -> None:
-    """Stream ``url`` into ``dest`` with a progress bar.
+def _http_fetch(url: str, dest: Path, cfg: DownloadConfig, name: str, deadline: float) -> None:
+    """Stream ``url`` into ``dest`` with a progress bar, giving up at ``deadline`` (monotonic).
 
     Raises:
-        FetchError: HTTP error status, timeout, connection error or a short transfer.
+        FetchError: HTTP error status, timeout, connection error, a short transfer or the
+            deadline passed.
     """
-    opener = urllib.request.build_opener(
-        _HTTPHandler(cfg.read_timeout), _HTTPSHandler(cfg.read_timeout)
-    )
-    request = urllib.request.Request(url, headers={"User-Agent": "mnistflow"})
     try:
-        response = opener.open(request, timeout=cfg.connect_timeout)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        transient = exc.code >= 500 or exc.code in (408, 429)
-        raise FetchError(f"HTTP {exc.code} {exc.reason}", transient) from exc
-    except urllib.error.URLError as exc:
-        reason = exc.reason if isinstance(exc.reason, BaseException) else OSError(exc.reason)
-        # an unknown host name stays unknown; "temporary failure in name resolution" may pass
-        unknown_host = isinstance(reason, socket.gaierror) and reason.errno == socket.EAI_NONAME
-        raise FetchError(
-            _describe_oserror(reason, cfg, "connect"), transient=not unknown_host
-        ) from exc
-    except (OSError, http.client.HTTPException) as exc:
-        # urllib does not wrap errors raised while waiting for the response headers
-        raise FetchError(_describe_oserror(exc, cfg, "read"), transient=True) from exc
-
-    received = 0
-    with response:
+        response = _pool(url).request(
+            "GET",
+            url,
+            headers={"User-Agent": "mnistflow"},
+            timeout=urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout),
+            retries=_NO_RETRIES,
+            preload_content=False,
+            decode_content=False,  # the .gz bytes as served, whatever Content-Encoding says
+        )
+    except urllib3.exceptions.HTTPError as exc:
+        raise _network_failure(exc, cfg) from exc
+    try:
+        if response.status >= 400:
+            transient = response.status >= 500 or response.status in (408, 429)
+            raise FetchError(f"HTTP {response.status} {response.reason}", transient)
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
+        received = 0
         with dest.open("wb") as fh, _progress(name, expected) as bar:
-            while chunk := _read_chunk(response, received, cfg):
+            # read1: whatever has arrived, so a server trickling bytes meets the deadline
+            while chunk := _read_chunk(response, received, expected, cfg, deadline):
                 fh.write(chunk)  # a local write error (disk full) is not the mirror's fault
                 received += len(chunk)
                 bar.update(len(chunk))
-    # http.client returns b"" at an early close instead of raising, so count ourselves.
+    finally:
+        response.release_conn()
     if expected is not None and received < expected:
         raise FetchError(
             f"truncated transfer (received {received} of {expected} bytes)", transient=True
         )
 
 
-def _read_chunk(response: http.client.HTTPResponse, received: int, cfg: DownloadConfig) -> bytes:
-    """The next chunk of a response body (b"" at its end), network errors as FetchError."""
-    try:
-        return response.read(CHUNK)
-    except http.client.IncompleteRead as exc:
+def _read_chunk(
+    response: urllib3.BaseHTTPResponse,
+    received: int,
+    expected: int | None,
+    cfg: DownloadConfig,
+    deadline: float,
+) -> bytes:
+    """The bytes that arrived next (b"" at the end), failures and the deadline as FetchError."""
+    if time.monotonic() > deadline:
         raise FetchError(
-            f"truncated transfer (received {received + len(exc.partial)} bytes)",
-            transient=True,
-        ) from exc
-    except (OSError, http.client.HTTPException) as exc:
-        raise FetchError(_describe_oserror(exc, cfg, "read"), transient=True) from exc
+            f"deadline of {cfg.file_deadline:g}s per file passed "
+            f"({received} bytes received; download.file_deadline)",
+            transient=False,
+            timeout=True,
+        )
+    try:
+        return response.read1(CHUNK, decode_content=False)
+    except (urllib3.exceptions.IncompleteRead, urllib3.exceptions.ProtocolError) as exc:
+        if expected is not None:
+            reason = f"truncated transfer (received {received} of {expected} bytes)"
+            raise FetchError(reason, transient=True) from exc
+        raise _network_failure(exc, cfg) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        raise _network_failure(exc, cfg) from exc
 
 
 def _progress(name: str, total: int | None) -> tqdm:
@@ -340,34 +350,42 @@ def _local_fetch(path: Path, dest: Path, name: str) -> None:
             bar.update(len(chunk))
 
 
-def _fetch_once(source: Source, dest: Path, spec: FileSpec, cfg: DownloadConfig) -> None:
+def _fetch_once(
+    source: Source, dest: Path, spec: FileSpec, cfg: DownloadConfig, deadline: float
+) -> None:
     """One attempt: fetch into ``dest`` and verify it; raise FetchError otherwise."""
     if source.url is not None:
-        _http_fetch(source.url, dest, cfg, spec.name)
+        _http_fetch(source.url, dest, cfg, spec.name, deadline)
     else:
         assert source.path is not None
         _local_fetch(source.path, dest, spec.name)
     verify_file(dest, spec)
 
 
-def _try_source(source: Source, target: Path, spec: FileSpec, cfg: DownloadConfig) -> str | None:
+def _try_source(
+    source: Source, target: Path, spec: FileSpec, cfg: DownloadConfig
+) -> FetchError | None:
     """Fetch one file from one source with retries; rename it to ``target`` only if valid.
 
+    All attempts together get ``cfg.file_deadline`` seconds.
+
     Returns:
-        None on success, else the reason the source failed.
+        None on success, else why the source failed (the reason names the attempts).
     """
+    deadline = time.monotonic() + cfg.file_deadline
     for attempt in range(1, cfg.retries + 1):
         try:
             # atomic_path removes the temporary file on failure and renames it on success
             with atomic_path(target) as tmp:
-                _fetch_once(source, tmp, spec, cfg)
+                _fetch_once(source, tmp, spec, cfg, deadline)
         except FetchError as failure:
             if not failure.transient:
                 log.warning("%s: %s", source, failure.reason)
-                return failure.reason
+                return failure
             if attempt == cfg.retries:
                 log.warning("%s: %s (attempt %d/%d)", source, failure.reason, attempt, attempt)
-                return f"{failure.reason} (after {cfg.retries} attempts)"
+                reason = f"{failure.reason} (after {cfg.retries} attempts)"
+                return FetchError(reason, transient=True, timeout=failure.timeout)
             delay = backoff_delay(cfg.backoff, attempt)
             log.warning(
                 "%s: %s (attempt %d/%d), retrying in %.1fs",
@@ -390,18 +408,26 @@ def _remove_stale_temporaries(raw_dir: Path, name: str) -> None:
         stale.unlink(missing_ok=True)
 
 
-def fetch_file(spec: FileSpec, raw_dir: Path, mirrors: list[str], cfg: DownloadConfig) -> Path:
+def fetch_file(
+    spec: FileSpec,
+    raw_dir: Path,
+    mirrors: list[str],
+    cfg: DownloadConfig,
+    timed_out: set[str] | None = None,
+) -> Path:
     """Make ``raw_dir/spec.name`` a verified copy of the file, fetching it if needed.
 
     An existing file with the right decompressed hash is kept (no network); an invalid
     one is deleted first. Mirrors are tried in order, each with ``cfg.retries`` attempts
-    on transient errors.
+    on transient errors, all within ``cfg.file_deadline`` seconds.
 
     Args:
         spec: the file's name and decompressed SHA-256.
         raw_dir: the destination folder.
         mirrors: mirrors in the order to try.
-        cfg: timeouts, retries, backoff.
+        cfg: timeouts, retries, backoff, deadline.
+        timed_out: mirrors that timed out earlier in this run: skipped, and a mirror that
+            times out now is added (shared between the files of one download).
 
     Returns:
         The path of the verified file.
@@ -422,6 +448,7 @@ def fetch_file(spec: FileSpec, raw_dir: Path, mirrors: list[str], cfg: DownloadC
             log.info("%s: already present and verified", target)
             return target
 
+    timed_out = set() if timed_out is None else timed_out
     failures: list[tuple[Source, str]] = []
     for mirror in mirrors:
         try:
@@ -429,11 +456,17 @@ def fetch_file(spec: FileSpec, raw_dir: Path, mirrors: list[str], cfg: DownloadC
         except ValueError as exc:
             failures.append((Source(mirror, None, None), str(exc)))
             continue
-        reason = _try_source(source, target, spec, cfg)
-        if reason is None:
+        if mirror in timed_out:
+            failures.append((source, "skipped: it timed out on an earlier file of this run"))
+            continue
+        failure = _try_source(source, target, spec, cfg)
+        if failure is None:
             log.info("%s: downloaded from %s and verified", spec.name, source)
             return target
-        failures.append((source, reason))
+        failures.append((source, failure.reason))
+        if failure.timeout:
+            log.warning("mirror %s timed out: skipping it for the remaining files", mirror)
+            timed_out.add(mirror)
     raise DownloadError(failure_message(spec.name, failures))
 
 
@@ -450,7 +483,7 @@ def download_dataset(
         spec: the dataset's mirrors and files (params ``datasets.<name>``).
         raw_dir: destination folder (params ``paths.raw_dir``).
         cfg: params ``download``.
-        env_mirror: the ``MNIST_MIRROR`` environment value, tried first when set.
+        env_mirror: the environment's mirror (:func:`env_mirror`), tried first when set.
         root: folder that relative local mirrors are relative to (default: working dir).
 
     Returns:
@@ -461,4 +494,5 @@ def download_dataset(
     """
     mirrors = mirror_order(env_mirror, cfg.mirror, spec.mirrors, root)
     log.info("mirrors, in order: %s", ", ".join(mirrors) or "(none)")
-    return [fetch_file(file_spec, raw_dir, mirrors, cfg) for _, file_spec in spec.files.items()]
+    timed_out: set[str] = set()
+    return [fetch_file(f, raw_dir, mirrors, cfg, timed_out) for _, f in spec.files.items()]

@@ -14,6 +14,7 @@ import numpy as np
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from mnistflow.tracking import liveness
 from mnistflow.tracking.store import TrackingError
 from mnistflow.util.signals import Interrupted, signals_deferred
 
@@ -112,7 +113,9 @@ def mlflow_run(
     """Start a new run (``run_id`` None) or resume ``run_id``; always end it.
 
     The run ends FINISHED when the block completes, KILLED on KeyboardInterrupt or
-    Interrupted (SIGINT/SIGTERM), FAILED on any other exception, never RUNNING.
+    Interrupted (SIGINT/SIGTERM), FAILED on any other exception, never RUNNING. While it
+    is active it carries this process's host, pid and start time and a heartbeat tag, so a
+    run whose process was SIGKILLed can be found and ended later (:mod:`.liveness`).
     """
     mlflow.set_tracking_uri(uri)
     if run_id is not None:
@@ -127,13 +130,18 @@ def mlflow_run(
     with signals_deferred():
         active = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name)
     status = "FAILED"
+    interval = liveness.heartbeat_interval()
+    heartbeat = liveness.Heartbeat(uri, active.info.run_id, interval)
     try:
+        mlflow.set_tags(liveness.owner_tags(interval))
+        heartbeat.start()
         yield Run(active.info.run_id, experiment_id, uri)
         status = "FINISHED"
     except (KeyboardInterrupt, Interrupted):
         status = "KILLED"
         raise
     finally:
+        heartbeat.stop()
         with signals_deferred():
             mlflow.end_run(status)
         log.info("MLflow run %s ended %s", active.info.run_id, status)
