@@ -173,6 +173,7 @@ class Config(BaseModel):
 class Paths(Config):
     """``paths:``: every file the pipeline reads or writes, relative to the workspace root."""
 
+    check_params: str
     raw_dir: str
     arrays: str
     table: str
