@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -177,7 +176,7 @@ def test_augment_is_deterministic_and_independent_of_workers() -> None:
 
     x1, y1 = aug.augment(images, labels, cfg, workers=1)
     x2, y2 = aug.augment(images, labels, cfg, workers=2)
-    x3, _ = aug.augment(images, labels, dataclasses.replace(cfg, seed=1), workers=2)
+    x3, _ = aug.augment(images, labels, cfg.model_copy(update={"seed": 1}), workers=2)
 
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)

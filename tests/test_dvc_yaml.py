@@ -68,5 +68,19 @@ def test_stage_deps_are_exactly_the_modules_it_imports(stage: str) -> None:
 def test_stage_params_exist(stage: str) -> None:
     params = load_params(REPO_ROOT / "params.yaml")
     for key in STAGES[stage].get("params", []):
-        key = key if isinstance(key, str) else next(iter(key))
+        if isinstance(key, dict):  # `params.yaml:`, the whole file (check_params)
+            assert key == {"params.yaml": None}
+            continue
         section(params, resolve(key, params))  # raises naming the missing key
+
+
+def test_params_are_checked_before_any_other_stage() -> None:
+    """check_params comes first and reads the whole file; every other stage depends on its
+    constant output, so a typo fails before any stage removes its outputs."""
+    check = STAGES["check_params"]
+    assert next(iter(STAGES)) == "check_params"
+    assert check["params"] == [{"params.yaml": None}]
+    assert check["outs"] == [{"${paths.check_params}": {"cache": False}}]
+    for name, spec in STAGES.items():
+        if name != "check_params":
+            assert "${paths.check_params}" in spec["deps"], name

@@ -1,28 +1,26 @@
-"""Load and validate ``params.yaml``; every error names the offending key.
+"""Load and validate ``params.yaml``; every error names the offending key in one line.
 
-``params.yaml`` is the only place defaults live. This module holds no defaults of its own:
-each config class reads every field from its section, rejects unknown keys (a typo fails
-loudly) and checks types and ranges before any work starts.
+``params.yaml`` is the only place defaults live: every field below is required. The schema is
+pydantic, strict (``"1"`` is not 1, ``true`` is not an integer; an integer is a fine float),
+frozen, and rejects unknown keys, so a typo fails loudly before any work starts.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import ValidationError as _PydanticError
 
 from mnistflow.util.errors import UserError
 
 PARAMS_FILE = "params.yaml"
-
-
-C = typing.TypeVar("C", bound="Config")
+C = TypeVar("C", bound="Config")
+T = TypeVar("T")
 
 
 class ParamsError(UserError, ValueError):
@@ -30,13 +28,7 @@ class ParamsError(UserError, ValueError):
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Read a params file.
-
-    Args:
-        path: the YAML file (default ``params.yaml`` in the working directory).
-
-    Returns:
-        The parsed mapping.
+    """Read a params file (default ``params.yaml``) into a mapping.
 
     Raises:
         ParamsError: the file is missing, not YAML, or not a mapping.
@@ -67,116 +59,121 @@ def section(params: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
-def _check(key: str, value: Any, hint: Any) -> Any:
-    """Check one value against a type hint; return it (ints widened to float where declared)."""
-    origin = get_origin(hint)
-    if origin is Literal:
-        allowed = get_args(hint)
-        if value not in allowed:
-            raise ParamsError(
-                f"params.yaml: '{key}' must be one of "
-                f"{', '.join(map(repr, allowed))}; got {value!r}"
-            )
-        return value
-    if origin in (types.UnionType, typing.Union):
-        errors = []
-        for option in get_args(hint):
-            try:
-                return _check(key, value, option)
-            except ParamsError as exc:
-                errors.append(str(exc))
-        raise ParamsError(
-            f"params.yaml: '{key}' has an invalid value {value!r}: "
-            + "; or ".join(e.split(": ", 1)[-1] for e in errors)
+# ------------------------------------------------------------------ errors in one line
+
+_PHRASES = {  # pydantic error type -> what the value must be
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "tuple_type": "must be a list",
+    "model_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+    "literal_error": "must be one of {expected}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than_equal": "must be <= {le}",
+}
+
+
+def _key_of(cls: type[BaseModel], prefix: str, loc: tuple) -> tuple[str, type[BaseModel]]:
+    """The dotted key an error location names (list indices and union tags dropped), and
+    the model holding its last field."""
+    key, model = prefix, cls
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            break
+        key = f"{key}.{part}"
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            model = field.annotation
+    return key, model
+
+
+def _one_line(exc: _PydanticError, cls: type[BaseModel], prefix: str) -> ParamsError:
+    """The first problem (an unknown key before anything else) as a ParamsError."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    key, model = _key_of(cls, prefix, first["loc"])
+    if first["type"] == "extra_forbidden":
+        known = ", ".join(model.model_fields)
+        return ParamsError(
+            f"params.yaml: unknown key '{key}.{first['loc'][-1]}' (known keys: {known})"
         )
-    if origin is tuple:
-        (item,) = {a for a in get_args(hint) if a is not Ellipsis}
-        if not isinstance(value, list | tuple):
-            raise ParamsError(f"params.yaml: '{key}' must be a list; got {value!r}")
-        return tuple(_check(f"{key}[{i}]", v, item) for i, v in enumerate(value))
-    if origin is dict or hint is dict:
-        if not isinstance(value, Mapping):
-            raise ParamsError(f"params.yaml: '{key}' must be a mapping; got {value!r}")
-        return dict(value)
-    if hint is type(None):
-        if value is not None:
-            raise ParamsError(f"params.yaml: '{key}' must be null; got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ParamsError(f"params.yaml: '{key}' must be true or false; got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"params.yaml: '{key}' must be an integer; got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ParamsError(f"params.yaml: '{key}' must be a number; got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ParamsError(f"params.yaml: '{key}' must be a string; got {value!r}")
-        return value
-    if dataclasses.is_dataclass(hint):
-        return hint.from_section(value, key)
-    raise TypeError(f"unsupported type hint {hint!r} for {key}")  # a bug here, not in params
+    if first["type"] == "missing":
+        return ParamsError(f"params.yaml: missing key '{key}'")
+    if first["type"] == "value_error":  # our validators' own wording
+        return ParamsError(f"params.yaml: '{key}' {first['ctx']['error']}")
+    # a union (batch_size: auto or an int) fails once per member: say all of them
+    same = [e for e in errors if _key_of(cls, prefix, e["loc"])[0] == key]
+    phrases = [_PHRASES.get(e["type"], e["msg"]).format(**e.get("ctx", {})) for e in same]
+    return ParamsError(
+        f"params.yaml: '{key}' {', or '.join(dict.fromkeys(phrases))}; got {first['input']!r}"
+    )
 
 
-class Config:
-    """Base for the typed, validated views of one params.yaml section.
+# ------------------------------------------------------------------ building blocks
 
-    Subclasses are dataclasses; ``_bounds`` maps a field to ``(min, max)`` (inclusive,
-    ``None`` for open) and ``_validate`` adds cross-field checks.
-    """
 
-    _bounds: typing.ClassVar[dict[str, tuple[float | None, float | None]]] = {}
+def _listed(value: Any) -> Any:
+    """YAML has lists, the schema has tuples (immutable): accept a list for a tuple."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _some(value: tuple) -> tuple:
+    if not value:
+        raise ValueError("needs at least one layer")
+    return value
+
+
+def _sha256(value: str) -> str:
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError("must be 64 lowercase hex digits")
+    return value
+
+
+def _file_name(value: str) -> str:
+    if "/" in value or not value:
+        raise ValueError("must be a plain file name")
+    return value
+
+
+List = Annotated[tuple[T, ...], BeforeValidator(_listed)]
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+
+
+class Config(BaseModel):
+    """Base of the typed, validated view of one params.yaml section."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     @classmethod
-    def from_section(cls, raw: Any, prefix: str) -> typing.Self:
-        """Build from the mapping found at ``prefix`` (its dotted key, used in errors)."""
+    def from_section(cls, raw: Any, prefix: str) -> Self:
+        """Validate the mapping found at ``prefix`` (its dotted key, used in errors)."""
         if not isinstance(raw, Mapping):
             raise ParamsError(f"params.yaml: '{prefix}' must be a mapping; got {raw!r}")
-        hints = typing.get_type_hints(cls)
-        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-        unknown = sorted(set(raw) - set(names))
-        if unknown:
-            raise ParamsError(
-                f"params.yaml: unknown key '{prefix}.{unknown[0]}' (known keys: {', '.join(names)})"
-            )
-        values = {}
-        for name in names:
-            key = f"{prefix}.{name}"
-            if name not in raw:
-                raise ParamsError(f"params.yaml: missing key '{key}'")
-            value = _check(key, raw[name], hints[name])
-            low, high = cls._bounds.get(name, (None, None))
-            for item in value if isinstance(value, tuple) else (value,):
-                if isinstance(item, int | float) and not isinstance(item, bool):
-                    if low is not None and item < low:
-                        raise ParamsError(f"params.yaml: '{key}' must be >= {low}; got {item!r}")
-                    if high is not None and item > high:
-                        raise ParamsError(f"params.yaml: '{key}' must be <= {high}; got {item!r}")
-            values[name] = value
-        obj = cls(**values)
-        obj._validate(prefix)
-        return obj
-
-    def _validate(self, prefix: str) -> None:
-        """Cross-field checks; raise ParamsError naming the key."""
+        try:
+            return cls.model_validate(dict(raw))
+        except _PydanticError as exc:
+            raise _one_line(exc, cls, prefix) from None
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain dict of the fields (tuples as lists), e.g. for logging."""
-        return {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(self).items()  # type: ignore[call-overload]
-        }
+        """Plain dict of the fields in order (tuples as lists), e.g. for logging."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_dump().items()}
 
 
-@dataclass(frozen=True)
+# ------------------------------------------------------------------ the sections
+
+
 class Paths(Config):
     """``paths:``: every file the pipeline reads or writes, relative to the workspace root."""
 
+    check_params: str
     raw_dir: str
     arrays: str
     table: str
@@ -199,21 +196,13 @@ class Paths(Config):
         return Path(getattr(self, name))
 
 
-@dataclass(frozen=True)
 class FileSpec(Config):
     """One IDX file of a dataset: its name on the mirrors and decompressed SHA-256."""
 
-    name: str
-    sha256: str
-
-    def _validate(self, prefix: str) -> None:
-        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
-            raise ParamsError(f"params.yaml: '{prefix}.sha256' must be 64 lowercase hex digits")
-        if "/" in self.name or not self.name:
-            raise ParamsError(f"params.yaml: '{prefix}.name' must be a plain file name")
+    name: Annotated[str, AfterValidator(_file_name)]
+    sha256: Annotated[str, AfterValidator(_sha256)]
 
 
-@dataclass(frozen=True)
 class DatasetFiles(Config):
     """The four IDX files every dataset has."""
 
@@ -224,70 +213,46 @@ class DatasetFiles(Config):
 
     def items(self) -> list[tuple[str, FileSpec]]:
         """``(role, spec)`` pairs in a fixed order."""
-        return [(f.name, getattr(self, f.name)) for f in fields(self)]
+        return [(name, getattr(self, name)) for name in type(self).model_fields]
 
 
-@dataclass(frozen=True)
 class DatasetSpec(Config):
     """``datasets.<name>:``: mirrors, class names and files of one IDX dataset."""
 
-    mirrors: tuple[str, ...]
-    classes: tuple[str, ...]
+    mirrors: List[str]
+    classes: List[str]
     files: DatasetFiles
 
 
-@dataclass(frozen=True)
 class DownloadConfig(Config):
     """``download:``: how the raw files are fetched."""
 
     mirror: str
-    connect_timeout: float
-    read_timeout: float
-    retries: int
-    backoff: float
-    file_deadline: float
-
-    _bounds: typing.ClassVar = {
-        "file_deadline": (0.001, None),
-        "connect_timeout": (0.001, None),
-        "read_timeout": (0.001, None),
-        "retries": (1, 20),
-        "backoff": (0, 60),
-    }
+    connect_timeout: float = Field(ge=0.001)
+    read_timeout: float = Field(ge=0.001)
+    retries: int = Field(ge=1, le=20)
+    backoff: float = Field(ge=0, le=60)
+    file_deadline: float = Field(ge=0.001)  # one file from one mirror, all attempts
 
 
-@dataclass(frozen=True)
 class UnpackConfig(Config):
     """``unpack:``: the PNG tree."""
 
     write_png: bool
-    png_workers: int
-
-    _bounds: typing.ClassVar = {"png_workers": (1, 64)}
+    png_workers: int = Field(ge=1, le=64)
 
 
-@dataclass(frozen=True)
 class AugmentConfig(Config):
     """``encode.augment:``: seeded training-set augmentation."""
 
-    copies: int
-    max_shift: int
-    max_rotation: float
-    elastic_alpha: float
-    elastic_sigma: float
-    seed: int
-
-    _bounds: typing.ClassVar = {
-        "copies": (0, 50),
-        "max_shift": (0, 8),
-        "max_rotation": (0, 90),
-        "elastic_alpha": (0, None),
-        "elastic_sigma": (0.1, None),
-        "seed": (0, None),
-    }
+    copies: int = Field(ge=0, le=50)
+    max_shift: int = Field(ge=0, le=8)
+    max_rotation: float = Field(ge=0, le=90)
+    elastic_alpha: float = Field(ge=0)
+    elastic_sigma: float = Field(ge=0.1)
+    seed: int = Field(ge=0)
 
 
-@dataclass(frozen=True)
 class EncodeConfig(Config):
     """``encode:``: features and targets for the model."""
 
@@ -295,82 +260,46 @@ class EncodeConfig(Config):
     labels: Literal["onehot", "index"]
     deskew: bool
     augment: AugmentConfig
-    workers: int
-
-    _bounds: typing.ClassVar = {"workers": (1, 64)}
+    workers: int = Field(ge=1, le=64)
 
 
-@dataclass(frozen=True)
 class TrainConfig(Config):
     """``train:``: the MLPClassifier hyperparameters (sklearn names)."""
 
-    hidden_layer_sizes: tuple[int, ...]
+    hidden_layer_sizes: Annotated[List[Annotated[int, Field(ge=1)]], AfterValidator(_some)]
     activation: Literal["identity", "logistic", "tanh", "relu"]
     solver: Literal["adam", "sgd", "lbfgs"]
-    alpha: float
-    batch_size: Literal["auto"] | int
+    alpha: float = Field(ge=0)
+    batch_size: Literal["auto"] | Annotated[int, Field(ge=1)]
     learning_rate: Literal["constant", "invscaling", "adaptive"]
-    learning_rate_init: float
-    momentum: float
-    max_iter: int
+    learning_rate_init: float = Field(ge=1e-12)
+    momentum: float = Field(ge=0, le=1)
+    max_iter: int = Field(ge=1)
     shuffle: bool
-    tol: float
+    tol: float = Field(ge=0)
     early_stopping: bool
-    validation_fraction: float
-    n_iter_no_change: int
-    random_state: int
-    threads: int
-
-    _bounds: typing.ClassVar = {
-        "hidden_layer_sizes": (1, None),
-        "alpha": (0, None),
-        "batch_size": (1, None),
-        "learning_rate_init": (1e-12, None),
-        "momentum": (0, 1),
-        "max_iter": (1, None),
-        "tol": (0, None),
-        "validation_fraction": (1e-6, 0.999999),
-        "n_iter_no_change": (1, None),
-        "random_state": (0, 2**32 - 1),
-        "threads": (1, 256),
-    }
-
-    def _validate(self, prefix: str) -> None:
-        if not self.hidden_layer_sizes:
-            raise ParamsError(
-                f"params.yaml: '{prefix}.hidden_layer_sizes' needs at least one layer"
-            )
+    validation_fraction: float = Field(ge=1e-6, le=0.999999)
+    n_iter_no_change: int = Field(ge=1)
+    random_state: int = Field(ge=0, le=2**32 - 1)
+    threads: int = Field(ge=1, le=256)
 
 
-@dataclass(frozen=True)
 class EvaluateConfig(Config):
     """``evaluate:``: metrics and report settings."""
 
-    baseline_accuracy: float
+    baseline_accuracy: float = Field(ge=0, le=1)
     headline: Literal["argmax", "exact_match"]
-    confused_pairs: int
-    gallery_size: int
-
-    _bounds: typing.ClassVar = {
-        "baseline_accuracy": (0, 1),
-        "confused_pairs": (1, 90),
-        "gallery_size": (1, 400),
-    }
+    confused_pairs: int = Field(ge=1, le=90)
+    gallery_size: int = Field(ge=1, le=400)
 
 
-@dataclass(frozen=True)
 class MlflowConfig(Config):
     """``mlflow:``: where runs go."""
 
-    experiment_name: str
+    experiment_name: NonBlank
     tracking_uri: str
 
-    def _validate(self, prefix: str) -> None:
-        if not self.experiment_name.strip():
-            raise ParamsError(f"params.yaml: '{prefix}.experiment_name' must not be empty")
 
-
-@dataclass(frozen=True)
 class LeaderboardConfig(Config):
     """``leaderboard:``: where the leaderboard is written."""
 
@@ -378,30 +307,18 @@ class LeaderboardConfig(Config):
     figure: str
 
 
-@dataclass(frozen=True)
 class RegistryConfig(Config):
     """``registry:``: the registered model's name and the alias of the best version."""
 
-    model_name: str
-    alias: str
+    model_name: NonBlank
+    alias: NonBlank
 
-    def _validate(self, prefix: str) -> None:
-        for key in ("model_name", "alias"):
-            if not getattr(self, key).strip():
-                raise ParamsError(f"params.yaml: '{prefix}.{key}' must not be empty")
+
+# ------------------------------------------------------------------ the whole file
 
 
 def config(params: Mapping[str, Any], dotted: str, cls: type[C]) -> C:
-    """Validate the section at ``dotted`` as ``cls``.
-
-    Args:
-        params: the loaded params mapping.
-        dotted: the section's key, e.g. ``"train"``.
-        cls: the Config subclass describing it.
-
-    Returns:
-        The validated, typed config.
-    """
+    """Validate the section at ``dotted`` (e.g. ``"train"``) of loaded params as ``cls``."""
     return cls.from_section(section(params, dotted), dotted)
 
 

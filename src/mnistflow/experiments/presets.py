@@ -13,20 +13,13 @@ from typing import Any
 
 import yaml
 
-from mnistflow.config import (
-    Config,
-    EncodeConfig,
-    ParamsError,
-    TrainConfig,
-    config,
-    section,
-)
+from mnistflow.config import ParamsError, section, validate
 
 log = logging.getLogger(__name__)
 
 PRESETS_DIR = Path("presets")
-# The sections a preset may change, with the config that validates each.
-_SECTIONS: dict[str, type[Config]] = {"encode": EncodeConfig, "train": TrainConfig}
+# The sections a preset may change; the result is validated whole (config.validate).
+_SECTIONS = ("encode", "train")
 
 
 def load_preset(path: str | Path) -> dict[str, Any]:
@@ -62,8 +55,7 @@ def apply_preset(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
         if leaf not in node:
             raise ParamsError(f"preset sets unknown key '{key}'")
         node[leaf] = value
-    for name, cls in _SECTIONS.items():
-        config(result, name, cls)
+    validate(result)
     return result
 
 

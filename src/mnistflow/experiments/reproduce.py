@@ -28,19 +28,7 @@ from typing import Any
 
 import yaml
 
-from mnistflow.config import (
-    DownloadConfig,
-    EncodeConfig,
-    EvaluateConfig,
-    MlflowConfig,
-    ParamsError,
-    Paths,
-    TrainConfig,
-    UnpackConfig,
-    config,
-    dataset_spec,
-    load_params,
-)
+from mnistflow.config import SECTIONS, ParamsError, Paths, config, dataset_spec, load_params
 from mnistflow.tracking.provenance import REPRODUCES_ENV, REPRODUCES_TAG
 from mnistflow.tracking.store import absolute_uri
 from mnistflow.util import fileio
@@ -55,16 +43,6 @@ EXIT_IDENTICAL, EXIT_DIFFERENT = 0, 1
 # Wall-clock measurements differ between any two runs; they say nothing about the model.
 TIMING_METRIC = re.compile(r"(_time_s|_seconds)$")
 PER_CLASS_METRIC = re.compile(r"^(?P<group>.+_class_)\d+$")
-# Sections whose restored values are validated with their params.py config class.
-SECTION_CONFIGS = {
-    "paths": Paths,
-    "download": DownloadConfig,
-    "unpack": UnpackConfig,
-    "encode": EncodeConfig,
-    "train": TrainConfig,
-    "evaluate": EvaluateConfig,
-    "mlflow": MlflowConfig,
-}
 # Variables describing the *calling* DVC run; the rerun must not look like an experiment.
 DVC_RUN_ENV = ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE")
 
@@ -200,12 +178,12 @@ def validate(params: Mapping[str, Any], sections: set[str]) -> None:
     """Validate the restored ``sections`` (and the dataset, if ``data`` is one) of params.
 
     Raises:
-        ReproduceError: with the params.py message naming the key.
+        ReproduceError: with the mnistflow.config message naming the key.
     """
     try:
         for name in sorted(sections):
-            if name in SECTION_CONFIGS:
-                config(params, name, SECTION_CONFIGS[name])
+            if name in SECTIONS:
+                config(params, name, SECTIONS[name])
         if "data" in sections:
             dataset_spec(params)
     except ParamsError as exc:

@@ -1,4 +1,5 @@
-"""params.yaml validation: the shipped file is valid and every bad value names its key."""
+"""params.yaml validation (mnistflow.config): the shipped file is valid, the schema is strict
+and every bad value is one line naming its key."""
 
 from __future__ import annotations
 
@@ -8,32 +9,21 @@ import re
 import pytest
 
 from mnistflow.config import (
+    SECTIONS,
     DownloadConfig,
     EncodeConfig,
-    EvaluateConfig,
-    MlflowConfig,
     ParamsError,
-    Paths,
     TrainConfig,
-    UnpackConfig,
     config,
     dataset_spec,
+    load_config,
     load_params,
     section,
+    validate,
 )
 from tests.helpers import REPO_ROOT
 
 pytestmark = pytest.mark.unit
-
-SECTIONS = [
-    ("paths", Paths),
-    ("download", DownloadConfig),
-    ("unpack", UnpackConfig),
-    ("encode", EncodeConfig),
-    ("train", TrainConfig),
-    ("evaluate", EvaluateConfig),
-    ("mlflow", MlflowConfig),
-]
 
 
 @pytest.fixture
@@ -41,7 +31,7 @@ def params() -> dict:
     return copy.deepcopy(load_params(REPO_ROOT / "params.yaml"))
 
 
-@pytest.mark.parametrize(("name", "cls"), SECTIONS)
+@pytest.mark.parametrize(("name", "cls"), SECTIONS.items())
 def test_shipped_params_are_valid(params: dict, name: str, cls: type) -> None:
     assert isinstance(config(params, name, cls), cls)
 
@@ -93,7 +83,7 @@ def test_bad_values_name_the_key(params: dict, path: tuple, value: object, messa
         node = node[key]
     node[path[-1]] = value
     with pytest.raises(ParamsError, match=re.escape(message)):
-        config(params, path[0], dict(SECTIONS)[path[0]])
+        config(params, path[0], SECTIONS[path[0]])
 
 
 def test_unknown_key_is_rejected(params: dict) -> None:
@@ -134,3 +124,70 @@ def test_missing_or_broken_file(tmp_path) -> None:
     (tmp_path / "params.yaml").write_text("train: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_shipped_file_validates_whole() -> None:
+    params = load_config(REPO_ROOT / "params.yaml")
+    assert params.dataset_name == "mnist"
+    assert params.paths.path("model").name == "model.pkl"
+    assert set(SECTIONS) <= set(vars(params))
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("train", "max_iter"), "20", "'train.max_iter' must be an integer; got '20'"),
+        (("train", "max_iter"), True, "'train.max_iter' must be an integer; got True"),
+        (("train", "max_iter"), 20.0, "'train.max_iter' must be an integer; got 20.0"),
+        (("train", "alpha"), "0.1", "'train.alpha' must be a number; got '0.1'"),
+        (("train", "alpha"), False, "'train.alpha' must be a number; got False"),
+        (("train", "shuffle"), 1, "'train.shuffle' must be true or false; got 1"),
+        (("train", "batch_size"), "200", "'train.batch_size' must be one of 'auto', or must"),
+        (("train", "hidden_layer_sizes"), [100, "50"], "must be an integer; got '50'"),
+        (("train", "hidden_layer_sizes"), 100, "'train.hidden_layer_sizes' must be a list"),
+        (("paths", "model"), 3, "'paths.model' must be a string; got 3"),
+        (("encode", "augment"), 5, "'encode.augment' must be a mapping; got 5"),
+        (("mlflow", "experiment_name"), " ", "'mlflow.experiment_name' must not be empty"),
+    ],
+)
+def test_strict_no_silent_coercion(params: dict, path: tuple, value: object, message: str) -> None:
+    node = params
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ParamsError, match=re.escape(message)) as caught:
+        validate(params)
+    assert "\n" not in str(caught.value)  # one line, never a pydantic dump
+
+
+def test_an_int_widens_to_float(params: dict) -> None:
+    params["download"]["backoff"] = 2
+    cfg = config(params, "download", DownloadConfig)
+    assert cfg.backoff == 2.0
+    assert isinstance(cfg.backoff, float)
+
+
+def test_configs_are_frozen_and_as_dict_keeps_field_order(params: dict) -> None:
+    cfg = config(params, "train", TrainConfig)
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.alpha = 1.0  # type: ignore[misc]
+    settings = cfg.as_dict()
+    assert list(settings) == list(TrainConfig.model_fields)
+    assert settings["hidden_layer_sizes"] == [100, 50, 25]
+
+
+def test_a_typo_is_reported_before_the_missing_key(params: dict) -> None:
+    params["train"]["alpah"] = params["train"].pop("alpha")
+    with pytest.raises(ParamsError, match=r"^params\.yaml: unknown key 'train\.alpah' \(known"):
+        validate(params)
+
+
+def test_unknown_section_is_rejected(params: dict) -> None:
+    params["trian"] = {}
+    with pytest.raises(ParamsError, match=r"unknown section 'trian'"):
+        validate(params)
+
+
+def test_models_hold_no_defaults() -> None:
+    for cls in SECTIONS.values():
+        assert all(f.is_required() for f in cls.model_fields.values()), cls.__name__
