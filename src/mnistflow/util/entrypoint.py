@@ -7,6 +7,7 @@ traceback of an expected failure too; a bug always shows its traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 
 TRACEBACK_ENV = "MNISTFLOW_TRACEBACK"
 FILE_ERROR_EXIT = 2
+DISK_FULL_EXIT = 6
+# Writing failed for lack of room: the user's to fix (free space, quota, `ulimit -f`), not a bug.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 # A missing or unreadable file named on the command line or in params is the user's to fix.
 FILE_ERRORS: tuple[type[Exception], ...] = (
     FileNotFoundError,
@@ -46,8 +50,15 @@ def run_main(main: Callable[[], int | None], name: str, log_level: str | None = 
     except Interrupted as exc:
         log.error("%s %s: stopped; outputs it had not finished were not written", name, exc)
         return exc.exit_code
-    except (UserError, *FILE_ERRORS) as exc:
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS and not isinstance(exc, FILE_ERRORS):
+            raise
         if os.environ.get(TRACEBACK_ENV):
             log.exception("%s failed", name)
         log.error("%s: %s", name, exc)
-        return getattr(exc, "exit_code", FILE_ERROR_EXIT)
+        return DISK_FULL_EXIT if exc.errno in DISK_FULL_ERRNOS else FILE_ERROR_EXIT
+    except UserError as exc:
+        if os.environ.get(TRACEBACK_ENV):
+            log.exception("%s failed", name)
+        log.error("%s: %s", name, exc)
+        return exc.exit_code

@@ -11,6 +11,7 @@ traceback. Exit codes (also in docs/faults.md):
 3     bad or unreachable data (download mirrors, IDX files)
 4     the MLflow tracking store cannot be used (unreachable, locked, credentials, no such run)
 5     an external tool failed (git, dvc)
+6     no room to write an output (disk full, quota, file-size limit); earlier outputs stay
 130   interrupted by SIGINT (Ctrl-C); 143: by SIGTERM
 ====  ==========================================================
 """
