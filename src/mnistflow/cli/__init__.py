@@ -40,6 +40,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "reproduce",
         "rerun a logged MLflow run in a temporary worktree and compare its metrics",
     ),
+    "server": (
+        "server",
+        "run the team's MLflow tracking server (PostgreSQL, proxied artifacts, basic auth)",
+    ),
+    "adduser": ("adduser", "create a user on the team's MLflow server (as its admin)"),
 }
 
 
