@@ -8,15 +8,23 @@ Unit tests cover the pure parts; the e2e tests run against a real PostgreSQL clu
 from __future__ import annotations
 
 import configparser
+import http.server
 import itertools
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import copy_repo, run, use_tiny_dataset, workspace_env, write_idx_dataset
+from services import TeamServer, team_server_fixture  # noqa: F401  (session fixture)
 
-from mnistflow.tracking import server
+from mnistflow.tracking import datasets, postgres, server, store
+from mnistflow.util.fileio import read_json
 
-ADMIN_PW = "admin-pass-for-tests-0123"
+ADMIN_PW = "unit-admin-pass-0123"
 
 
 def options(**changes: object) -> server.ServerOptions:
@@ -101,3 +109,193 @@ def test_database_uri_quotes_the_password() -> None:
         database_uri("u", "a@b/c", 5433, "mlflow")
         == "postgresql://u:a%40b%2Fc@127.0.0.1:5433/mlflow"
     )
+
+
+# --- client preflight (store.check_store) against a stub HTTP server: no subprocess ---------
+
+
+class _Stub(http.server.BaseHTTPRequestHandler):
+    health = 200
+    search = 200
+
+    def do_GET(self) -> None:
+        status = self.health if self.path == "/health" else self.search
+        if self.path != "/health" and self.headers.get("Authorization") is None:
+            status = 401 if self.search == 200 else self.search
+        body = b'{"message": "database \\"mlflow\\" does not exist"}' if status >= 500 else b"{}"
+        self.send_response(status)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stub() -> Iterator[tuple[str, type[_Stub]]]:
+    handler = type("Handler", (_Stub,), {})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+
+
+@pytest.mark.unit
+def test_check_store_passes_with_credentials(stub, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri, _ = stub
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret-pw")
+    store.check_store(uri)
+    store.check_store("sqlite:///nowhere/mlflow.db")  # not a server: nothing to check
+
+
+@pytest.mark.unit
+def test_check_store_names_refused_credentials_without_the_password(
+    stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri, handler = stub
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    with pytest.raises(store.TrackingError, match=r"credentials refused by .*none are set") as e:
+        store.check_store(uri)
+    assert e.value.exit_code == 4
+    handler.search = 403
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret-pw")
+    with pytest.raises(store.TrackingError, match="credentials refused") as e:
+        store.check_store(uri)
+    assert "secret-pw" not in str(e.value)
+
+
+@pytest.mark.unit
+def test_check_store_names_a_failing_database_and_a_missing_server(
+    stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri, handler = stub
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret-pw")
+    handler.search = 500
+    with pytest.raises(store.TrackingError, match=f"{uri} failed.*does not exist"):
+        store.check_store(uri)
+    handler.health = 503
+    with pytest.raises(store.TrackingError, match=f"{uri} is not healthy"):
+        store.check_store(uri)
+    nobody = f"http://127.0.0.1:{postgres.free_port()}"
+    with pytest.raises(store.TrackingError, match=f"no tracking server at {nobody}"):
+        store.check_store(nobody)
+
+
+@pytest.mark.unit
+def test_redact_drops_userinfo() -> None:
+    assert store.redact("https://bob:pw@mlflow.lan:8443/x") == "https://mlflow.lan:8443/x"
+    assert store.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+@pytest.mark.unit
+def test_dataset_digest_fits_mlflows_column_and_keeps_the_full_hash() -> None:
+    sha = "ab" * 32
+    ds = datasets.meta_dataset("tiny", sha, "data/features/train.npz", (300, 784))
+    assert ds.digest == sha[:36]
+    assert ds.name == "tiny"
+    assert ds.schema.inputs[0].shape == (-1, 784)
+
+
+# --- e2e: the real pipeline against the real server ------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerRepo:
+    """A tiny-data repo copy after one `dvc repro` logged to the team server."""
+
+    repo: Path
+    env: dict[str, str]
+    run_id: str
+
+
+def server_runs(team: TeamServer) -> list:
+    """Every run of the pipeline's experiment on the server (as alice)."""
+    from mlflow.tracking import MlflowClient
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", team.user)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", team.password)
+        client = MlflowClient(team.uri)
+        exp = client.get_experiment_by_name("mnist-mlp")
+        return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.fixture(scope="session")
+def server_repo(team_server: TeamServer, tmp_path_factory: pytest.TempPathFactory) -> ServerRepo:
+    base = tmp_path_factory.mktemp("team-repo")
+    mirror = base / "tiny-mirror"
+    files = write_idx_dataset(mirror)
+    repo = copy_repo(
+        base / "repo", use_tiny_dataset(files, train={"hidden_layer_sizes": [16], "max_iter": 5})
+    )
+    env = team_server.client_env(workspace_env(mirror))
+    start = time.perf_counter()
+    run(["dvc", "repro"], repo, env)
+    print(f"dvc repro against the server: {time.perf_counter() - start:.1f} s")
+    run_id = read_json(repo / "outputs/train/run.json")["run_id"]
+    return ServerRepo(repo, env, run_id)
+
+
+@pytest.mark.e2e
+def test_authenticated_pipeline_logs_to_the_server_with_proxied_artifacts(
+    team_server: TeamServer, server_repo: ServerRepo
+) -> None:
+    found = {r.info.run_id: r for r in server_runs(team_server)}
+    r = found[server_repo.run_id]
+    assert r.info.status == "FINISHED"
+    assert r.info.artifact_uri.startswith("mlflow-artifacts:/")
+    assert r.data.tags["mnistflow.stage"] == "evaluated"
+    assert "test_accuracy" in r.data.metrics
+    assert r.info.user_id == team_server.user
+    (dataset,) = r.inputs.dataset_inputs
+    sha = read_json(server_repo.repo / "data/encoded/info.json")["dataset_sha256"]
+    assert dataset.dataset.name == "tiny"
+    assert dataset.dataset.digest == sha[:36]
+    tags = {t.key: t.value for t in dataset.tags}
+    assert tags == {"mlflow.data.context": "training", datasets.SHA_TAG: sha}
+    # artifacts came back through the server (proxied), into the --pg-dir artifacts folder
+    from mlflow.tracking import MlflowClient
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", team_server.user)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", team_server.password)
+        listed = {a.path for a in MlflowClient(team_server.uri).list_artifacts(r.info.run_id)}
+    assert {"report", "evaluate", "train"} <= listed
+    assert any((team_server.pg_dir / "artifacts").rglob("report.md"))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no credentials", "credentials refused by"),
+        ("wrong password", "credentials refused by"),
+        ("server down", "no tracking server at"),
+    ],
+)
+def test_bad_setup_stops_train_before_training(
+    team_server: TeamServer, server_repo: ServerRepo, case: str, message: str
+) -> None:
+    env = {**server_repo.env, "PYTHONPATH": "src"}
+    if case == "no credentials":
+        del env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]
+    elif case == "wrong password":
+        env["MLFLOW_TRACKING_PASSWORD"] = "not-the-password-987"
+    else:
+        env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{postgres.free_port()}"
+    model = server_repo.repo / "models/model.pkl"
+    model.unlink(missing_ok=True)
+    before = len(server_runs(team_server))
+    proc = run([sys.executable, "stages/train.py"], server_repo.repo, env, check=False)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    assert message in proc.stderr
+    assert "training on" not in proc.stderr  # stopped before the data was loaded
+    assert "not-the-password-987" not in proc.stderr + proc.stdout
+    assert not model.exists()
+    assert len(server_runs(team_server)) == before
