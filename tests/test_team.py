@@ -21,7 +21,7 @@ import pytest
 from conftest import copy_repo, run, use_tiny_dataset, workspace_env, write_idx_dataset
 from services import TeamServer, team_server_fixture  # noqa: F401  (session fixture)
 
-from mnistflow.tracking import datasets, postgres, server, store
+from mnistflow.tracking import datasets, postgres, server, store, sync
 from mnistflow.util.fileio import read_json
 
 ADMIN_PW = "unit-admin-pass-0123"
@@ -62,6 +62,7 @@ def test_auth_ini_is_read_back_by_configparser_without_a_password() -> None:
     assert section["database_uri"] == "postgresql://u:p%40x@h:1/mlflow_auth"  # % survives
     assert section["admin_username"] == "boss"
     assert section["default_permission"] == "EDIT"
+    assert section.getint("auth_cache_ttl_seconds") > 0
     assert "admin_password" not in section
     assert "password1234" not in text
 
@@ -299,3 +300,79 @@ def test_bad_setup_stops_train_before_training(
     assert "not-the-password-987" not in proc.stderr + proc.stdout
     assert not model.exists()
     assert len(server_runs(team_server)) == before
+
+
+# --- mnistflow sync ----------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_sync_plan_skips_complete_copies_and_redoes_half_ones() -> None:
+    source = [("a", "FINISHED"), ("b", "FAILED"), ("c", "RUNNING"), ("d", "FINISHED")]
+    destination = [
+        ("x", {sync.SYNC_SOURCE: "a", sync.SYNCED_FROM: "a"}),
+        ("y", {sync.SYNC_SOURCE: "d"}),  # interrupted copy of d
+        ("z", {}),  # a run logged straight to the server
+    ]
+    p = sync.plan(source, destination)
+    assert p.copy == ["b", "d"]
+    assert p.delete == ["y"]
+    assert p.skipped_running == ["c"]
+    assert p.already == 1
+
+
+@pytest.mark.unit
+def test_sync_chunks_and_tags() -> None:
+    assert [list(c) for c in sync.chunks(list(range(5)), 2)] == [[0, 1], [2, 3], [4]]
+    tags = sync.copied_tags({"mlflow.runName": "r", sync.SYNCED_FROM: "old"}, "src1")
+    assert tags == {"mlflow.runName": "r", sync.SYNC_SOURCE: "src1"}
+
+
+@pytest.mark.e2e
+def test_sync_twice_copies_each_local_run_once(
+    team_server: TeamServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from mlflow.tracking import MlflowClient
+    from mlflow_fixtures import EXPERIMENT, shared_store
+
+    local = shared_store(tmp_path_factory)
+    env = team_server.client_env(workspace_env())
+    cmd = [str(Path(sys.executable).parent / "mnistflow"), "sync", "--to", team_server.uri]
+    cmd += ["--from", local.uri, "--experiment", EXPERIMENT]
+    start = time.perf_counter()
+    run(cmd, local.root, env)
+    print(f"sync of {len(local.runs)} runs: {time.perf_counter() - start:.1f} s")
+    run(cmd, local.root, env)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", team_server.user)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", team_server.password)
+        client = MlflowClient(team_server.uri)
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        copies = [
+            r
+            for r in client.search_runs([exp.experiment_id], max_results=1000)
+            if sync.SYNCED_FROM in r.data.tags
+        ]
+        by_source = {r.data.tags[sync.SYNCED_FROM]: r for r in copies}
+        assert len(copies) == len(by_source) == len(local.runs)
+        src = MlflowClient(local.uri)
+        for logged in local.runs.values():
+            copy = by_source[logged.run_id]
+            original = src.get_run(logged.run_id)
+            assert copy.info.run_name == logged.name
+            assert copy.info.status == logged.status
+            assert copy.data.params == original.data.params
+            assert copy.data.tags["is_baseline"] == original.data.tags["is_baseline"]
+            steps = [
+                (m.step, m.value) for m in client.get_metric_history(copy.info.run_id, "train_loss")
+            ]
+            assert steps == [(0, 2.0), (1, 1.0), (2, 0.5)]
+        baseline = by_source[local.runs["baseline"].run_id]
+        models = client.search_logged_models(
+            experiment_ids=[exp.experiment_id],
+            filter_string=f"source_run_id = '{baseline.info.run_id}'",
+        )
+        assert len(models) == 1
+        assert {a.path for a in client.list_logged_model_artifacts(models[0].model_id)} >= {
+            "MLmodel"
+        }

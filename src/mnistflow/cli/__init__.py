@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run the team's MLflow tracking server (PostgreSQL, proxied artifacts, basic auth)",
     ),
     "adduser": ("adduser", "create a user on the team's MLflow server (as its admin)"),
+    "sync": ("sync", "copy the runs of the local MLflow store to a tracking server, once each"),
 }
 
 

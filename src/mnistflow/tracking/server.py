@@ -50,6 +50,7 @@ READY_TIMEOUT_S = 180.0  # ~20 s measured with PostgreSQL; the machines are shar
 POLL_S = 0.5
 STOP_TIMEOUT_S = 20.0
 HTTP_TIMEOUT_S = 10.0
+AUTH_CACHE_TTL_S = 60
 
 
 class ServerError(UserError):
@@ -110,6 +111,9 @@ def auth_ini(database_uri: str, admin_username: str, default_permission: str) ->
         f"database_uri = {database_uri.replace('%', '%%')}\n"
         f"admin_username = {admin_username}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # each request otherwise re-hashes the password (PBKDF2); with one worker a password
+        # change invalidates the cache at once, with several it may lag by this long
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}\n"
     )
 
 
