@@ -25,7 +25,7 @@ from mnistflow.modeling.model import (
     ignored_settings,
     loss_history,
 )
-from mnistflow.tracking import liveness, provenance, store
+from mnistflow.tracking import datasets, liveness, provenance, store
 from mnistflow.tracking.runs import flatten, mlflow_run
 from mnistflow.util import fileio
 from mnistflow.util.entrypoint import run_main
@@ -68,6 +68,7 @@ def main() -> None:
 
     cwd = Path.cwd()
     uri = store.resolve_tracking_uri(mlflow_cfg, cwd)
+    store.check_store(uri)  # a server that is down or refuses us fails before the data loads
     root = store.store_root(cwd)
     info = fileio.read_json(paths.encode_info)
     X, y = load_features(paths.path("train_features"))
@@ -84,8 +85,10 @@ def main() -> None:
     with threadpool_limits(limits=cfg.threads):
         experiment_id = store.ensure_experiment(uri, mlflow_cfg.experiment_name, root)
         liveness.sweep(uri, mlflow_cfg.experiment_name)  # runs left RUNNING by killed processes
-        with mlflow_run(uri, experiment_id, run_name=os.environ.get("DVC_EXP_NAME")) as run:
+        run_name = os.environ.get("DVC_EXP_NAME")
+        with mlflow_run(uri, experiment_id, run_name=run_name, log_system_metrics=True) as run:
             run.set_tags(provenance.train_tags(params.raw, info, ignored, cwd, outputs))
+            datasets.log_dataset(dataset, info["dataset_sha256"], paths.train_features, X.shape)
             run.log_params(
                 flatten(
                     {

@@ -44,6 +44,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "doctor",
         "list RUNNING MLflow runs whose process is gone; --fix marks them FAILED",
     ),
+    "server": (
+        "server",
+        "run the team's MLflow tracking server (PostgreSQL, proxied artifacts, basic auth)",
+    ),
+    "adduser": ("adduser", "create a user on the team's MLflow server (as its admin)"),
+    "sync": ("sync", "copy the runs of the local MLflow store to a tracking server, once each"),
 }
 
 

@@ -108,9 +108,16 @@ class Run:
 
 @contextmanager
 def mlflow_run(
-    uri: str, experiment_id: str, run_id: str | None = None, run_name: str | None = None
+    uri: str,
+    experiment_id: str,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    log_system_metrics: bool | None = None,
 ) -> Iterator[Run]:
     """Start a new run (``run_id`` None) or resume ``run_id``; always end it.
+
+    ``log_system_metrics=True`` samples CPU, memory and disk (psutil) into ``system/*``
+    metrics while the run is active (training); None leaves MLflow's default (off).
 
     The run ends FINISHED when the block completes, KILLED on KeyboardInterrupt or
     Interrupted (SIGINT/SIGTERM), FAILED on any other exception, never RUNNING. While it
@@ -128,7 +135,12 @@ def mlflow_run(
             ) from exc
         experiment_id = found.info.experiment_id
     with signals_deferred():
-        active = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name)
+        active = mlflow.start_run(
+            run_id=run_id,
+            experiment_id=experiment_id,
+            run_name=run_name,
+            log_system_metrics=log_system_metrics,
+        )
     status = "FAILED"
     interval = liveness.heartbeat_interval()
     heartbeat = liveness.Heartbeat(uri, active.info.run_id, interval)

@@ -8,8 +8,13 @@ experiments' temporary workspaces) or the nearest ancestor of the working direct
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
+import ssl
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -23,6 +28,7 @@ from mnistflow.util.workspace import find_root
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_S = 300  # a store creation takes seconds; minutes means a stuck process
+PREFLIGHT_TIMEOUT_S = 10.0  # per request; a healthy server answers in milliseconds
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 
@@ -126,3 +132,93 @@ def store_settings(params: dict) -> StoreSettings:
         # last: the store is only looked for once the params are known to be valid
         tracking_uri=resolve_tracking_uri(mlflow_cfg, Path.cwd()),
     )
+
+
+def redact(uri: str) -> str:
+    """``uri`` without a ``user:password@`` part, for messages."""
+    parsed = urlparse(uri)
+    if parsed.password is None and parsed.username is None:
+        return uri
+    return parsed._replace(
+        netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")
+    ).geturl()
+
+
+def _http_get(url: str, headers: dict[str, str]) -> tuple[int, str]:
+    """GET ``url``: (status, body start); HTTP errors are returned, not raised."""
+    context = None
+    if url.startswith("https://"):
+        insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
+        cafile = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None
+        context = (
+            ssl._create_unverified_context()
+            if insecure
+            else ssl.create_default_context(cafile=cafile)
+        )
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(
+            request, timeout=PREFLIGHT_TIMEOUT_S, context=context
+        ) as response:
+            return response.status, response.read(2000).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(2000).decode(errors="replace")
+
+
+def _server_message(body: str) -> str:
+    """The ``message`` of an MLflow JSON error, else the body's first line."""
+    try:
+        return str(json.loads(body).get("message", ""))[:300]
+    except (ValueError, AttributeError):
+        return body.strip().splitlines()[0][:300] if body.strip() else ""
+
+
+def check_store(uri: str) -> None:
+    """Fail fast, before any training, when a tracking server cannot be used.
+
+    For ``http(s)://`` URIs: ``GET /health`` (the server and its database are up), then an
+    authenticated ``experiments/search`` (max_results=1) with MLFLOW_TRACKING_USERNAME/PASSWORD
+    (or MLFLOW_TRACKING_TOKEN). Other URIs (sqlite, folders) are checked when opened. Messages
+    name the URI, never a password.
+
+    Raises:
+        TrackingError: no server, an unhealthy server, or refused credentials.
+    """
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    shown = redact(uri)
+    base = uri.rstrip("/")
+    headers: dict[str, str] = {}
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN", "")
+    if user or password:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        headers["Authorization"] = f"Basic {pair}"
+    elif token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        status, body = _http_get(f"{base}/health", {})
+        if status != 200:
+            raise TrackingError(
+                f"tracking server at {shown} is not healthy (GET /health: HTTP {status} "
+                f"{_server_message(body)}): is its backend database up and created?"
+            )
+        status, body = _http_get(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", headers)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"no tracking server at {shown} ({reason})") from exc
+    if status in (401, 403):
+        given = "" if "Authorization" in headers else ": none are set"
+        raise TrackingError(
+            f"credentials refused by {shown} (MLFLOW_TRACKING_USERNAME/PASSWORD{given}; "
+            f"HTTP {status})"
+        )
+    if status >= 500:
+        raise TrackingError(
+            f"tracking server at {shown} failed (HTTP {status}: {_server_message(body)}); "
+            "its backend database may be missing or down"
+        )
+    if status != 200:
+        raise TrackingError(f"tracking server at {shown} answered HTTP {status}: is it MLflow?")
+    log.info("tracking server %s: healthy, credentials accepted", shown)

@@ -1,0 +1,113 @@
+"""Session fixtures for the team tests: a real ``mnistflow server --pg-dir`` (a throw-away
+PostgreSQL cluster + ``mlflow server --app-name basic-auth``) on free 127.0.0.1 ports.
+
+Skipped, with the reason, only where PostgreSQL's binaries are not installed (CI installs
+them: ``apt-get install -y postgresql``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mnistflow.tracking import postgres, server
+
+ADMIN_PW = "admin-pass-for-tests-0123"
+USER, USER_PW = "alice", "alice-pass-for-tests-4567"
+START_TIMEOUT_S = 240
+
+
+@dataclass(frozen=True)
+class TeamServer:
+    """A running team server and its credentials."""
+
+    uri: str
+    user: str
+    password: str
+    pg_dir: Path
+    log: Path
+
+    def client_env(self, base: dict[str, str]) -> dict[str, str]:
+        """``base`` plus what a team member sets."""
+        return {
+            **base,
+            "MLFLOW_TRACKING_URI": self.uri,
+            "MLFLOW_TRACKING_USERNAME": self.user,
+            "MLFLOW_TRACKING_PASSWORD": self.password,
+        }
+
+
+def postgres_available() -> bool:
+    """Whether initdb/pg_ctl are installed."""
+    try:
+        postgres.bin_dir()
+    except postgres.PostgresError:
+        return False
+    return True
+
+
+def _wait_healthy(uri: str, process: subprocess.Popen, log: Path) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < START_TIMEOUT_S:
+        if process.poll() is not None:
+            pytest.fail(f"mnistflow server exited {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=3) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"mnistflow server not healthy in {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session", name="team_server")
+def team_server_fixture() -> Iterator[TeamServer]:
+    """``mnistflow server --pg-dir`` for the whole session, with a user ``alice``; on teardown
+    it is stopped by SIGTERM and must leave no PostgreSQL running."""
+    if not postgres_available():
+        pytest.skip(
+            "PostgreSQL binaries (initdb, pg_ctl) not installed: apt-get install postgresql"
+        )
+    # /tmp, world-traversable: as root the cluster runs as `postgres`, which cannot enter
+    # pytest's private tmp folders
+    base = Path(tempfile.mkdtemp(prefix="mnistflow-team-", dir="/tmp"))
+    base.chmod(0o755)
+    pg_dir, log = base / "pg", base / "server.log"
+    port = postgres.free_port()
+    env = {**os.environ, server.ADMIN_PASSWORD_ENV: ADMIN_PW}
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(var, None)
+    cmd = [str(Path(sys.executable).parent / "mnistflow"), "server", "--pg-dir", str(pg_dir)]
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [*cmd, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(uri, process, log)
+        server.create_user(uri, server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
+        yield TeamServer(uri, USER, USER_PW, pg_dir, log)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        cluster = postgres.Cluster(pg_dir)
+        still_running = cluster.running()
+        if still_running:
+            cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+        assert not still_running, "mnistflow server left PostgreSQL running after SIGTERM"

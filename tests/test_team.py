@@ -1,0 +1,378 @@
+"""Team scale: the MLflow server (PostgreSQL, basic auth, proxied artifacts), the client
+preflight, dataset logging, ``mnistflow sync`` and the DVC remote.
+
+Unit tests cover the pure parts; the e2e tests run against a real PostgreSQL cluster and a real
+``mlflow server --app-name basic-auth`` started once per session by tests/services.py.
+"""
+
+from __future__ import annotations
+
+import configparser
+import http.server
+import itertools
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mnistflow.tracking import datasets, postgres, server, store, sync
+from mnistflow.util.fileio import read_json
+from tests.helpers import copy_repo, run, use_tiny_dataset, workspace_env, write_idx_dataset
+from tests.services import TeamServer, team_server_fixture  # noqa: F401  (session fixture)
+
+ADMIN_PW = "unit-admin-pass-0123"
+
+
+def options(**changes: object) -> server.ServerOptions:
+    base = {
+        "backend_store_uri": "postgresql://u:p@127.0.0.1:5432/mlflow",
+        "auth_database_uri": "postgresql://u:p%40x@127.0.0.1:5432/mlflow_auth",
+        "artifacts_destination": "/srv/artifacts",
+    }
+    base.update(changes)
+    return server.ServerOptions(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.unit
+def test_server_command_is_mlflow_with_auth_postgres_and_proxied_artifacts() -> None:
+    cmd = server.server_command(options())
+    assert cmd[:4] == [sys.executable, "-m", "mlflow", "server"]
+    pairs = dict(itertools.pairwise(cmd))
+    assert pairs["--backend-store-uri"] == "postgresql://u:p@127.0.0.1:5432/mlflow"
+    assert pairs["--artifacts-destination"] == "/srv/artifacts"
+    assert pairs["--app-name"] == "basic-auth"
+    assert pairs["--host"] == "127.0.0.1"
+    assert pairs["--workers"] == "1"
+    assert "--serve-artifacts" in cmd
+    assert "--allowed-hosts" not in cmd
+    wide = server.server_command(options(host="0.0.0.0", allowed_hosts="mlflow.lan,10.0.0.5"))
+    assert wide[wide.index("--allowed-hosts") + 1] == "mlflow.lan,10.0.0.5"
+
+
+@pytest.mark.unit
+def test_auth_ini_is_read_back_by_configparser_without_a_password() -> None:
+    text = server.auth_ini("postgresql://u:p%40x@h:1/mlflow_auth", "boss", "EDIT")
+    parser = configparser.ConfigParser()
+    parser.read_string(text)
+    section = parser["mlflow"]
+    assert section["database_uri"] == "postgresql://u:p%40x@h:1/mlflow_auth"  # % survives
+    assert section["admin_username"] == "boss"
+    assert section["default_permission"] == "EDIT"
+    assert section.getint("auth_cache_ttl_seconds") > 0
+    assert "admin_password" not in section
+    assert "password1234" not in text
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("", "no admin password"), ("password1234", "example"), ("short", "at least")],
+)
+def test_admin_password_refuses_missing_default_and_short(value: str, message: str) -> None:
+    with pytest.raises(server.ServerError, match=message):
+        server.admin_password(None, {server.ADMIN_PASSWORD_ENV: value})
+
+
+@pytest.mark.unit
+def test_admin_password_from_env_or_file(tmp_path: Path) -> None:
+    assert server.admin_password(None, {server.ADMIN_PASSWORD_ENV: f" {ADMIN_PW}\n"}) == ADMIN_PW
+    file = tmp_path / "pw"
+    file.write_text(ADMIN_PW + "\n")
+    assert server.admin_password(file, {}) == ADMIN_PW
+    with pytest.raises(server.ServerError, match="missing"):
+        server.admin_password(tmp_path / "missing", {})
+
+
+@pytest.mark.unit
+def test_server_env_hands_over_auth_config_and_drops_client_settings(tmp_path: Path) -> None:
+    env = server.server_env(
+        {"MLFLOW_TRACKING_URI": "http://x", "MLFLOW_TRACKING_PASSWORD": "p", "PATH": "/bin"},
+        tmp_path / "auth.ini",
+        ADMIN_PW,
+        "secret",
+    )
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == str(tmp_path / "auth.ini")
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == ADMIN_PW
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "secret"
+    assert "MLFLOW_TRACKING_URI" not in env
+    assert "MLFLOW_TRACKING_PASSWORD" not in env
+
+
+@pytest.mark.unit
+def test_database_uri_quotes_the_password() -> None:
+    from mnistflow.tracking.postgres import database_uri
+
+    assert (
+        database_uri("u", "a@b/c", 5433, "mlflow")
+        == "postgresql://u:a%40b%2Fc@127.0.0.1:5433/mlflow"
+    )
+
+
+# --- client preflight (store.check_store) against a stub HTTP server: no subprocess ---------
+
+
+class _Stub(http.server.BaseHTTPRequestHandler):
+    health = 200
+    search = 200
+
+    def do_GET(self) -> None:
+        status = self.health if self.path == "/health" else self.search
+        if self.path != "/health" and self.headers.get("Authorization") is None:
+            status = 401 if self.search == 200 else self.search
+        body = b'{"message": "database \\"mlflow\\" does not exist"}' if status >= 500 else b"{}"
+        self.send_response(status)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stub() -> Iterator[tuple[str, type[_Stub]]]:
+    handler = type("Handler", (_Stub,), {})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+
+
+@pytest.mark.unit
+def test_check_store_passes_with_credentials(stub, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri, _ = stub
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret-pw")
+    store.check_store(uri)
+    store.check_store("sqlite:///nowhere/mlflow.db")  # not a server: nothing to check
+
+
+@pytest.mark.unit
+def test_check_store_names_refused_credentials_without_the_password(
+    stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri, handler = stub
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    with pytest.raises(store.TrackingError, match=r"credentials refused by .*none are set") as e:
+        store.check_store(uri)
+    assert e.value.exit_code == 4
+    handler.search = 403
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret-pw")
+    with pytest.raises(store.TrackingError, match="credentials refused") as e:
+        store.check_store(uri)
+    assert "secret-pw" not in str(e.value)
+
+
+@pytest.mark.unit
+def test_check_store_names_a_failing_database_and_a_missing_server(
+    stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri, handler = stub
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret-pw")
+    handler.search = 500
+    with pytest.raises(store.TrackingError, match=f"{uri} failed.*does not exist"):
+        store.check_store(uri)
+    handler.health = 503
+    with pytest.raises(store.TrackingError, match=f"{uri} is not healthy"):
+        store.check_store(uri)
+    nobody = f"http://127.0.0.1:{postgres.free_port()}"
+    with pytest.raises(store.TrackingError, match=f"no tracking server at {nobody}"):
+        store.check_store(nobody)
+
+
+@pytest.mark.unit
+def test_redact_drops_userinfo() -> None:
+    assert store.redact("https://bob:pw@mlflow.lan:8443/x") == "https://mlflow.lan:8443/x"
+    assert store.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+@pytest.mark.unit
+def test_dataset_digest_fits_mlflows_column_and_keeps_the_full_hash() -> None:
+    sha = "ab" * 32
+    ds = datasets.meta_dataset("tiny", sha, "data/features/train.npz", (300, 784))
+    assert ds.digest == sha[:36]
+    assert ds.name == "tiny"
+    assert ds.schema.inputs[0].shape == (-1, 784)
+
+
+# --- e2e: the real pipeline against the real server ------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerRepo:
+    """A tiny-data repo copy after one `dvc repro` logged to the team server."""
+
+    repo: Path
+    env: dict[str, str]
+    run_id: str
+
+
+def server_runs(team: TeamServer) -> list:
+    """Every run of the pipeline's experiment on the server (as alice)."""
+    from mlflow.tracking import MlflowClient
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", team.user)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", team.password)
+        client = MlflowClient(team.uri)
+        exp = client.get_experiment_by_name("mnist-mlp")
+        return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.fixture(scope="session")
+def server_repo(team_server: TeamServer, tmp_path_factory: pytest.TempPathFactory) -> ServerRepo:
+    base = tmp_path_factory.mktemp("team-repo")
+    mirror = base / "tiny-mirror"
+    files = write_idx_dataset(mirror)
+    repo = copy_repo(
+        base / "repo", use_tiny_dataset(files, train={"hidden_layer_sizes": [16], "max_iter": 5})
+    )
+    env = team_server.client_env(workspace_env(mirror))
+    start = time.perf_counter()
+    run(["dvc", "repro"], repo, env)
+    print(f"dvc repro against the server: {time.perf_counter() - start:.1f} s")
+    run_id = read_json(repo / "outputs/train/run.json")["run_id"]
+    return ServerRepo(repo, env, run_id)
+
+
+@pytest.mark.e2e
+def test_authenticated_pipeline_logs_to_the_server_with_proxied_artifacts(
+    team_server: TeamServer, server_repo: ServerRepo
+) -> None:
+    found = {r.info.run_id: r for r in server_runs(team_server)}
+    r = found[server_repo.run_id]
+    assert r.info.status == "FINISHED"
+    assert r.info.artifact_uri.startswith("mlflow-artifacts:/")
+    assert r.data.tags["mnistflow.stage"] == "evaluated"
+    assert "test_accuracy" in r.data.metrics
+    assert r.info.user_id == team_server.user
+    (dataset,) = r.inputs.dataset_inputs
+    sha = read_json(server_repo.repo / "data/encoded/info.json")["dataset_sha256"]
+    assert dataset.dataset.name == "tiny"
+    assert dataset.dataset.digest == sha[:36]
+    tags = {t.key: t.value for t in dataset.tags}
+    assert tags == {"mlflow.data.context": "training", datasets.SHA_TAG: sha}
+    # artifacts came back through the server (proxied), into the --pg-dir artifacts folder
+    from mlflow.tracking import MlflowClient
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", team_server.user)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", team_server.password)
+        listed = {a.path for a in MlflowClient(team_server.uri).list_artifacts(r.info.run_id)}
+    assert {"report", "evaluate", "train"} <= listed
+    assert any((team_server.pg_dir / "artifacts").rglob("report.md"))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no credentials", "credentials refused by"),
+        ("wrong password", "credentials refused by"),
+        ("server down", "no tracking server at"),
+    ],
+)
+def test_bad_setup_stops_train_before_training(
+    team_server: TeamServer, server_repo: ServerRepo, case: str, message: str
+) -> None:
+    env = {**server_repo.env, "PYTHONPATH": "src"}
+    if case == "no credentials":
+        del env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]
+    elif case == "wrong password":
+        env["MLFLOW_TRACKING_PASSWORD"] = "not-the-password-987"
+    else:
+        env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{postgres.free_port()}"
+    model = server_repo.repo / "models/model.pkl"
+    model.unlink(missing_ok=True)
+    before = len(server_runs(team_server))
+    proc = run([sys.executable, "stages/train.py"], server_repo.repo, env, check=False)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    assert message in proc.stderr
+    assert "training on" not in proc.stderr  # stopped before the data was loaded
+    assert "not-the-password-987" not in proc.stderr + proc.stdout
+    assert not model.exists()
+    assert len(server_runs(team_server)) == before
+
+
+# --- mnistflow sync ----------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_sync_plan_skips_complete_copies_and_redoes_half_ones() -> None:
+    source = [("a", "FINISHED"), ("b", "FAILED"), ("c", "RUNNING"), ("d", "FINISHED")]
+    destination = [
+        ("x", {sync.SYNC_SOURCE: "a", sync.SYNCED_FROM: "a"}),
+        ("y", {sync.SYNC_SOURCE: "d"}),  # interrupted copy of d
+        ("z", {}),  # a run logged straight to the server
+    ]
+    p = sync.plan(source, destination)
+    assert p.copy == ["b", "d"]
+    assert p.delete == ["y"]
+    assert p.skipped_running == ["c"]
+    assert p.already == 1
+
+
+@pytest.mark.unit
+def test_sync_chunks_and_tags() -> None:
+    assert [list(c) for c in sync.chunks(list(range(5)), 2)] == [[0, 1], [2, 3], [4]]
+    tags = sync.copied_tags({"mlflow.runName": "r", sync.SYNCED_FROM: "old"}, "src1")
+    assert tags == {"mlflow.runName": "r", sync.SYNC_SOURCE: "src1"}
+
+
+@pytest.mark.e2e
+def test_sync_twice_copies_each_local_run_once(
+    team_server: TeamServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from mlflow.tracking import MlflowClient
+    from mlflow_fixtures import EXPERIMENT, shared_store
+
+    local = shared_store(tmp_path_factory)
+    env = team_server.client_env(workspace_env())
+    cmd = [str(Path(sys.executable).parent / "mnistflow"), "sync", "--to", team_server.uri]
+    cmd += ["--from", local.uri, "--experiment", EXPERIMENT]
+    start = time.perf_counter()
+    run(cmd, local.root, env)
+    print(f"sync of {len(local.runs)} runs: {time.perf_counter() - start:.1f} s")
+    run(cmd, local.root, env)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", team_server.user)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", team_server.password)
+        client = MlflowClient(team_server.uri)
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        copies = [
+            r
+            for r in client.search_runs([exp.experiment_id], max_results=1000)
+            if sync.SYNCED_FROM in r.data.tags
+        ]
+        by_source = {r.data.tags[sync.SYNCED_FROM]: r for r in copies}
+        assert len(copies) == len(by_source) == len(local.runs)
+        src = MlflowClient(local.uri)
+        for logged in local.runs.values():
+            copy = by_source[logged.run_id]
+            original = src.get_run(logged.run_id)
+            assert copy.info.run_name == logged.name
+            assert copy.info.status == logged.status
+            assert copy.data.params == original.data.params
+            assert copy.data.tags["is_baseline"] == original.data.tags["is_baseline"]
+            steps = [
+                (m.step, m.value) for m in client.get_metric_history(copy.info.run_id, "train_loss")
+            ]
+            assert steps == [(0, 2.0), (1, 1.0), (2, 0.5)]
+        baseline = by_source[local.runs["baseline"].run_id]
+        models = client.search_logged_models(
+            experiment_ids=[exp.experiment_id],
+            filter_string=f"source_run_id = '{baseline.info.run_id}'",
+        )
+        assert len(models) == 1
+        assert {a.path for a in client.list_logged_model_artifacts(models[0].model_id)} >= {
+            "MLmodel"
+        }
