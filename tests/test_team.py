@@ -332,7 +332,7 @@ def test_sync_twice_copies_each_local_run_once(
     team_server: TeamServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     from mlflow.tracking import MlflowClient
-    from mlflow_fixtures import EXPERIMENT, shared_store
+    from tests.mlflow_fixtures import EXPERIMENT, shared_store
 
     local = shared_store(tmp_path_factory)
     env = team_server.client_env(workspace_env())
