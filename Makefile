@@ -47,9 +47,10 @@ $(UV_STAMP):
 
 # Exactly uv.lock (plus the dev extra and this package, editable); stale lock = error.
 $(STAMP): uv.lock pyproject.toml | $(UV_STAMP)
-	@py=$$(PATH='$(HOST_PATH)' scripts/find-python $(PYTHON_CANDIDATES)) && \
-	  echo "$(UV) sync --locked --extra dev --python $$py  # into $(VENV)/" && \
-	  $(UV) sync --locked --extra dev --python "$$py"
+	@py=$$(PATH='$(HOST_PATH)' scripts/find-python $(PYTHON_CANDIDATES)) || exit 1; \
+	  echo "$(UV) sync --locked --extra dev --python $$py  # into $(VENV)/"; \
+	  $(UV) sync --locked --extra dev --python "$$py" || { \
+	    echo "make setup: uv sync failed; if uv.lock is out of date, run make lock" >&2; exit 1; }
 	@touch $@
 
 setup: $(STAMP) ## create .venv (VENV=...) from uv.lock with a supported Python (PYTHON=...)
