@@ -1,9 +1,25 @@
 # Everyday entry points. `make help` lists them.
-PYTHON ?= python3.11
+# Python 3.11, 3.12 or 3.13. Left empty, scripts/find-python picks $(VENV)'s own interpreter
+# when the venv exists, else the first of python3.11, python3.12, python3.13, python3 that runs
+# and is supported. PYTHON=python3.12 (or a path) names one instead.
+PYTHON ?=
 VENV   ?= .venv
 BIN    := $(abspath $(VENV))/bin
+PYTHON_CANDIDATES = $(or $(PYTHON),$(wildcard $(BIN)/python) python3.11 python3.12 python3.13 python3)
+# The PATH find-python searches: the caller's, without the venv put in front below.
+HOST_PATH := $(PATH)
 # Stage commands (`python stages/...`) must find the venv's python, also under dvc.
 export PATH := $(BIN):$(PATH)
+
+# uv installs the locked environment. It comes from PyPI at a pinned version, into a small venv
+# of its own, outside the locked environment and shared by every $(VENV).
+UV_VERSION := 0.13.9
+UV_VENV    ?= .venv-uv
+UV         := $(abspath $(UV_VENV))/bin/uv
+UV_STAMP   := $(UV_VENV)/.uv-$(UV_VERSION)
+# Use the interpreter found here, never one downloaded by uv; sync into $(VENV).
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
 # The offline machines of this project keep a local MNIST mirror beside the repo; use it
 # when present (an explicit MNIST_MIRROR=... still wins). Elsewhere the public mirrors serve.
@@ -16,19 +32,28 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup browser lint format test test-fast repro bench bench-best bench-queue best \
-        ui leaderboard sweep register predict reproduce lock clean
+        ui leaderboard sweep register predict reproduce lock lock-upgrade lock-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.lock pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
-	touch $@
+$(UV_STAMP):
+	@py=$$(PATH='$(HOST_PATH)' scripts/find-python $(PYTHON_CANDIDATES)) && \
+	  echo "installing uv==$(UV_VERSION) from PyPI into $(UV_VENV)/" && \
+	  rm -rf $(UV_VENV) && "$$py" -m venv $(UV_VENV) && \
+	  PIP_CONFIG_FILE=/dev/null $(UV_VENV)/bin/python -m pip install --quiet \
+	    --index-url https://pypi.org/simple uv==$(UV_VERSION)
+	@touch $@
 
-setup: $(STAMP) ## create .venv with the locked dependencies and the package
+# Exactly uv.lock (plus the dev extra and this package, editable); stale lock = error.
+$(STAMP): uv.lock pyproject.toml | $(UV_STAMP)
+	@py=$$(PATH='$(HOST_PATH)' scripts/find-python $(PYTHON_CANDIDATES)) || exit 1; \
+	  echo "$(UV) sync --locked --extra dev --python $$py  # into $(VENV)/"; \
+	  $(UV) sync --locked --extra dev --python "$$py" || { \
+	    echo "make setup: uv sync failed; if uv.lock is out of date, run make lock" >&2; exit 1; }
+	@touch $@
+
+setup: $(STAMP) ## create .venv (VENV=...) from uv.lock with a supported Python (PYTHON=...)
 
 browser: ## install Debian's chromium for the UI test (needs root or sudo)
 	@command -v chromium >/dev/null || { \
@@ -87,12 +112,23 @@ predict: setup ## classify images with the champion: make predict IMAGES="a.png 
 reproduce: setup ## rerun a logged run and compare metrics: make reproduce RUN=<mlflow-run-id>
 	$(BIN)/mnistflow reproduce $(RUN)
 
-lock: ## re-resolve requirements.lock from pyproject.toml (needs network)
-	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet --upgrade pip && .lock-venv/bin/pip install --quiet -e '.[dev]'
-	{ echo '# Exact versions for Python 3.11 (pip freeze). Regenerate with `make lock`.'; \
-	  .lock-venv/bin/pip freeze --exclude-editable; } > requirements.lock
-	rm -rf .lock-venv
+# Only PyPI may appear in uv.lock, whatever indexes the environment names.
+LOCK_ENV := env -u UV_INDEX -u UV_INDEX_URL -u UV_DEFAULT_INDEX -u UV_EXTRA_INDEX_URL -u UV_FIND_LINKS
+
+lock: $(UV_STAMP) ## update uv.lock to pyproject.toml, keeping locked versions where they fit
+	$(LOCK_ENV) $(UV) lock
+	@$(MAKE) --no-print-directory lock-check
+
+lock-upgrade: $(UV_STAMP) ## re-resolve uv.lock to the newest allowed versions (then test!)
+	$(LOCK_ENV) $(UV) lock --upgrade
+	@$(MAKE) --no-print-directory lock-check
+
+lock-check: $(UV_STAMP) ## uv.lock is up to date with pyproject.toml and names no index but PyPI
+	@! grep -n -e 'source = {' -e 'url = "' uv.lock | grep -v \
+	  -e 'source = { registry = "https://pypi.org/simple" }' -e 'source = { editable = "." }' \
+	  -e 'url = "https://files.pythonhosted.org/' | head -5 | grep . \
+	  || { echo "uv.lock: lines like the above name something other than PyPI" >&2; exit 1; }
+	$(UV) lock --check --offline
 
 clean: ## remove pipeline outputs (not the DVC cache or the MLflow store)
 	rm -rf data models outputs
