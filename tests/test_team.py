@@ -332,6 +332,7 @@ def test_sync_twice_copies_each_local_run_once(
     team_server: TeamServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     from mlflow.tracking import MlflowClient
+
     from tests.mlflow_fixtures import EXPERIMENT, shared_store
 
     local = shared_store(tmp_path_factory)
