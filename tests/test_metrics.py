@@ -39,13 +39,24 @@ def test_true_classes_from_onehot_and_index() -> None:
 
 
 def test_confusion_and_per_class() -> None:
-    cm = m.confusion_matrix(Y_TRUE, np.argmax(SCORES, axis=1), 3)
+    y_pred = np.argmax(SCORES, axis=1)
+    cm = m.confusion_matrix(Y_TRUE, y_pred, 3)
     assert cm.tolist() == [[1, 0, 1], [0, 2, 0], [0, 1, 0]]
-    pc = m.per_class(cm)
+    pc = m.per_class(Y_TRUE, y_pred, 3)
     assert pc["precision"] == pytest.approx([1.0, 2 / 3, 0.0])
     assert pc["recall"] == pytest.approx([0.5, 1.0, 0.0])
     assert pc["f1"] == pytest.approx([2 / 3, 0.8, 0.0])
     assert pc["support"].tolist() == [2, 2, 1]
+
+
+def test_absent_classes_keep_their_row_and_zero_scores() -> None:
+    y_true, y_pred = np.array([0, 0, 1]), np.array([0, 1, 1])
+    cm = m.confusion_matrix(y_true, y_pred, 4)  # classes 2 and 3 never occur
+    assert cm.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    pc = m.per_class(y_true, y_pred, 4)
+    assert pc["precision"].tolist() == [1.0, 0.5, 0.0, 0.0]
+    assert pc["support"].tolist() == [2, 1, 0, 0]
+    assert m.accuracy(np.array([], np.int64), np.array([], np.int64)) == 0.0
 
 
 def test_confused_pairs_count_both_directions() -> None:

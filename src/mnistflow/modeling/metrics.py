@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as skm
 
 # The headline metric's one name, in MLflow, the DVC metrics file, reports and leaderboards.
 HEADLINE = "test_accuracy"
@@ -28,14 +29,15 @@ def one_hot(classes: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Share of rows where the predicted class equals the true class."""
-    return float(np.mean(y_true == y_pred)) if y_true.size else 0.0
+    """Share of rows where the predicted class equals the true class (0 for no rows)."""
+    return float(skm.accuracy_score(y_true, y_pred)) if y_true.size else 0.0
 
 
 def exact_match_accuracy(y_true: np.ndarray, pred_sets: np.ndarray) -> float:
-    """Share of rows whose predicted class set is exactly {true class} (sklearn's score)."""
+    """Share of rows whose predicted class set is exactly {true class}: sklearn's subset
+    accuracy on indicator rows, i.e. ``MLPClassifier.score`` with one-hot targets."""
     truth = one_hot(y_true, pred_sets.shape[1])
-    return float(np.mean(np.all(pred_sets == truth, axis=1))) if y_true.size else 0.0
+    return float(skm.accuracy_score(truth, pred_sets)) if y_true.size else 0.0
 
 
 def set_sizes(pred_sets: np.ndarray) -> tuple[int, int]:
@@ -45,22 +47,23 @@ def set_sizes(pred_sets: np.ndarray) -> tuple[int, int]:
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Counts (n_classes, n_classes): row = true class, column = predicted class."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    return cm
+    """Counts (n_classes, n_classes): row = true class, column = predicted class; every
+    class has its row and column, also when it never occurs."""
+    labels = np.arange(n_classes)
+    return skm.confusion_matrix(y_true, y_pred, labels=labels).astype(np.int64)
 
 
-def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
-    tp = np.diag(cm).astype(np.float64)
-    predicted = cm.sum(axis=0).astype(np.float64)
-    actual = cm.sum(axis=1).astype(np.float64)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": actual.astype(np.int64)}
+def per_class(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class index (0 where undefined)."""
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=np.arange(n_classes), zero_division=0
+    )
+    return {
+        "precision": np.asarray(precision, dtype=np.float64),
+        "recall": np.asarray(recall, dtype=np.float64),
+        "f1": np.asarray(f1, dtype=np.float64),
+        "support": np.asarray(support, dtype=np.int64),
+    }
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,7 @@ def evaluate(
     n_classes = scores.shape[1]
     y_pred = np.argmax(scores, axis=1).astype(np.int64)
     cm = confusion_matrix(y_true, y_pred, n_classes)
-    pc = per_class(cm)
+    pc = per_class(y_true, y_pred, n_classes)
     no_class, multi = set_sizes(pred_sets)
     exact_ok = np.all(pred_sets == one_hot(y_true, n_classes), axis=1)
     acc_argmax = accuracy(y_true, y_pred)
