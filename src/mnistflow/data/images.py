@@ -112,7 +112,7 @@ def write_png_tree(
         for split, (_, labels) in splits.items():
             for label in np.unique(labels):
                 (tmp / split / str(int(label))).mkdir(parents=True)
-        with tqdm(total=total, desc="PNG", unit="img") as bar:
+        with tqdm(total=total, desc="PNG", unit="img", disable=None) as bar:
             if workers == 1:
                 for split, start, images, labels in _chunks(splits):
                     bar.update(_write_chunk(str(tmp), split, start, images, labels))
