@@ -38,16 +38,23 @@ def synthetic_digits(n: int, seed: int, n_classes: int = 10) -> tuple[np.ndarray
     return images, labels
 
 
-def write_idx_dataset(folder: Path, n_train: int = 300, n_test: int = 100) -> dict[str, dict]:
+def write_idx_dataset(
+    folder: Path,
+    n_train: int = 300,
+    n_test: int = 100,
+    digits: Callable[[int, int], tuple[np.ndarray, np.ndarray]] = synthetic_digits,
+) -> dict[str, dict]:
     """Write the four gzipped IDX files of a synthetic dataset into ``folder``.
+
+    ``digits(n, seed)`` makes the images and labels (default: :func:`synthetic_digits`).
 
     Returns:
         ``{role: {"name": file name, "sha256": decompressed SHA-256}}``, the shape of
         ``datasets.<name>.files`` in params.yaml.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    x_train, y_train = synthetic_digits(n_train, seed=1)
-    x_test, y_test = synthetic_digits(n_test, seed=2)
+    x_train, y_train = digits(n_train, 1)
+    x_test, y_test = digits(n_test, 2)
     arrays = {
         "train_images": x_train,
         "train_labels": y_train,

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+from typing import get_args, get_type_hints
 
 import numpy as np
 import pytest
 
-from mnistflow.config import DatasetSpec
-from mnistflow.data.encode import dataset_sha256, encode_labels, flatten, onehot, pixel_stats, scale
+from mnistflow.config import AugmentConfig, DatasetSpec, EncodeConfig
+from mnistflow.data.augment import deskew
+from mnistflow.data.encode import (
+    SCALINGS,
+    Encoding,
+    dataset_sha256,
+    encode_info,
+    encode_labels,
+    encode_splits,
+    features,
+    flatten,
+    onehot,
+    pixel_stats,
+    scale,
+)
 
 from .conftest import synthetic_digits
 
@@ -110,3 +124,90 @@ def test_dataset_sha256_hashes_the_file_hashes_in_role_order() -> None:
     hashes = [c * 64 for c in "abcd"]
     assert dataset_sha256(_spec(hashes)) == hashlib.sha256("".join(hashes).encode()).hexdigest()
     assert dataset_sha256(_spec(hashes[::-1])) != dataset_sha256(_spec(hashes))
+
+
+def test_encoding_fit_apply_and_round_trip() -> None:
+    images, _ = synthetic_digits(30, seed=5)
+    enc = Encoding.fit(flatten(images), "standardize")
+    assert enc.mean is not None
+    assert enc.std is not None
+    assert enc.mean.dtype == enc.std.dtype == np.float32
+    out = enc.apply(images)
+    assert (out.dtype, out.shape) == (np.float32, (30, 784))
+    np.testing.assert_allclose(out.mean(axis=0)[enc.std != 1], 0, atol=1e-5)
+    assert Encoding.from_arrays(enc.to_arrays(), "f") == enc
+    plain = Encoding.fit(flatten(images), "divide255", deskew=True)
+    assert set(plain.to_arrays()) == {"scaling", "deskew"}
+    assert Encoding.from_arrays(plain.to_arrays(), "f") == plain != enc
+    np.testing.assert_array_equal(plain.apply(images), flatten(deskew(images, 1)) / np.float32(255))
+
+
+def test_encoding_rejects_what_it_cannot_apply() -> None:
+    with pytest.raises(ValueError, match="needs the training rows' mean and std"):
+        Encoding("standardize")
+    with pytest.raises(ValueError, match=r"unknown scaling 'minmax' \(encode\.scaling\)"):
+        Encoding("minmax")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"stats\.npz: not an encoding"):
+        Encoding.from_arrays({"deskew": np.array(False)}, "stats.npz")
+
+
+def test_scalings_are_the_ones_params_yaml_accepts() -> None:
+    assert get_args(get_type_hints(EncodeConfig)["scaling"]) == SCALINGS
+
+
+def test_features_checks_the_arrays() -> None:
+    X, y = np.zeros((3, 4), np.float32), np.zeros(3)
+    assert features({"X": X, "y": y}, "f")[0] is X
+    with pytest.raises(ValueError, match=r"f: expected arrays X and y, found \['X'\]"):
+        features({"X": X}, "f")
+    with pytest.raises(ValueError, match="do not describe the same rows"):
+        features({"X": X, "y": np.zeros(2)}, "f")
+
+
+def _encode_cfg(**overrides: object) -> EncodeConfig:
+    augment = {
+        "copies": 0,
+        "max_shift": 2,
+        "max_rotation": 10.0,
+        "elastic_alpha": 0.0,
+        "elastic_sigma": 4.0,
+        "seed": 0,
+    }
+    raw = {
+        "scaling": "standardize",
+        "labels": "onehot",
+        "deskew": True,
+        "augment": augment,
+        "workers": 1,
+        **overrides,
+    }
+    return EncodeConfig.from_section(raw, "encode")
+
+
+def test_encode_splits_fits_on_train_and_applies_to_test() -> None:
+    x_train, y_train = synthetic_digits(40, seed=1)
+    x_test, y_test = synthetic_digits(10, seed=2)
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    out = encode_splits(arrays, _encode_cfg(), n_classes=10)
+    # statistics of the deskewed training rows, applied to the raw test images
+    mean, std = pixel_stats(flatten(deskew(x_train, 1)))
+    np.testing.assert_array_equal(out.encoding.mean, mean)
+    np.testing.assert_array_equal(out.X_test, out.encoding.apply(x_test))
+    np.testing.assert_allclose(out.X_test, (flatten(deskew(x_test, 1)) - mean) / std, atol=1e-5)
+    assert out.y_train.shape == (40, 10)
+    np.testing.assert_array_equal(out.y_test.argmax(axis=1), y_test)
+
+    cfg = _encode_cfg(
+        scaling="divide255",
+        deskew=False,
+        labels="index",
+        augment={**_encode_cfg().augment.as_dict(), "copies": 1},
+    )
+    assert isinstance(cfg.augment, AugmentConfig)
+    more = encode_splits(arrays, cfg, n_classes=10)
+    assert more.X_train.shape == (80, 784)  # one augmented copy
+    assert more.encoding == Encoding("divide255")
+    spec = _spec([c * 64 for c in "abcd"])
+    info = encode_info("tiny", spec, cfg, more)
+    assert (info["n_train"], info["n_test"], info["augment_copies"]) == (80, 10, 1)
+    assert (info["scaling"], info["labels"], info["n_classes"]) == ("divide255", "index", 1)

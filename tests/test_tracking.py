@@ -17,6 +17,7 @@ from conftest import REPO_ROOT, copy_repo, run, synthetic_digits, workspace_env
 from mlflow.tracking import MlflowClient
 
 from mnistflow.config import MlflowConfig, TrainConfig, config, load_params
+from mnistflow.data.encode import Encoding
 from mnistflow.modeling.model import build_classifier, fit_with_progress
 from mnistflow.tracking import provenance, runs
 from mnistflow.tracking import store as store_mod
@@ -45,6 +46,7 @@ def write_encoded(ws: Path, n_train: int, n_test: int) -> None:
     for name, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
         X = x.reshape(len(x), -1).astype(np.float32) / 255
         fileio.save_npz(ws / f"data/encoded/{name}.npz", X=X, y=eye[y])
+    fileio.save_npz(ws / "data/encoded/stats.npz", **Encoding("divide255").to_arrays())
     fileio.write_json(
         ws / "data/encoded/info.json",
         {
