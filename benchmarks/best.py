@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from mlflow.tracking import MlflowClient
 from pipeline import REPO, bench_env, measure  # benchmarks/pipeline.py
 
 from mnistflow.config import load_params
@@ -39,11 +40,14 @@ def main() -> None:
 
     run = measure([*dvc, "repro"], ws, env)
     metrics = json.loads((ws / "outputs/evaluate/metrics.json").read_text())
+    # The fit time is per run by nature: it is in the MLflow run, not in the DVC outputs.
+    run_id = json.loads((ws / "outputs/train/run.json").read_text())["run_id"]
+    fit_time = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}").get_run(run_id).data.metrics
     rows = [
         ("preset", args.preset, ""),
-        ("test accuracy (argmax, headline)", f"{metrics['accuracy']:.4f}", ">= 0.99"),
-        ("exact-match accuracy", f"{metrics['accuracy_exact_match']:.4f}", ""),
-        ("fit time", f"{metrics['fit_time_s']:.0f} s", ""),
+        ("test accuracy (argmax, headline)", f"{metrics['test_accuracy']:.4f}", ">= 0.99"),
+        ("exact-match accuracy", f"{metrics['test_accuracy_exact_match']:.4f}", ""),
+        ("fit time", f"{fit_time['fit_time_s']:.0f} s", ""),
         ("total cold `dvc repro` (5 stages)", f"{run.seconds:.0f} s", "<= 600 s"),
         ("peak RSS of the largest stage process", f"{run.peak_mb:.0f} MB", "<= 4096 MB"),
     ]

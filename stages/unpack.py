@@ -8,10 +8,10 @@ import sys
 from mnistflow.config import load_config
 from mnistflow.data.idx import SPLITS, read_split
 from mnistflow.data.images import (
-    arrays_sha256,
-    class_counts,
+    images_manifest,
     labelled_table,
     remove_png_tree,
+    split_arrays,
     write_png_tree,
 )
 from mnistflow.util.entrypoint import run_main
@@ -23,21 +23,14 @@ log = logging.getLogger("mnistflow.stages.unpack")
 def main() -> None:
     """Read params, unpack the raw files, write arrays, table, manifest and PNG tree."""
     params = load_config()
-    paths, cfg, name, spec = params.paths, params.unpack, params.dataset_name, params.dataset
-    raw_dir = paths.path("raw_dir")
+    paths, cfg, spec = params.paths, params.unpack, params.dataset
 
-    splits = {split: read_split(raw_dir, spec, split) for split in SPLITS}
+    splits = {split: read_split(paths.path("raw_dir"), spec, split) for split in SPLITS}
     for split, (images, labels) in splits.items():
         log.info(
             "%s: %d images of %s, %d labels", split, len(images), images.shape[1:], len(labels)
         )
-    arrays = {
-        "x_train": splits["train"][0],
-        "y_train": splits["train"][1],
-        "x_test": splits["test"][0],
-        "y_test": splits["test"][1],
-    }
-    save_npz(paths.arrays, **arrays)
+    save_npz(paths.arrays, **split_arrays(splits))
 
     table = labelled_table(splits)
     with atomic_path(paths.table) as tmp:
@@ -45,26 +38,14 @@ def main() -> None:
     log.info("table %s: %d rows x %d columns", paths.table, *table.shape)
     del table
 
-    images_dir = paths.path("images_dir")
     if cfg.write_png:
-        write_png_tree(images_dir, splits, cfg.png_workers)
+        write_png_tree(paths.path("images_dir"), splits, cfg.png_workers)
     else:
-        remove_png_tree(images_dir)
-
-    n_classes = len(spec.classes)
-    write_json(
-        paths.images_manifest,
-        {
-            "dataset": name,
-            "counts": {split: len(labels) for split, (_, labels) in splits.items()},
-            "class_counts": {
-                split: class_counts(labels, n_classes) for split, (_, labels) in splits.items()
-            },
-            "arrays_sha256": arrays_sha256(arrays),
-            "images_dir": paths.images_dir,
-            "png_written": cfg.write_png,
-        },
+        remove_png_tree(paths.path("images_dir"))
+    manifest = images_manifest(
+        params.dataset_name, splits, len(spec.classes), paths.images_dir, cfg.write_png
     )
+    write_json(paths.images_manifest, manifest)
     log.info("manifest written to %s", paths.images_manifest)
 
 

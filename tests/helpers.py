@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mnistflow.data.encode import Encoding
 from mnistflow.data.idx import encode_idx
 from mnistflow.util import fileio
 from mnistflow.util.git import git
@@ -42,16 +43,23 @@ def synthetic_digits(n: int, seed: int, n_classes: int = 10) -> tuple[np.ndarray
     return images, labels
 
 
-def write_idx_dataset(folder: Path, n_train: int = 300, n_test: int = 100) -> dict[str, dict]:
+def write_idx_dataset(
+    folder: Path,
+    n_train: int = 300,
+    n_test: int = 100,
+    digits: Callable[[int, int], tuple[np.ndarray, np.ndarray]] = synthetic_digits,
+) -> dict[str, dict]:
     """Write the four gzipped IDX files of a synthetic dataset into ``folder``.
+
+    ``digits(n, seed)`` makes the images and labels (default: :func:`synthetic_digits`).
 
     Returns:
         ``{role: {"name": file name, "sha256": decompressed SHA-256}}``, the shape of
         ``datasets.<name>.files`` in params.yaml.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    x_train, y_train = synthetic_digits(n_train, seed=1)
-    x_test, y_test = synthetic_digits(n_test, seed=2)
+    x_train, y_train = digits(n_train, 1)
+    x_test, y_test = digits(n_test, 2)
     arrays = {
         "train_images": x_train,
         "train_labels": y_train,
@@ -173,6 +181,7 @@ def write_encoded(ws: Path, n_train: int, n_test: int) -> None:
     for name, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
         X = x.reshape(len(x), -1).astype(np.float32) / 255
         fileio.save_npz(ws / f"data/encoded/{name}.npz", X=X, y=eye[y])
+    fileio.save_npz(ws / "data/encoded/stats.npz", **Encoding("divide255").to_arrays())
     fileio.write_json(
         ws / "data/encoded/info.json",
         {

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+from typing import get_args, get_type_hints
 
 import numpy as np
 import pytest
 
-from mnistflow.config import DatasetSpec
-from mnistflow.data.encode import dataset_sha256, encode_labels, flatten, onehot, pixel_stats, scale
+from mnistflow.config import AugmentConfig, DatasetSpec, EncodeConfig
+from mnistflow.data.augment import deskew
+from mnistflow.data.encode import (
+    SCALINGS,
+    Encoding,
+    dataset_sha256,
+    encode_info,
+    encode_labels,
+    encode_splits,
+    features,
+    flatten,
+    onehot,
+    pixel_stats,
+    scale,
+)
 from tests.helpers import synthetic_digits
-
-pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
@@ -21,6 +33,7 @@ def rows() -> tuple[np.ndarray, np.ndarray]:
     return flatten(x_train), flatten(x_test)
 
 
+@pytest.mark.unit
 def test_flatten_is_a_view_of_rows() -> None:
     images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
     flat = flatten(images)
@@ -29,6 +42,7 @@ def test_flatten_is_a_view_of_rows() -> None:
     np.testing.assert_array_equal(flat[1], images[1].ravel())
 
 
+@pytest.mark.unit
 def test_divide255(rows: tuple[np.ndarray, np.ndarray]) -> None:
     train, test = rows
     before = train.copy()
@@ -43,6 +57,7 @@ def test_divide255(rows: tuple[np.ndarray, np.ndarray]) -> None:
     np.testing.assert_array_equal(train, before)  # input untouched
 
 
+@pytest.mark.unit
 def test_none_keeps_raw_values_as_float32(rows: tuple[np.ndarray, np.ndarray]) -> None:
     train, test = rows
     X_train, X_test = scale(train, test, "none")
@@ -51,6 +66,7 @@ def test_none_keeps_raw_values_as_float32(rows: tuple[np.ndarray, np.ndarray]) -
     np.testing.assert_array_equal(X_test, test.astype(np.float64))
 
 
+@pytest.mark.unit
 def test_standardize_uses_train_statistics_only() -> None:
     train = np.array([[0, 10, 7], [2, 30, 7], [4, 20, 7]], dtype=np.uint8)
     test = np.array([[2, 40, 9]], dtype=np.uint8)
@@ -66,17 +82,20 @@ def test_standardize_uses_train_statistics_only() -> None:
     assert X_test[0, 2] == pytest.approx(2.0)  # (9 - 7) / 1: test does not change the stats
 
 
+@pytest.mark.unit
 def test_pixel_stats_zero_std_becomes_one() -> None:
     mean, std = pixel_stats(np.zeros((5, 3), np.uint8))
     np.testing.assert_array_equal(std, [1, 1, 1])
     np.testing.assert_array_equal(mean, [0, 0, 0])
 
 
+@pytest.mark.unit
 def test_unknown_scaling_is_rejected(rows: tuple[np.ndarray, np.ndarray]) -> None:
     with pytest.raises(ValueError, match=r"encode\.scaling"):
         scale(*rows, "minmax")  # type: ignore[arg-type]
 
 
+@pytest.mark.unit
 def test_onehot_is_the_original_value_encode() -> None:
     labels = np.array([3, 0, 9, 3], dtype=np.uint8)
     y = onehot(labels, 10)
@@ -89,11 +108,13 @@ def test_onehot_is_the_original_value_encode() -> None:
     np.testing.assert_array_equal(y.argmax(axis=1), labels)
 
 
+@pytest.mark.unit
 def test_onehot_rejects_out_of_range_labels() -> None:
     with pytest.raises(ValueError, match=r"labels must be in 0\.\.9; found 0\.\.10"):
         onehot(np.array([0, 10]), 10)
 
 
+@pytest.mark.unit
 def test_index_labels_are_int64() -> None:
     y = encode_labels(np.array([5, 1], dtype=np.uint8), "index", 10)
     assert y.dtype == np.int64
@@ -107,7 +128,100 @@ def _spec(hashes: list[str]) -> DatasetSpec:
     return DatasetSpec.from_section({"mirrors": [], "classes": ["a"], "files": files}, "d")
 
 
+@pytest.mark.unit
 def test_dataset_sha256_hashes_the_file_hashes_in_role_order() -> None:
     hashes = [c * 64 for c in "abcd"]
     assert dataset_sha256(_spec(hashes)) == hashlib.sha256("".join(hashes).encode()).hexdigest()
     assert dataset_sha256(_spec(hashes[::-1])) != dataset_sha256(_spec(hashes))
+
+
+@pytest.mark.unit
+def test_encoding_fit_apply_and_round_trip() -> None:
+    images, _ = synthetic_digits(30, seed=5)
+    enc = Encoding.fit(flatten(images), "standardize")
+    assert enc.mean is not None
+    assert enc.std is not None
+    assert enc.mean.dtype == enc.std.dtype == np.float32
+    out = enc.apply(images)
+    assert (out.dtype, out.shape) == (np.float32, (30, 784))
+    np.testing.assert_allclose(out.mean(axis=0)[enc.std != 1], 0, atol=1e-5)
+    assert Encoding.from_arrays(enc.to_arrays(), "f") == enc
+    plain = Encoding.fit(flatten(images), "divide255", deskew=True)
+    assert set(plain.to_arrays()) == {"scaling", "deskew"}
+    assert Encoding.from_arrays(plain.to_arrays(), "f") == plain != enc
+    np.testing.assert_array_equal(plain.apply(images), flatten(deskew(images, 1)) / np.float32(255))
+
+
+@pytest.mark.unit
+def test_encoding_rejects_what_it_cannot_apply() -> None:
+    with pytest.raises(ValueError, match="needs the training rows' mean and std"):
+        Encoding("standardize")
+    with pytest.raises(ValueError, match=r"unknown scaling 'minmax' \(encode\.scaling\)"):
+        Encoding("minmax")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"stats\.npz: not an encoding"):
+        Encoding.from_arrays({"deskew": np.array(False)}, "stats.npz")
+
+
+@pytest.mark.unit
+def test_scalings_are_the_ones_params_yaml_accepts() -> None:
+    assert get_args(get_type_hints(EncodeConfig)["scaling"]) == SCALINGS
+
+
+@pytest.mark.unit
+def test_features_checks_the_arrays() -> None:
+    X, y = np.zeros((3, 4), np.float32), np.zeros(3)
+    assert features({"X": X, "y": y}, "f")[0] is X
+    with pytest.raises(ValueError, match=r"f: expected arrays X and y, found \['X'\]"):
+        features({"X": X}, "f")
+    with pytest.raises(ValueError, match="do not describe the same rows"):
+        features({"X": X, "y": np.zeros(2)}, "f")
+
+
+def _encode_cfg(**overrides: object) -> EncodeConfig:
+    augment = {
+        "copies": 0,
+        "max_shift": 2,
+        "max_rotation": 10.0,
+        "elastic_alpha": 0.0,
+        "elastic_sigma": 4.0,
+        "seed": 0,
+    }
+    raw = {
+        "scaling": "standardize",
+        "labels": "onehot",
+        "deskew": True,
+        "augment": augment,
+        "workers": 1,
+        **overrides,
+    }
+    return EncodeConfig.from_section(raw, "encode")
+
+
+@pytest.mark.unit
+def test_encode_splits_fits_on_train_and_applies_to_test() -> None:
+    x_train, y_train = synthetic_digits(40, seed=1)
+    x_test, y_test = synthetic_digits(10, seed=2)
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    out = encode_splits(arrays, _encode_cfg(), n_classes=10)
+    # statistics of the deskewed training rows, applied to the raw test images
+    mean, std = pixel_stats(flatten(deskew(x_train, 1)))
+    np.testing.assert_array_equal(out.encoding.mean, mean)
+    np.testing.assert_array_equal(out.X_test, out.encoding.apply(x_test))
+    np.testing.assert_allclose(out.X_test, (flatten(deskew(x_test, 1)) - mean) / std, atol=1e-5)
+    assert out.y_train.shape == (40, 10)
+    np.testing.assert_array_equal(out.y_test.argmax(axis=1), y_test)
+
+    cfg = _encode_cfg(
+        scaling="divide255",
+        deskew=False,
+        labels="index",
+        augment={**_encode_cfg().augment.as_dict(), "copies": 1},
+    )
+    assert isinstance(cfg.augment, AugmentConfig)
+    more = encode_splits(arrays, cfg, n_classes=10)
+    assert more.X_train.shape == (80, 784)  # one augmented copy
+    assert more.encoding == Encoding("divide255")
+    spec = _spec([c * 64 for c in "abcd"])
+    info = encode_info("tiny", spec, cfg, more)
+    assert (info["n_train"], info["n_test"], info["augment_copies"]) == (80, 10, 1)
+    assert (info["scaling"], info["labels"], info["n_classes"]) == ("divide255", "index", 1)

@@ -41,3 +41,16 @@ def test_gallery_draws_the_images(tmp_path: Path) -> None:
     assert pixels.std() > 10  # not a blank canvas
     empty = figures.gallery(images[:0], [], tmp_path / "empty.png")
     assert empty.stat().st_size > 0
+
+
+def test_report_figures_writes_three_pngs_and_titles_them(tmp_path: Path) -> None:
+    images, _ = synthetic_digits(3, seed=0)
+    shown = figures.report_figures(
+        tmp_path / "r", [1.0, 0.5], None, np.eye(2, dtype=int), ["a", "b"], images, ["x"] * 3
+    )
+    assert shown == {
+        "Training loss": "loss.png",
+        "Confusion matrix": "confusion.png",
+        "Misclassified test images (first 3)": "misclassified.png",
+    }
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(shown.values())

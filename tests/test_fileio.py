@@ -38,3 +38,9 @@ def test_npz_bytes_are_reproducible(tmp_path) -> None:
     a = save_npz(tmp_path / "a.npz", x=x).read_bytes()
     b = save_npz(tmp_path / "b.npz", x=x).read_bytes()
     assert a == b
+
+
+def test_load_npz_only_the_named_arrays(tmp_path) -> None:
+    path = save_npz(tmp_path / "a.npz", x=np.zeros(2), y=np.ones(3))
+    assert list(load_npz(path, ["y"])) == ["y"]
+    assert sorted(load_npz(path)) == ["x", "y"]

@@ -11,9 +11,11 @@ from PIL import Image
 from mnistflow.data.images import (
     arrays_sha256,
     class_counts,
+    images_manifest,
     labelled_table,
     png_relpath,
     remove_png_tree,
+    split_arrays,
     write_png_tree,
 )
 from tests.helpers import synthetic_digits
@@ -116,3 +118,18 @@ def test_remove_png_tree(tmp_path: Path) -> None:
     remove_png_tree(root)
     assert not root.exists()
     remove_png_tree(root)  # absent: nothing to do
+
+
+def test_split_arrays_and_manifest(splits: dict) -> None:
+    arrays = split_arrays(splits)
+    assert list(arrays) == ["x_train", "y_train", "x_test", "y_test"]
+    assert arrays["y_test"] is splits["test"][1]
+    manifest = images_manifest("tiny", splits, 10, "data/images", png_written=False)
+    assert manifest["counts"] == {"train": 40, "test": 15}
+    assert sum(manifest["class_counts"]["train"].values()) == 40
+    assert manifest["arrays_sha256"] == arrays_sha256(arrays)
+    assert (manifest["dataset"], manifest["images_dir"], manifest["png_written"]) == (
+        "tiny",
+        "data/images",
+        False,
+    )

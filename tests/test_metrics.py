@@ -41,13 +41,24 @@ def test_true_classes_from_onehot_and_index() -> None:
 
 
 def test_confusion_and_per_class() -> None:
-    cm = m.confusion_matrix(Y_TRUE, np.argmax(SCORES, axis=1), 3)
+    y_pred = np.argmax(SCORES, axis=1)
+    cm = m.confusion_matrix(Y_TRUE, y_pred, 3)
     assert cm.tolist() == [[1, 0, 1], [0, 2, 0], [0, 1, 0]]
-    pc = m.per_class(cm)
+    pc = m.per_class(Y_TRUE, y_pred, 3)
     assert pc["precision"] == pytest.approx([1.0, 2 / 3, 0.0])
     assert pc["recall"] == pytest.approx([0.5, 1.0, 0.0])
     assert pc["f1"] == pytest.approx([2 / 3, 0.8, 0.0])
     assert pc["support"].tolist() == [2, 2, 1]
+
+
+def test_absent_classes_keep_their_row_and_zero_scores() -> None:
+    y_true, y_pred = np.array([0, 0, 1]), np.array([0, 1, 1])
+    cm = m.confusion_matrix(y_true, y_pred, 4)  # classes 2 and 3 never occur
+    assert cm.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    pc = m.per_class(y_true, y_pred, 4)
+    assert pc["precision"].tolist() == [1.0, 0.5, 0.0, 0.0]
+    assert pc["support"].tolist() == [2, 1, 0, 0]
+    assert m.accuracy(np.array([], np.int64), np.array([], np.int64)) == 0.0
 
 
 def test_confused_pairs_count_both_directions() -> None:
@@ -69,15 +80,6 @@ def test_evaluate_headline_and_misclassified_rows() -> None:
     ev = m.evaluate(Y_TRUE, SCORES, SETS, "argmax", top_pairs=3)
     assert ev.accuracy == pytest.approx(0.6)
     assert ev.wrong.tolist() == [False, False, True, False, True]
-    rows = m.misclassified_rows(Y_TRUE, SCORES, SETS, ev.wrong, "data/images")
-    assert rows[0] == {
-        "index": 2,
-        "true": 2,
-        "predicted": 1,
-        "confidence": 0.7,
-        "predicted_set": "1 2",
-        "png": "data/images/test/2/00002.png",
-    }
     exact = m.evaluate(Y_TRUE, SCORES, SETS, "exact_match", top_pairs=3)
     assert exact.accuracy == pytest.approx(0.4)
     assert exact.wrong.tolist() == [False, True, True, False, True]
@@ -87,10 +89,31 @@ def test_evaluate_headline_and_misclassified_rows() -> None:
 
 def test_metrics_dict_delta_and_per_class() -> None:
     ev = m.evaluate(Y_TRUE, SCORES, SETS, "argmax", top_pairs=3)
-    out = m.metrics_dict(ev, baseline=0.5, fit_time_s=1.23456)
-    assert out["accuracy"] == 0.6
+    out = m.metrics_dict(ev, baseline=0.5)
+    assert out["test_accuracy"] == 0.6
+    assert out["test_accuracy_argmax"] == 0.6
+    assert out["test_accuracy_exact_match"] == 0.4
     assert out["delta_to_baseline"] == pytest.approx(0.1)
     assert out["rows_no_class"] == 1
     assert out["rows_multi_class"] == 1
-    assert out["fit_time_s"] == 1.235
     assert out["per_class"]["1"]["recall"] == 1.0
+    assert not any("time" in key for key in out)  # deterministic: no wall clock
+
+
+def test_dvc_and_mlflow_metrics_share_their_names() -> None:
+    ev = m.evaluate(Y_TRUE, SCORES, SETS, "exact_match", top_pairs=3)
+    dvc, logged = m.metrics_dict(ev, 0.5), m.mlflow_metrics(ev, 0.5)
+    scalars = set(dvc) - {"per_class"}
+    assert scalars == set(m.summary(ev, 0.5)) <= set(logged)
+    assert {m.HEADLINE, "test_accuracy_argmax", "test_accuracy_exact_match"} <= scalars
+    assert logged[m.HEADLINE] == pytest.approx(0.4)  # the headline follows evaluate.headline
+    assert logged["f1_class_0"] == pytest.approx(dvc["per_class"]["0"]["f1"], abs=1e-6)
+    assert m.headline_key(ev.headline) == "test_accuracy_exact_match"
+
+
+def test_check_test_labels_names_the_mismatch() -> None:
+    m.check_test_labels(Y_TRUE, Y_TRUE.astype(np.uint8), 3, 3, "a and b")
+    with pytest.raises(ValueError, match="a and b disagree on the test labels"):
+        m.check_test_labels(Y_TRUE, np.roll(Y_TRUE, 1), 3, 3, "a and b")
+    with pytest.raises(ValueError, match="3 encoded classes, but 10 class names"):
+        m.check_test_labels(Y_TRUE, Y_TRUE, 3, 10, "a and b")

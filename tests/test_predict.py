@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +12,26 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from mnistflow.config import RegistryConfig
-from mnistflow.data.augment import deskew
-from mnistflow.data.encode import flatten, scale
+from mnistflow.data.encode import Encoding, flatten
 from mnistflow.data.idx import IMAGES_MAGIC, LABELS_MAGIC, gunzip, parse_idx
 from mnistflow.data.preprocess import ImageError, load_digit, to_mnist
 from mnistflow.tracking.predict import (
-    InputEncoding,
     PredictError,
-    encode_images,
-    input_encoding,
+    encoding_from_params,
     load_run_model,
     predict_files,
     resolve_model,
 )
 from mnistflow.tracking.registry import register_best
-from tests.helpers import FILE_NAMES
+from mnistflow.util.fileio import load_npz, read_json
+from tests.helpers import (
+    FILE_NAMES,
+    copy_repo,
+    run,
+    use_tiny_dataset,
+    workspace_env,
+    write_idx_dataset,
+)
 from tests.mlflow_fixtures import (
     EXPERIMENT,
     Store,
@@ -36,7 +42,7 @@ from tests.mlflow_fixtures import (
 )
 
 CFG = RegistryConfig(model_name="mnist-mlp", alias="champion")
-DIVIDE255 = InputEncoding(scaling="divide255", deskew=False)
+DIVIDE255 = Encoding(scaling="divide255", deskew=False)
 
 
 @pytest.fixture(scope="module")
@@ -172,31 +178,13 @@ def test_blank_image_names_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
-def test_input_encoding_follows_the_runs_params() -> None:
-    assert input_encoding({"encode.scaling": "none", "encode.deskew": "True"}, None, "r") == (
-        InputEncoding("none", True)
-    )
-    with pytest.raises(PredictError, match=r"standardize.*not logged"):
-        input_encoding({"encode.scaling": "standardize", "encode.deskew": "False"}, None, "r")
+def test_runs_without_the_encoding_artifact_fall_back_to_their_params() -> None:
+    params = {"encode.scaling": "none", "encode.deskew": "True"}
+    assert encoding_from_params(params, "r") == Encoding("none", True)
+    with pytest.raises(PredictError, match=r"standardize.*not logged.*retrain"):
+        encoding_from_params({"encode.scaling": "standardize", "encode.deskew": "False"}, "r")
     with pytest.raises(PredictError, match=r"encode\.scaling is None"):
-        input_encoding({}, None, "run abc")
-    stats = {"mean": np.full(784, 10, np.float32), "std": np.full(784, 2, np.float32)}
-    enc = input_encoding({"encode.scaling": "standardize"}, stats, "r")
-    images = np.full((1, 28, 28), 30, dtype=np.uint8)
-    np.testing.assert_array_equal(encode_images(images, enc), np.full((1, 784), 10, np.float32))
-
-
-@pytest.mark.unit
-def test_encode_images_matches_the_encode_stage() -> None:
-    images, _ = mnist_like_digits(4, seed=6)
-    plain = encode_images(images, DIVIDE255)
-    assert (plain.dtype, plain.shape) == (np.float32, (4, 784))
-    np.testing.assert_array_equal(plain, images.reshape(4, 784) / np.float32(255))
-    # deskew then scale, exactly as stages/encode.py does for encode.deskew: true
-    straight = encode_images(images, InputEncoding("divide255", True))
-    expected = scale(flatten(deskew(images, 1)), flatten(deskew(images, 1)), "divide255")[1]
-    np.testing.assert_array_equal(straight, expected)
-    assert not np.array_equal(straight, plain)
+        encoding_from_params({}, "run abc")
 
 
 def _write_pngs(folder: Path, images: np.ndarray) -> list[Path]:
@@ -270,9 +258,9 @@ def test_preprocessing_reproduces_mnist_on_redrawn_real_digits(
     y_test = _real(shared_mnist, "test_labels", LABELS_MAGIC)[:200]
     model = MLPClassifier((64,), max_iter=15, random_state=0)
     with pytest.warns(ConvergenceWarning):
-        model.fit(encode_images(x_train, DIVIDE255), y_train)
+        model.fit(DIVIDE255.apply(x_train), y_train)
 
-    direct = model.predict(encode_images(x_test, DIVIDE255))
+    direct = model.predict(DIVIDE255.apply(x_test))
     paths = []
     for i, image in enumerate(x_test):
         big = Image.fromarray(255 - image, mode="L").resize((140, 140), Image.Resampling.BICUBIC)
@@ -286,3 +274,38 @@ def test_preprocessing_reproduces_mnist_on_redrawn_real_digits(
     redrawn_acc = float(np.mean(np.array(redrawn) == y_test))
     assert direct_acc >= 0.85
     assert redrawn_acc >= direct_acc - 0.05, (direct_acc, redrawn_acc)
+
+
+@pytest.mark.e2e
+def test_predict_with_a_standardize_run_matches_the_pipelines_test_features(
+    tmp_path: Path,
+) -> None:
+    """`dvc repro` with encode.scaling=standardize, then `mnistflow predict --run` on the PNGs
+    unpack drew of test images: the digits and scores are the model's on those rows of
+    data/encoded/test.npz, which the encode stage made (not prediction's code path)."""
+    mirror = tmp_path / "mirror"
+    files = write_idx_dataset(mirror, digits=mnist_like_digits)
+    edit = use_tiny_dataset(
+        files, encode={"scaling": "standardize"}, train={"hidden_layer_sizes": [16], "max_iter": 5}
+    )
+    repo = copy_repo(tmp_path / "repo", edit)
+    env = workspace_env(mirror)
+    run(["dvc", "repro"], repo, env)
+
+    run_id = read_json(repo / "outputs/train/run.json")["run_id"]
+    X_test = load_npz(repo / "data/encoded/test.npz")["X"]
+    arrays = load_npz(repo / "data/unpacked/arrays.npz", ["x_test", "y_test"])
+    with (repo / "models/model.pkl").open("rb") as fh:
+        model = pickle.load(fh)
+    rows = list(range(10))
+    pngs = [f"data/images/test/{arrays['y_test'][i]}/{i:05d}.png" for i in rows]
+    out = run(["mnistflow", "predict", "--run", run_id, *pngs], repo, env).stdout
+    printed = [line.split("\t") for line in out.splitlines()]
+
+    expected = model.predict_proba(X_test[rows])
+    assert [p for p, _, _ in printed] == pngs
+    assert [int(d) for _, d, _ in printed] == list(expected.argmax(axis=1))
+    assert [float(s) for _, _, s in printed] == pytest.approx(expected.max(axis=1), abs=6e-5)
+    # The statistics matter: the same images scaled by /255 score differently.
+    unscaled = model.predict_proba(flatten(arrays["x_test"][rows]) / np.float32(255))
+    assert not np.allclose(unscaled.max(axis=1), expected.max(axis=1), atol=1e-3)

@@ -33,12 +33,12 @@ def render(headline: str, labels: str = "onehot", ignored: list[str] | None = No
         baseline=0.7,
         labels=labels,
         dataset="mnist",
-        fit_time_s=12.3,
         n_iter=20,
         ignored=ignored or [],
         figures={"Confusion matrix": "confusion.png"},
         misclassified_csv="outputs/evaluate/misclassified.csv",
-        links=LINKS,
+        run_info="outputs/train/run.json",
+        experiment_name="mnist-mlp",
     )
 
 
@@ -53,8 +53,20 @@ def test_report_headline_delta_counts_pairs_and_links() -> None:
     assert "| two | 0.0000 | 0.0000 | 0.0000 | 1 |" in text
     assert "train.learning_rate='adaptive' has no effect" in text
     assert "![Confusion matrix](confusion.png)" in text
-    assert "abc123" in text
-    assert LINKS.run_url in text
+    assert "`outputs/train/run.json`" in text  # where the run id is
+
+
+def test_committed_report_has_nothing_per_run_and_the_run_section_has_it() -> None:
+    text = render("argmax")
+    assert text == render("argmax")
+    for per_run in ("abc123", "/repo", "sqlite", "12.3", " s;"):
+        assert per_run not in text
+    section = report.run_section(LINKS, fit_time_s=12.34)
+    assert "Run `abc123` in experiment `mnist-mlp` (id 1), store `sqlite:////repo/mlflow.db`" in (
+        section
+    )
+    assert "Fit time: 12.3 s" in section
+    assert LINKS.run_url in section
 
 
 def test_report_exact_match_headline_and_index_targets() -> None:

@@ -154,7 +154,7 @@ def test_queued_workers_share_the_cores(sweep: Sweep) -> None:
 def test_exp_show_has_the_columns_that_matter(sweep: Sweep) -> None:
     header = run(["dvc", "exp", "show", "--csv"], sweep.repo, sweep.env).stdout.splitlines()[0]
     columns = header.split(",")
-    for column in ("train.alpha", "train.hidden_layer_sizes", "accuracy", "delta_to_baseline"):
+    for column in ("train.alpha", "train.hidden_layer_sizes", "test_accuracy", "delta_to_baseline"):
         assert column in columns
 
 

@@ -182,6 +182,7 @@ class Paths(Config):
     train_features: str
     test_features: str
     encode_info: str
+    encode_stats: str
     model: str
     run_info: str
     loss_curve: str

@@ -251,7 +251,7 @@ def _run(
     Tasks are submitted lazily (at most ``2 * workers`` in flight), so only a few chunks
     exist at a time outside the caller's preallocated output.
     """
-    with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
+    with tqdm(total=total, desc=desc, unit="img", leave=False, disable=None) as bar:
         if workers == 1:
             for task in tasks:
                 result = fn(task)

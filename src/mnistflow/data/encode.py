@@ -1,5 +1,9 @@
 """Model inputs from images and labels: flattening, pixel scaling, label encoding (pure).
 
+:class:`Encoding` is the one place that says how images become features: it is *fitted* on
+the training rows (per-pixel statistics for ``standardize``) and *applied* to any images, by
+the encode stage and by prediction alike. It does not need MLflow.
+
 Every function returns new arrays and leaves its inputs untouched; intermediate results are
 float32 and made in place on arrays the function itself created, to keep memory low.
 """
@@ -7,13 +11,21 @@ float32 and made in place on arrays the function itself created, to keep memory 
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import numpy as np
 
-from mnistflow.config import DatasetSpec
+from mnistflow.config import DatasetSpec, EncodeConfig
+from mnistflow.data import augment as augmentation
+from mnistflow.data.augment import deskew as deskew_images
+
+log = logging.getLogger(__name__)
 
 Scaling = Literal["divide255", "none", "standardize"]
+SCALINGS: tuple[str, ...] = get_args(Scaling)
 LabelEncoding = Literal["onehot", "index"]
 
 
@@ -22,30 +34,97 @@ def flatten(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1)
 
 
-def scale(train: np.ndarray, test: np.ndarray, scaling: Scaling) -> tuple[np.ndarray, np.ndarray]:
-    """Scale pixel rows (n, d) of values in [0, 255] into float32 features.
+@dataclass(frozen=True, eq=False)
+class Encoding:
+    """How images (n, h, w) in [0, 255] become float32 feature rows (n, h*w).
 
-    Args:
-        train: training rows (any numeric dtype).
-        test: test rows, scaled with statistics from ``train`` only.
-        scaling: ``divide255`` (x/255), ``none`` (raw values as float32) or
-            ``standardize`` (per-pixel (x - mean) / std of the training rows; a pixel
-            with std 0 is divided by 1).
+    ``deskew`` straightens each image first; ``scaling`` is ``divide255`` (x/255), ``none``
+    (raw values as float32) or ``standardize`` (per-pixel (x - mean) / std of the training
+    rows, ``mean`` and ``std`` float32 (d,); a pixel with std 0 is divided by 1).
+    """
+
+    scaling: Scaling
+    deskew: bool = False
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"unknown scaling {self.scaling!r} (encode.scaling)")
+        if self.scaling == "standardize" and (self.mean is None or self.std is None):
+            raise ValueError("standardize scaling needs the training rows' mean and std")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Encoding):
+            return NotImplemented
+        return (self.scaling, self.deskew) == (other.scaling, other.deskew) and all(
+            (a is None and b is None)
+            or (a is not None and b is not None and np.array_equal(a, b))
+            for a, b in ((self.mean, other.mean), (self.std, other.std))
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @classmethod
+    def fit(cls, train_rows: np.ndarray, scaling: Scaling, deskew: bool = False) -> Encoding:
+        """The encoding of ``scaling`` with its statistics from ``train_rows`` (n, d), rows
+        already deskewed when ``deskew`` (the encode stage deskews before augmenting)."""
+        if scaling == "standardize":
+            mean, std = pixel_stats(train_rows)
+            return cls(scaling, deskew, mean, std)
+        return cls(scaling, deskew)
+
+    def scale(self, rows: np.ndarray) -> np.ndarray:
+        """Scale pixel rows (n, d) (already deskewed if need be) into new float32 rows."""
+        if self.scaling == "divide255":
+            return np.divide(rows, np.float32(255), dtype=np.float32)
+        if self.scaling == "none":
+            return rows.astype(np.float32)
+        assert self.mean is not None and self.std is not None  # __post_init__
+        return _standardize(rows, self.mean, self.std)
+
+    def apply(self, images: np.ndarray, workers: int = 1) -> np.ndarray:
+        """Features from images (n, h, w): deskew (if set), flatten, scale."""
+        pixels = deskew_images(images, workers) if self.deskew else images
+        return self.scale(flatten(pixels))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The encoding as named arrays for an ``.npz`` file (no pickled objects)."""
+        out = {"scaling": np.array(self.scaling), "deskew": np.array(self.deskew)}
+        if self.mean is not None and self.std is not None:
+            out |= {"mean": self.mean, "std": self.std}
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str) -> Encoding:
+        """Inverse of :meth:`to_arrays`; ``source`` names the file in errors."""
+        try:
+            scaling = str(arrays["scaling"])
+            deskew = bool(arrays["deskew"])
+            mean = arrays.get("mean")
+            std = arrays.get("std")
+            return cls(
+                scaling,  # type: ignore[arg-type]
+                deskew,
+                None if mean is None else np.asarray(mean, dtype=np.float32),
+                None if std is None else np.asarray(std, dtype=np.float32),
+            )
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{source}: not an encoding ({exc})") from exc
+
+    def describe(self) -> str:
+        """``divide255`` or ``standardize + deskew``, for logs."""
+        return self.scaling + (" + deskew" if self.deskew else "")
+
+
+def scale(train: np.ndarray, test: np.ndarray, scaling: Scaling) -> tuple[np.ndarray, np.ndarray]:
+    """Scale pixel rows (n, d) with an :class:`Encoding` fitted on ``train`` only.
 
     Returns:
         New float32 arrays ``(train, test)`` of the input shapes.
     """
-    if scaling == "divide255":
-        return (
-            np.divide(train, np.float32(255), dtype=np.float32),
-            np.divide(test, np.float32(255), dtype=np.float32),
-        )
-    if scaling == "none":
-        return train.astype(np.float32), test.astype(np.float32)
-    if scaling == "standardize":
-        mean, std = pixel_stats(train)
-        return _standardize(train, mean, std), _standardize(test, mean, std)
-    raise ValueError(f"unknown scaling {scaling!r} (encode.scaling)")
+    encoding = Encoding.fit(train, scaling)
+    return encoding.scale(train), encoding.scale(test)
 
 
 def pixel_stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +166,69 @@ def encode_labels(labels: np.ndarray, encoding: LabelEncoding, n_classes: int) -
     raise ValueError(f"unknown label encoding {encoding!r} (encode.labels)")
 
 
+def features(arrays: Mapping[str, np.ndarray], source: str) -> tuple[np.ndarray, np.ndarray]:
+    """X (n, d) and y from an encode output's arrays, with a clear error if malformed."""
+    if set(arrays) != {"X", "y"}:
+        raise ValueError(f"{source}: expected arrays X and y, found {sorted(arrays)}")
+    X, y = arrays["X"], arrays["y"]
+    if X.ndim != 2 or y.shape[0] != X.shape[0]:
+        raise ValueError(f"{source}: X {X.shape} and y {y.shape} do not describe the same rows")
+    return X, y
+
+
 def dataset_sha256(spec: DatasetSpec) -> str:
     """Content hash of a dataset: SHA-256 of its files' decompressed SHA-256s joined in role
     order (train_images, train_labels, test_images, test_labels)."""
     joined = "".join(file_spec.sha256 for _, file_spec in spec.files.items())
     return hashlib.sha256(joined.encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The encode stage's result: features, targets and the fitted encoding."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    encoding: Encoding
+
+
+def encode_splits(arrays: Mapping[str, np.ndarray], cfg: EncodeConfig, n_classes: int) -> Encoded:
+    """Features and targets from unpack's arrays (x/y_train, x/y_test).
+
+    Training images are deskewed (if set), augmented (if set), and the encoding is fitted
+    on them; test images go through :meth:`Encoding.apply`, the path prediction takes.
+    """
+    x_train, y_train = arrays["x_train"], arrays["y_train"]
+    if cfg.deskew:
+        log.info("deskewing %d training images", len(x_train))
+        x_train = deskew_images(x_train, cfg.workers)
+    if cfg.augment.copies > 0:
+        log.info("adding %d augmented copies of the training set", cfg.augment.copies)
+        x_train, y_train = augmentation.augment(x_train, y_train, cfg.augment, cfg.workers)
+    encoding = Encoding.fit(flatten(x_train), cfg.scaling, cfg.deskew)
+    X_train = encoding.scale(flatten(x_train))
+    del x_train  # the float32 features replace the images (memory)
+    return Encoded(
+        X_train=X_train,
+        y_train=encode_labels(y_train, cfg.labels, n_classes),
+        X_test=encoding.apply(arrays["x_test"], cfg.workers),
+        y_test=encode_labels(arrays["y_test"], cfg.labels, n_classes),
+        encoding=encoding,
+    )
+
+
+def encode_info(dataset: str, spec: DatasetSpec, cfg: EncodeConfig, encoded: Encoded) -> dict:
+    """The encode stage's info file: what the features are and where they came from."""
+    return {
+        "dataset": dataset,
+        "dataset_sha256": dataset_sha256(spec),
+        "labels": cfg.labels,
+        "n_classes": len(spec.classes),
+        "scaling": cfg.scaling,
+        "deskew": cfg.deskew,
+        "augment_copies": cfg.augment.copies,
+        "n_train": int(encoded.X_train.shape[0]),
+        "n_test": int(encoded.X_test.shape[0]),
+    }

@@ -112,7 +112,7 @@ def write_png_tree(
         for split, (_, labels) in splits.items():
             for label in np.unique(labels):
                 (tmp / split / str(int(label))).mkdir(parents=True)
-        with tqdm(total=total, desc="PNG", unit="img") as bar:
+        with tqdm(total=total, desc="PNG", unit="img", disable=None) as bar:
             if workers == 1:
                 for split, start, images, labels in _chunks(splits):
                     bar.update(_write_chunk(str(tmp), split, start, images, labels))
@@ -154,3 +154,32 @@ def remove_png_tree(images_dir: Path) -> None:
     if Path(images_dir).exists():
         shutil.rmtree(images_dir)
         log.info("removed the old PNG tree %s (unpack.write_png is false)", images_dir)
+
+
+def split_arrays(splits: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``{"x_train", "y_train", "x_test", "y_test"}`` from ``{split: (images, labels)}``."""
+    out = {}
+    for split, (images, labels) in splits.items():
+        out[f"x_{split}"], out[f"y_{split}"] = images, labels
+    return out
+
+
+def images_manifest(
+    dataset: str,
+    splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    n_classes: int,
+    images_dir: str,
+    png_written: bool,
+) -> dict:
+    """The small DVC output standing in for the PNG tree: counts per split and class, and the
+    content hash of the arrays the tree was drawn from."""
+    return {
+        "dataset": dataset,
+        "counts": {split: len(labels) for split, (_, labels) in splits.items()},
+        "class_counts": {
+            split: class_counts(labels, n_classes) for split, (_, labels) in splits.items()
+        },
+        "arrays_sha256": arrays_sha256(split_arrays(splits)),
+        "images_dir": images_dir,
+        "png_written": png_written,
+    }

@@ -1,4 +1,5 @@
-"""Classification metrics on arrays (pure): accuracies, confusion, confused pairs, errors."""
+"""Classification metrics on arrays (pure): accuracies, confusion, confused pairs, and the
+names they are recorded under (DVC metrics file and MLflow alike)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as skm
 
 # The headline metric's one name, in MLflow, the DVC metrics file, reports and leaderboards.
 HEADLINE = "test_accuracy"
@@ -20,6 +22,20 @@ def true_classes(y: np.ndarray) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def check_test_labels(
+    y_true: np.ndarray, labels: np.ndarray, n_encoded: int, n_names: int, source: str
+) -> None:
+    """Raise ValueError unless encode's test classes ``y_true`` equal unpack's ``labels`` and
+    encode's class count ``n_encoded`` equals the dataset's ``n_names`` class names.
+
+    ``source`` names the files compared, for the message.
+    """
+    if n_encoded != n_names:
+        raise ValueError(f"{source}: {n_encoded} encoded classes, but {n_names} class names")
+    if not np.array_equal(y_true, np.asarray(labels).astype(np.int64)):
+        raise ValueError(f"{source} disagree on the test labels: re-run the pipeline (dvc repro)")
+
+
 def one_hot(classes: np.ndarray, n_classes: int) -> np.ndarray:
     """Bool indicator (n, n_classes) of class indices."""
     out = np.zeros((classes.shape[0], n_classes), dtype=bool)
@@ -28,14 +44,15 @@ def one_hot(classes: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Share of rows where the predicted class equals the true class."""
-    return float(np.mean(y_true == y_pred)) if y_true.size else 0.0
+    """Share of rows where the predicted class equals the true class (0 for no rows)."""
+    return float(skm.accuracy_score(y_true, y_pred)) if y_true.size else 0.0
 
 
 def exact_match_accuracy(y_true: np.ndarray, pred_sets: np.ndarray) -> float:
-    """Share of rows whose predicted class set is exactly {true class} (sklearn's score)."""
+    """Share of rows whose predicted class set is exactly {true class}: sklearn's subset
+    accuracy on indicator rows, i.e. ``MLPClassifier.score`` with one-hot targets."""
     truth = one_hot(y_true, pred_sets.shape[1])
-    return float(np.mean(np.all(pred_sets == truth, axis=1))) if y_true.size else 0.0
+    return float(skm.accuracy_score(truth, pred_sets)) if y_true.size else 0.0
 
 
 def set_sizes(pred_sets: np.ndarray) -> tuple[int, int]:
@@ -45,22 +62,23 @@ def set_sizes(pred_sets: np.ndarray) -> tuple[int, int]:
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Counts (n_classes, n_classes): row = true class, column = predicted class."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    return cm
+    """Counts (n_classes, n_classes): row = true class, column = predicted class; every
+    class has its row and column, also when it never occurs."""
+    labels = np.arange(n_classes)
+    return skm.confusion_matrix(y_true, y_pred, labels=labels).astype(np.int64)
 
 
-def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
-    tp = np.diag(cm).astype(np.float64)
-    predicted = cm.sum(axis=0).astype(np.float64)
-    actual = cm.sum(axis=1).astype(np.float64)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": actual.astype(np.int64)}
+def per_class(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class index (0 where undefined)."""
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=np.arange(n_classes), zero_division=0
+    )
+    return {
+        "precision": np.asarray(precision, dtype=np.float64),
+        "recall": np.asarray(recall, dtype=np.float64),
+        "f1": np.asarray(f1, dtype=np.float64),
+        "support": np.asarray(support, dtype=np.int64),
+    }
 
 
 @dataclass(frozen=True)
@@ -93,47 +111,6 @@ def confused_pairs(cm: np.ndarray, top: int) -> list[ConfusedPair]:
     ]
     pairs.sort(key=lambda p: (-p.total, p.a, p.b))
     return pairs[:top]
-
-
-def png_path(images_dir: str, index: int, label: int) -> str:
-    """Where unpack drew a test image: ``<images_dir>/test/<label>/<index:05d>.png``."""
-    return f"{images_dir}/test/{label}/{index:05d}.png"
-
-
-def misclassified_rows(
-    y_true: np.ndarray,
-    scores: np.ndarray,
-    pred_sets: np.ndarray,
-    wrong: np.ndarray,
-    images_dir: str,
-) -> list[dict[str, Any]]:
-    """One row per misclassified test image, in test order.
-
-    Args:
-        y_true: true class indices (n,).
-        scores: per-class scores (n, k).
-        pred_sets: predicted class sets, bool (n, k).
-        wrong: bool mask (n,) of the rows counted as errors by the headline metric.
-        images_dir: paths.images_dir, for the PNG path of each image.
-
-    Returns:
-        Dicts with index, true, predicted (argmax class), confidence (its score),
-        predicted_set (classes over the threshold, space-separated) and png.
-    """
-    predicted = np.argmax(scores, axis=1)
-    rows = []
-    for i in np.flatnonzero(wrong):
-        rows.append(
-            {
-                "index": int(i),
-                "true": int(y_true[i]),
-                "predicted": int(predicted[i]),
-                "confidence": round(float(scores[i, predicted[i]]), 6),
-                "predicted_set": " ".join(str(c) for c in np.flatnonzero(pred_sets[i])),
-                "png": png_path(images_dir, int(i), int(y_true[i])),
-            }
-        )
-    return rows
 
 
 @dataclass(frozen=True)
@@ -176,7 +153,7 @@ def evaluate(
     n_classes = scores.shape[1]
     y_pred = np.argmax(scores, axis=1).astype(np.int64)
     cm = confusion_matrix(y_true, y_pred, n_classes)
-    pc = per_class(cm)
+    pc = per_class(y_true, y_pred, n_classes)
     no_class, multi = set_sizes(pred_sets)
     exact_ok = np.all(pred_sets == one_hot(y_true, n_classes), axis=1)
     acc_argmax = accuracy(y_true, y_pred)
@@ -201,18 +178,35 @@ def evaluate(
     )
 
 
-def metrics_dict(ev: Evaluation, baseline: float, fit_time_s: float) -> dict[str, Any]:
-    """The DVC metrics file content (numbers only; per-class values nested by class index)."""
+def headline_key(headline: str) -> str:
+    """The metric name of a headline choice: ``test_accuracy_argmax`` or ``..._exact_match``."""
+    return f"{HEADLINE}_{headline}"
+
+
+def summary(ev: Evaluation, baseline: float) -> dict[str, float | int]:
+    """The run's scalar metrics under their one set of names, shared by the DVC metrics file
+    and MLflow (``HEADLINE`` is the headline accuracy, whichever that is)."""
     return {
-        "accuracy": round(ev.accuracy, 6),
-        "accuracy_argmax": round(ev.accuracy_argmax, 6),
-        "accuracy_exact_match": round(ev.accuracy_exact_match, 6),
+        HEADLINE: ev.accuracy,
+        headline_key("argmax"): ev.accuracy_argmax,
+        headline_key("exact_match"): ev.accuracy_exact_match,
+        "baseline": baseline,
+        "delta_to_baseline": ev.accuracy - baseline,
         "rows_no_class": ev.rows_no_class,
         "rows_multi_class": ev.rows_multi_class,
         "n_test": ev.n_test,
-        "baseline": baseline,
-        "delta_to_baseline": round(ev.accuracy - baseline, 6),
-        "fit_time_s": round(fit_time_s, 3),
+    }
+
+
+def _rounded(value: float | int) -> float | int:
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def metrics_dict(ev: Evaluation, baseline: float) -> dict[str, Any]:
+    """The DVC metrics file: :func:`summary` (6 decimals) and per-class values nested by
+    class index. Deterministic: no timing."""
+    return {
+        **{k: _rounded(v) for k, v in summary(ev, baseline).items()},
         "per_class": {
             str(k): {
                 "precision": round(float(ev.precision[k]), 6),
@@ -222,3 +216,14 @@ def metrics_dict(ev: Evaluation, baseline: float, fit_time_s: float) -> dict[str
             for k in range(len(ev.f1))
         },
     }
+
+
+def mlflow_metrics(ev: Evaluation, baseline: float) -> dict[str, float]:
+    """The MLflow metrics of an evaluation: :func:`summary` and flat per-class names
+    (``precision_class_<k>``, ``recall_class_<k>``, ``f1_class_<k>``)."""
+    out = {k: float(v) for k, v in summary(ev, baseline).items()}
+    for k in range(len(ev.f1)):
+        out[f"precision_class_{k}"] = float(ev.precision[k])
+        out[f"recall_class_{k}"] = float(ev.recall[k])
+        out[f"f1_class_{k}"] = float(ev.f1[k])
+    return out

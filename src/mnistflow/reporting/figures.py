@@ -100,3 +100,24 @@ def gallery(images: np.ndarray, captions: Sequence[str], target: str | Path) -> 
         ax.axis("off")
     fig.tight_layout()
     return _save(fig, target)
+
+
+def report_figures(
+    report_dir: str | Path,
+    losses: Sequence[float],
+    val_scores: Sequence[float] | None,
+    cm: np.ndarray,
+    class_names: Sequence[str],
+    gallery_images: np.ndarray,
+    captions: Sequence[str],
+) -> dict[str, str]:
+    """Write the report's three figures into ``report_dir``; return title -> file name."""
+    report_dir = Path(report_dir)
+    loss_curve(losses, val_scores, report_dir / "loss.png")
+    confusion_heatmap(cm, class_names, report_dir / "confusion.png")
+    gallery(gallery_images, captions, report_dir / "misclassified.png")
+    return {
+        "Training loss": "loss.png",
+        "Confusion matrix": "confusion.png",
+        f"Misclassified test images (first {len(gallery_images)})": "misclassified.png",
+    }

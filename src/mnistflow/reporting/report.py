@@ -1,4 +1,9 @@
-"""The human report of the latest run, as markdown text (pure)."""
+"""The human report of the latest run, as markdown text (pure).
+
+:func:`render` is deterministic (same params and data, same text): it is committed as
+``reports/latest/report.md``. What is per run by nature (run id, fit time, store location)
+is in :func:`run_section`, appended only to the copy logged to the MLflow run.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ HEADLINE_WHY = {
 
 @dataclass(frozen=True)
 class RunLinks:
-    """Where the run lives in MLflow."""
+    """Where the run lives in MLflow (per run, machine-specific)."""
 
     run_id: str
     experiment_id: str
@@ -47,12 +52,12 @@ def render(
     baseline: float,
     labels: str,
     dataset: str,
-    fit_time_s: float,
     n_iter: int,
     ignored: Sequence[str],
     figures: dict[str, str],
     misclassified_csv: str,
-    links: RunLinks,
+    run_info: str,
+    experiment_name: str,
 ) -> str:
     """Markdown for one evaluated run.
 
@@ -62,12 +67,12 @@ def render(
         baseline: the original author's accuracy (evaluate.baseline_accuracy).
         labels: encode.labels of the run ("onehot" or "index").
         dataset: the dataset name.
-        fit_time_s: training time in seconds.
         n_iter: epochs run.
         ignored: warnings about ignored train settings.
         figures: title -> PNG file name relative to the report.
         misclassified_csv: path of the full table of misclassified images.
-        links: the MLflow run.
+        run_info: path of the file naming the MLflow run (paths.run_info).
+        experiment_name: the MLflow experiment.
     """
     delta = ev.accuracy - baseline
     lines = [
@@ -79,7 +84,7 @@ def render(
         f"- Argmax accuracy: {_pct(ev.accuracy_argmax)}; exact-match accuracy: "
         f"{_pct(ev.accuracy_exact_match)}.",
         f"- Rows with no predicted class: {ev.rows_no_class}; with several: {ev.rows_multi_class}.",
-        f"- Training: {n_iter} epochs in {fit_time_s:.1f} s; targets: {labels}.",
+        f"- Training: {n_iter} epochs; targets: {labels}.",
         "",
     ]
     if labels == "onehot":
@@ -125,11 +130,26 @@ def render(
         "",
         "## MLflow",
         "",
-        f"- Run `{links.run_id}` in experiment `{links.experiment_name}` "
-        f"(id {links.experiment_id}), store `{links.tracking_uri}`.",
-        f"- Open it: `{links.ui_command}` (or `make ui`), then {links.run_url}. The UI's "
-        "first page is a GenAI overview; the runs table is at `#/experiments/"
-        f"{links.experiment_id}/runs` (sidebar: *Model training*).",
+        f"The run is in experiment `{experiment_name}`; its id is in `{run_info}`, the one "
+        "per-run file of the pipeline. Its copy of this report adds the fit time and a link; "
+        "open the store with `mnistflow ui` (or `make ui`).",
         "",
     ]
     return "\n".join(lines)
+
+
+def run_section(links: RunLinks, fit_time_s: float) -> str:
+    """Markdown appended to the MLflow run's copy of the report: what differs per run."""
+    return "\n".join(
+        [
+            "## This run",
+            "",
+            f"- Run `{links.run_id}` in experiment `{links.experiment_name}` "
+            f"(id {links.experiment_id}), store `{links.tracking_uri}`.",
+            f"- Fit time: {fit_time_s:.1f} s (wall clock; not in the DVC outputs).",
+            f"- Open it: `{links.ui_command}` (or `make ui`), then {links.run_url}. The UI's "
+            "first page is a GenAI overview; the runs table is at `#/experiments/"
+            f"{links.experiment_id}/runs` (sidebar: *Model training*).",
+            "",
+        ]
+    )

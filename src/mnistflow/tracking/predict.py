@@ -1,7 +1,8 @@
 """Classify images with a logged model: the champion or a given run's.
 
-Images become MNIST digits (:mod:`mnistflow.data.preprocess`), then get the same encode
-transformation the run was trained with (deskew, scaling), read from the run's logged params.
+Images become MNIST digits (:mod:`mnistflow.data.preprocess`), then go through the run's
+fitted :class:`~mnistflow.data.encode.Encoding` (artifact ``encode/stats.npz``, logged by
+train from the encode stage's output), exactly as the test set did.
 """
 
 from __future__ import annotations
@@ -16,28 +17,17 @@ from typing import Any
 
 import numpy as np
 
+from mnistflow.data.encode import SCALINGS, Encoding
 from mnistflow.data.preprocess import load_digit
+from mnistflow.tracking.artifacts import ENCODING_ARTIFACT
 from mnistflow.tracking.registry import MODEL_ARTIFACT, RegistryConfig
 from mnistflow.util.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# Per-pixel statistics a run trained with encode.scaling=standardize must log to be usable.
-STANDARDIZE_ARTIFACT = "encode/pixel_stats.npz"
-
 
 class PredictError(UserError):
     """The model or its encoding cannot be used for prediction."""
-
-
-@dataclass(frozen=True)
-class InputEncoding:
-    """How a run turned 28x28 uint8 images into model features (from its logged params)."""
-
-    scaling: str
-    deskew: bool
-    mean: np.ndarray | None = None  # per-pixel, for scaling == "standardize"
-    std: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -49,21 +39,16 @@ class Prediction:
     probability: float
 
 
-def input_encoding(
-    params: Mapping[str, str], stats: Mapping[str, np.ndarray] | None, source: str
-) -> InputEncoding:
-    """The encoding a run used, from its logged (string) params (pure).
-
-    Args:
-        params: the run's MLflow params (``encode.scaling``, ``encode.deskew``).
-        stats: ``{"mean", "std"}`` per pixel when the run logged them, else None.
-        source: the run or model, for error messages.
+def encoding_from_params(params: Mapping[str, str], source: str) -> Encoding:
+    """The encoding of a run that logged no encoding artifact (runs from before it existed),
+    from its logged (string) params; ``source`` names the run in errors (pure).
 
     Raises:
-        PredictError: a param is missing or unknown, or standardize without statistics.
+        PredictError: a param is missing or unknown, or standardize (its statistics were
+            never logged).
     """
     scaling = params.get("encode.scaling")
-    if scaling not in ("divide255", "none", "standardize"):
+    if scaling not in SCALINGS:
         raise PredictError(
             f"{source}: logged param encode.scaling is {scaling!r}; cannot encode inputs as "
             "the model was trained"
@@ -72,41 +57,13 @@ def input_encoding(
     if deskew_text not in ("True", "False", "true", "false"):
         raise PredictError(f"{source}: logged param encode.deskew is {deskew_text!r}")
     if scaling == "standardize":
-        if stats is None:
-            raise PredictError(
-                f"{source} was trained with encode.scaling=standardize, but its per-pixel "
-                f"mean/std are not logged (artifact {STANDARDIZE_ARTIFACT}), so new images "
-                "cannot be scaled as the training set was; use a run with divide255 or none"
-            )
-        return InputEncoding(scaling, deskew_text.lower() == "true", stats["mean"], stats["std"])
-    return InputEncoding(scaling, deskew_text.lower() == "true")
-
-
-def encode_images(images: np.ndarray, encoding: InputEncoding) -> np.ndarray:
-    """Features from 28x28 uint8 digits, exactly as the encode stage makes them (pure).
-
-    Args:
-        images: uint8 (n, 28, 28).
-        encoding: the run's encoding.
-
-    Returns:
-        float32 (n, 784).
-    """
-    from mnistflow.data.augment import deskew
-    from mnistflow.data.encode import flatten, scale
-
-    pixels: np.ndarray = images
-    if encoding.deskew:
-        pixels = deskew(images, workers=1)
-    rows = flatten(pixels)
-    if encoding.scaling == "standardize":
-        if encoding.mean is None or encoding.std is None:
-            raise PredictError("standardize scaling needs the training set's mean and std")
-        out = np.subtract(rows, encoding.mean, dtype=np.float32)
-        out /= encoding.std
-        return out
-    # scale() scales its second argument with statistics of the first; both are ours here.
-    return scale(rows, rows, encoding.scaling)[1]  # type: ignore[arg-type]
+        raise PredictError(
+            f"{source} was trained with encode.scaling=standardize, but its per-pixel "
+            f"mean/std are not logged (artifact {ENCODING_ARTIFACT}), so new images cannot be "
+            "scaled as the training set was: retrain it (dvc repro), or use a run with "
+            "divide255 or none"
+        )
+    return Encoding(scaling, deskew_text.lower() == "true")  # type: ignore[arg-type]
 
 
 def classify(model: Any, features: np.ndarray) -> list[tuple[int, float]]:
@@ -166,18 +123,14 @@ def resolve_model(tracking_uri: str, cfg: RegistryConfig, run_id: str | None) ->
     return f"models:/{cfg.model_name}@{cfg.alias}", version.run_id
 
 
-def load_run_model(tracking_uri: str, model_uri: str, run_id: str) -> tuple[Any, InputEncoding]:
+def load_run_model(tracking_uri: str, model_uri: str, run_id: str) -> tuple[Any, Encoding]:
     """Load a logged sklearn model and the input encoding of the run that trained it."""
     import mlflow.sklearn
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    run = client.get_run(run_id)
-    stats = None
-    if run.data.params.get("encode.scaling") == "standardize":
-        stats = _standardize_stats(client, run_id)
-    encoding = input_encoding(run.data.params, stats, f"run {run_id}")
+    encoding = run_encoding(client, run_id)
     # load_model resolves runs:/ and models:/ URIs against the global tracking/registry URIs.
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(tracking_uri)
@@ -195,33 +148,38 @@ def load_run_model(tracking_uri: str, model_uri: str, run_id: str) -> tuple[Any,
         model_uri,
         run_id,
         type(model).__name__,
-        encoding.scaling + (" + deskew" if encoding.deskew else ""),
+        encoding.describe(),
     )
     return model, encoding
 
 
-def _standardize_stats(client: Any, run_id: str) -> dict[str, np.ndarray] | None:
-    """The run's per-pixel mean/std artifact, or None when it has none."""
+def run_encoding(client: Any, run_id: str) -> Encoding:
+    """The run's fitted encoding: its ``ENCODING_ARTIFACT``, else (older runs) its params.
+
+    Raises:
+        PredictError: the artifact cannot be read, or the params do not describe a usable
+            encoding.
+    """
     from mlflow.exceptions import MlflowException
 
-    folder = str(Path(STANDARDIZE_ARTIFACT).parent)
-    names = {a.path for a in client.list_artifacts(run_id, folder)}
-    if STANDARDIZE_ARTIFACT not in names:
-        return None
+    folder = str(Path(ENCODING_ARTIFACT).parent)
+    source = f"run {run_id}"
+    if ENCODING_ARTIFACT not in {a.path for a in client.list_artifacts(run_id, folder)}:
+        return encoding_from_params(client.get_run(run_id).data.params, source)
     try:
-        local = client.download_artifacts(run_id, STANDARDIZE_ARTIFACT)
-    except MlflowException as exc:
-        raise PredictError(f"run {run_id}: cannot read {STANDARDIZE_ARTIFACT}: {exc}") from exc
-    with np.load(local, allow_pickle=False) as data:
-        return {"mean": data["mean"].astype(np.float32), "std": data["std"].astype(np.float32)}
+        local = client.download_artifacts(run_id, ENCODING_ARTIFACT)
+        with np.load(local, allow_pickle=False) as data:
+            return Encoding.from_arrays({k: data[k] for k in data.files}, source)
+    except (MlflowException, OSError, ValueError) as exc:
+        raise PredictError(f"{source}: cannot read {ENCODING_ARTIFACT}: {exc}") from exc
 
 
-def predict_files(model: Any, encoding: InputEncoding, paths: Sequence[Path]) -> list[Prediction]:
+def predict_files(model: Any, encoding: Encoding, paths: Sequence[Path]) -> list[Prediction]:
     """Classify image files; every file is checked before any prediction.
 
     Raises:
         ImageError: the first unusable file.
     """
     digits = np.stack([load_digit(p) for p in paths])
-    results = classify(model, encode_images(digits, encoding))
+    results = classify(model, encoding.apply(digits))
     return [Prediction(str(p), d, prob) for p, (d, prob) in zip(paths, results, strict=True)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ def save_npz(target: str | Path, **arrays: np.ndarray) -> Path:
     return write_atomic(target, _write)
 
 
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Load every array of an ``.npz`` file into memory."""
+def load_npz(path: str | Path, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Load the arrays ``names`` (default: every array) of an ``.npz`` file into memory."""
     with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+        return {k: data[k] for k in (data.files if names is None else names)}

@@ -1,0 +1,73 @@
+"""What a pipeline run records in MLflow: params, the fit, the encoding, the evaluation, and
+the per-run file naming the run. Metric names come from :mod:`mnistflow.modeling.metrics`."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mnistflow.config import Params
+from mnistflow.data.encode import Encoding
+from mnistflow.modeling import metrics as m
+from mnistflow.tracking.artifacts import ENCODING_ARTIFACT
+from mnistflow.tracking.runs import flatten
+from mnistflow.util.fileio import save_npz
+
+if TYPE_CHECKING:
+    from mnistflow.modeling.training import FitResult
+    from mnistflow.tracking.runs import Run
+
+
+def train_params(params: Params) -> dict[str, Any]:
+    """The flat MLflow params of a training run: dataset, encode, train, experiment."""
+    return flatten(
+        {
+            "data": {"dataset": params.dataset_name},
+            "encode": params.encode.as_dict(),
+            "train": params.train.as_dict(),
+            "mlflow": {"experiment_name": params.mlflow.experiment_name},
+        }
+    )
+
+
+def log_epoch(run: Run, epoch: int, loss: float, val_score: float | None) -> None:
+    """The stepped per-epoch metrics: ``train_loss`` (and ``val_score`` with early stopping)."""
+    run.log_metric("train_loss", loss, step=epoch)
+    if val_score is not None:
+        run.log_metric("val_score", val_score, step=epoch)
+
+
+def log_fit(run: Run, result: FitResult) -> None:
+    """The fit's wall-clock time and epochs (timings go to MLflow, not to DVC outputs)."""
+    run.log_metrics({"fit_time_s": result.fit_time_s, "n_iter": result.n_iter})
+
+
+def log_encoding(run: Run, encoding: Encoding) -> None:
+    """The fitted encoding as artifact ``ENCODING_ARTIFACT`` (whatever paths.encode_stats is)."""
+    folder, name = ENCODING_ARTIFACT.split("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_npz(Path(tmp) / name, **encoding.to_arrays())
+        run.log_artifact(path, folder)
+
+
+def log_evaluation(run: Run, ev: m.Evaluation, baseline: float) -> None:
+    """The evaluation's metrics (:func:`metrics.mlflow_metrics`) and the headline tag."""
+    run.set_tags({"headline_metric": m.headline_key(ev.headline)})
+    run.log_metrics(m.mlflow_metrics(ev, baseline))
+
+
+def run_info(run: Run, experiment_name: str, ignored: list[str]) -> dict[str, Any]:
+    """Content of paths.run_info: the MLflow run train opened, which evaluate continues.
+
+    This is the pipeline's one per-run file (a new run id on every fit, so `git status`
+    shows it after a rerun); everything in it is the same on every machine but the run
+    id. It holds no tracking URI (a machine path): evaluate resolves the store the way
+    train did (mlflow.tracking_uri / MLFLOW_TRACKING_URI).
+    """
+    return {
+        "run_id": run.run_id,
+        "experiment_id": run.experiment_id,
+        "experiment_name": experiment_name,
+        "ignored_settings": ignored,
+    }
