@@ -22,17 +22,17 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
 # The offline machines of this project keep a local MNIST mirror beside the repo; use it
-# when present (an explicit MNIST_MIRROR=... still wins). Elsewhere the public mirrors serve.
+# when present (an explicit MNISTFLOW_MIRROR=... still wins). Elsewhere the public mirrors serve.
 LOCAL_MIRROR := $(abspath ../shared/mnist)
 ifneq ($(wildcard $(LOCAL_MIRROR)/train-images-idx3-ubyte.gz),)
-export MNIST_MIRROR ?= $(LOCAL_MIRROR)
+export MNISTFLOW_MIRROR ?= $(LOCAL_MIRROR)
 endif
 
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser lint format test test-fast repro bench bench-best bench-queue best \
-        ui leaderboard sweep register predict reproduce lock lock-upgrade lock-check clean
+.PHONY: help setup services lint format test test-fast repro bench bench-best bench-queue best \
+        ui leaderboard sweep register predict reproduce server push pull lock lock-upgrade lock-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -55,11 +55,16 @@ $(STAMP): uv.lock pyproject.toml | $(UV_STAMP)
 
 setup: $(STAMP) ## create .venv (VENV=...) from uv.lock with a supported Python (PYTHON=...)
 
-browser: ## install Debian's chromium for the UI test (needs root or sudo)
-	@command -v chromium >/dev/null || { \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+services: ## install what the tests start: Debian's chromium and postgresql (root or sudo)
+	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  if [ -n "$$missing" ]; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    echo "installing Debian packages:$$missing"; \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	  fi
 	@chromium --version
+	@ls -d /usr/lib/postgresql/*/bin | tail -n 1
 
 lint: setup ## ruff check and format check
 	$(BIN)/ruff check .
@@ -69,7 +74,7 @@ format: setup ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: setup browser ## set up and run the whole test suite (includes real-data runs)
+test: setup services ## set up and run the whole test suite (real data, PostgreSQL, browser)
 	$(BIN)/pytest
 
 test-fast: setup ## the unit tier: no subprocess, about 30 s (tests/conftest.py enforces it)
@@ -111,6 +116,15 @@ predict: setup ## classify images with the champion: make predict IMAGES="a.png 
 
 reproduce: setup ## rerun a logged run and compare metrics: make reproduce RUN=<mlflow-run-id>
 	$(BIN)/mnistflow reproduce $(RUN)
+
+server: setup ## a trial team server: PostgreSQL in PG_DIR (default .team-server), auth on
+	$(BIN)/mnistflow server --pg-dir $(or $(PG_DIR),.team-server)
+
+push: setup ## share outputs, cache and run-cache on the DVC remote (docs/team.md)
+	$(BIN)/dvc push --run-cache
+
+pull: setup ## fetch outputs and the run-cache from the DVC remote: no retraining
+	$(BIN)/dvc pull --run-cache
 
 # Only PyPI may appear in uv.lock, whatever indexes the environment names.
 LOCK_ENV := env -u UV_INDEX -u UV_INDEX_URL -u UV_DEFAULT_INDEX -u UV_EXTRA_INDEX_URL -u UV_FIND_LINKS
