@@ -90,7 +90,7 @@ bench-best: setup ## run the documented best configuration and print accuracy, t
 	$(BIN)/python benchmarks/best.py
 
 bench-queue: setup ## queue throughput: 4 experiments on -j 2 against -j 1
-	$(BIN)/python benchmarks/queue.py
+	$(BIN)/python benchmarks/queue_throughput.py
 
 best: setup ## run the best configuration (presets/best.yaml) as DVC experiment `best`
 	$(BIN)/mnistflow best

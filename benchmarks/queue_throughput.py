@@ -2,7 +2,7 @@
 
 Each mode runs in its own throw-away copy of the repo (after a cold `dvc repro`, so only train
 and evaluate rerun), with the README's grid: train.alpha 0.0001/0.001 x hidden_layer_sizes
-(100,50,25)/(256,128). Usage: python benchmarks/queue.py [--mirror DIR] [--max-iter N]
+(100,50,25)/(256,128). Usage: python benchmarks/queue_throughput.py [--mirror DIR] [--max-iter N]
 """
 
 from __future__ import annotations
