@@ -31,7 +31,7 @@ endif
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup services lint format test test-fast repro bench bench-best bench-queue best \
+.PHONY: help setup services lint format test test-fast repro bench bench-best bench-queue bench-store best \
         ui leaderboard sweep register predict reproduce server push pull lock lock-upgrade lock-check clean
 
 help: ## list the targets
@@ -88,6 +88,9 @@ bench: setup ## benchmark: cold/no-op/param-change repro vs a bare script, peak 
 
 bench-best: setup ## run the documented best configuration and print accuracy, time, memory
 	$(BIN)/python benchmarks/best.py
+
+bench-store: setup services ## leaderboard, register and the UI runs table at 10/100/1000 runs
+	$(BIN)/python benchmarks/store_growth.py
 
 bench-queue: setup ## queue throughput: 4 experiments on -j 2 against -j 1
 	$(BIN)/python benchmarks/queue_throughput.py
