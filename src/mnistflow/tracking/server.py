@@ -20,11 +20,9 @@ import json
 import logging
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -32,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnistflow.util.errors import UserError
+from mnistflow.util.processes import stop_group, wait_for_health
 from mnistflow.util.signals import Interrupted
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,6 @@ DEFAULT_PERMISSION = "EDIT"
 BACKEND_DB = "mlflow"
 AUTH_DB = "mlflow_auth"
 READY_TIMEOUT_S = 180.0  # ~20 s measured with PostgreSQL; the machines are shared
-POLL_S = 0.5
 STOP_TIMEOUT_S = 20.0
 HTTP_TIMEOUT_S = 10.0
 AUTH_CACHE_TTL_S = 60
@@ -161,41 +159,6 @@ def client_uri(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def wait_for_health(url: str, process: subprocess.Popen, timeout: float) -> float:
-    """Poll ``url/health`` until 200; return the seconds waited.
-
-    Raises:
-        ServerError: the server exited (bad backend URI, database missing...) or timed out.
-    """
-    start = time.monotonic()
-    while True:
-        code = process.poll()
-        if code is not None:
-            raise ServerError(f"mlflow server exited with code {code} (see its output above)")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
-                    return time.monotonic() - start
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass  # not yet listening
-        if time.monotonic() - start > timeout:
-            raise ServerError(f"mlflow server did not answer at {url}/health in {timeout:.0f} s")
-        time.sleep(POLL_S)
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group; SIGKILL it if it lingers."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        log.warning("mlflow server ignored SIGTERM for %.0f s; killing it", STOP_TIMEOUT_S)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def run_server(opts: ServerOptions, password: str) -> int:
     """Start ``mlflow server``, announce the client URI, wait until it exits or we are stopped.
 
@@ -218,7 +181,9 @@ def run_server(opts: ServerOptions, password: str) -> int:
         process = subprocess.Popen(server_command(opts), env=env, start_new_session=True)
         try:
             url = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '::') else opts.host}"
-            waited = wait_for_health(f"{url}:{opts.port}", process, READY_TIMEOUT_S)
+            waited = wait_for_health(
+                f"{url}:{opts.port}", process, READY_TIMEOUT_S, "mlflow server"
+            )
             uri = client_uri(opts.host, opts.port)
             log.info("MLflow tracking server ready after %.1f s. Clients set:", waited)
             log.info("  export MLFLOW_TRACKING_URI=%s", uri)
@@ -233,7 +198,7 @@ def run_server(opts: ServerOptions, password: str) -> int:
             log.info("stopping the MLflow server")
             return 0
         finally:
-            stop_process(process)
+            stop_group(process, STOP_TIMEOUT_S, "mlflow server")
 
 
 def basic_auth_header(username: str, password: str) -> str:

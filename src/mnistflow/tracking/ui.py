@@ -19,20 +19,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from types import FrameType
 
 from mnistflow.util.errors import UserError
+from mnistflow.util.processes import stop_group, wait_for_health
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"  # never 0.0.0.0: the UI has no authentication
 DEFAULT_PORT = 5000  # mlflow ui's own default
 READY_TIMEOUT_S = 180.0  # ~20 s measured; generous because the machine is shared
-POLL_S = 0.5
 STOP_TIMEOUT_S = 15.0
 VIEW_KEY = "mnistflow-leaderboard"  # the shared view's key (experiment tag suffix)
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # where MLflow's UI looks for shared views
@@ -132,28 +129,6 @@ def check_port_free(host: str, port: int) -> None:
             ) from exc
 
 
-def wait_until_ready(url: str, process: subprocess.Popen, timeout: float) -> float:
-    """Poll ``url/health`` until it answers 200; return the seconds waited.
-
-    Raises:
-        UiError: the process exited, or no answer within ``timeout``.
-    """
-    start = time.monotonic()
-    while True:
-        code = process.poll()
-        if code is not None:
-            raise UiError(f"mlflow ui exited with code {code} before answering (see its output)")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
-                    return time.monotonic() - start
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass  # not listening yet: keep polling until the timeout
-        if time.monotonic() - start > timeout:
-            raise UiError(f"mlflow ui did not answer at {url} within {timeout:.0f} s")
-        time.sleep(POLL_S)
-
-
 def start(tracking_uri: str, host: str, port: int) -> subprocess.Popen:
     """Start ``mlflow ui`` in its own process group (so stopping it stops its workers)."""
     check_port_free(host, port)
@@ -168,19 +143,6 @@ def start(tracking_uri: str, host: str, port: int) -> subprocess.Popen:
     )
     log.info("mlflow ui running as process group %d", process.pid)
     return process
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Terminate the server's process group; kill it if it does not exit in time."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        log.warning("mlflow ui ignored SIGTERM for %.0f s; killing it", STOP_TIMEOUT_S)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def experiment_id(tracking_uri: str, experiment_name: str) -> str | None:
@@ -212,7 +174,7 @@ def serve(tracking_uri: str, experiment_name: str, host: str, port: int) -> int:
     previous = signal.signal(signal.SIGTERM, on_term)
     process = start(tracking_uri, host, port)
     try:
-        waited = wait_until_ready(base_url(host, port), process, READY_TIMEOUT_S)
+        waited = wait_for_health(base_url(host, port), process, READY_TIMEOUT_S, "mlflow ui")
         log.info(
             "MLflow UI ready after %.1f s. Runs table: %s", waited, runs_url(host, port, exp_id)
         )
@@ -231,5 +193,5 @@ def serve(tracking_uri: str, experiment_name: str, host: str, port: int) -> int:
         log.info("stopping the MLflow UI")
         return 0
     finally:
-        stop(process)
+        stop_group(process, STOP_TIMEOUT_S, "mlflow ui")
         signal.signal(signal.SIGTERM, previous)

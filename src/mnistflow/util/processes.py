@@ -1,0 +1,60 @@
+"""Child servers (the MLflow UI, the tracking server, a model server): wait until they answer,
+stop them with their whole process group."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from mnistflow.util.errors import UserError
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5
+
+
+class ServiceError(UserError):
+    """A child server exited early or did not answer in time."""
+
+
+def wait_for_health(url: str, process: subprocess.Popen, timeout: float, what: str) -> float:
+    """Poll ``url/health`` until it answers 200; return the seconds waited.
+
+    Raises:
+        ServiceError: ``what`` (e.g. "mlflow ui") exited, or no answer within ``timeout``.
+    """
+    start = time.monotonic()
+    while True:
+        code = process.poll()
+        if code is not None:
+            raise ServiceError(
+                f"{what} exited with code {code} before answering (its output above)"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return time.monotonic() - start
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # not listening yet: keep polling until the timeout
+        if time.monotonic() - start > timeout:
+            raise ServiceError(f"{what} did not answer at {url}/health within {timeout:.0f} s")
+        time.sleep(POLL_S)
+
+
+def stop_group(process: subprocess.Popen, timeout: float, what: str) -> None:
+    """SIGTERM the process group of ``process`` (started with ``start_new_session=True``);
+    SIGKILL it when it lingers past ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("%s ignored SIGTERM for %.0f s; killing it", what, timeout)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
