@@ -3,7 +3,6 @@ timeouts, integrity, and the rule that no invalid file is left in raw_dir."""
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import socket
 import sys
@@ -477,7 +476,7 @@ def test_trickling_mirror_is_abandoned_at_the_file_deadline(
     body = (folder / NAME).read_bytes()
     # 1 byte every 0.2 s never trips the 0.3 s read timeout; only the deadline stops it
     server.routes[f"/m/{NAME}"] = trickle(server, body, every=0.2)
-    cfg = dataclasses.replace(CFG, file_deadline=1.0)
+    cfg = CFG.model_copy(update={"file_deadline": 1.0})
     raw_dir = tmp_path / "raw"
     start = time.monotonic()
     with pytest.raises(DownloadError) as info:

@@ -26,7 +26,10 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.unit
-def test_fit_reports_every_epoch_and_measures(data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_fit_reports_every_epoch_and_measures(
+    data: tuple[np.ndarray, np.ndarray], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="mnistflow.modeling.training")
     seen: list[tuple[int, float, float | None]] = []
     stream = io.StringIO()  # not a terminal: the progress bar stays silent
     result = training.fit(tiny_cfg(), *data, lambda *a: seen.append(a), file=stream)
@@ -38,6 +41,9 @@ def test_fit_reports_every_epoch_and_measures(data: tuple[np.ndarray, np.ndarray
     assert result.fit_time_s > 0
     assert result.summary() == {"n_iter": 3, "final_loss": round(result.losses[-1], 8)}
     assert stream.getvalue() == ""
+    # instead of the bar: one plain log line per epoch, with the loss the bar would show
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert lines == [f"epoch {e}/3 loss={loss:.4f}" for e, loss, _ in seen]
 
 
 @pytest.mark.unit

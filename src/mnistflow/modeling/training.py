@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import sys
 import time
@@ -21,6 +22,7 @@ from mnistflow.modeling.model import (
     loss_history,
 )
 
+log = logging.getLogger(__name__)
 PICKLE_PROTOCOL = 5  # fixed, so the model's bytes do not depend on the Python default
 
 
@@ -55,6 +57,11 @@ def progress_bar(total: int, desc: str, file: IO[str] | None = None) -> tqdm:
     return tqdm(total=total, desc=desc, unit="epoch", file=stream, disable=not stream.isatty())
 
 
+def _pairs(values: dict[str, str]) -> str:
+    """``loss=0.1234 val=0.98``, as the progress bar shows them."""
+    return " ".join(f"{k}={v}" for k, v in values.items())
+
+
 def fit(
     cfg: TrainConfig,
     X: np.ndarray,
@@ -84,6 +91,8 @@ def fit(
             postfix = {"loss": f"{loss:.4f}"}
             if val_score is not None:
                 postfix["val"] = f"{val_score:.4f}"
+            if bar.disable:  # no terminal (CI, dvc queue logs): one plain line per epoch
+                log.info("epoch %d/%d %s", epoch, cfg.max_iter, _pairs(postfix))
             bar.set_postfix(postfix, refresh=False)
             bar.update(epoch - bar.n)
 
