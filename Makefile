@@ -117,6 +117,9 @@ register: setup ## register the best run as model mnist-mlp@champion
 predict: setup ## classify images with the champion: make predict IMAGES="a.png b.png"
 	$(BIN)/mnistflow predict $(IMAGES)
 
+serve: setup ## serve the champion model: POST images to http://127.0.0.1:5001/invocations
+	$(BIN)/mnistflow serve
+
 reproduce: setup ## rerun a logged run and compare metrics: make reproduce RUN=<mlflow-run-id>
 	$(BIN)/mnistflow reproduce $(RUN)
 

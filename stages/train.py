@@ -1,9 +1,11 @@
 """Stage train: fit the MLPClassifier on the encoded training set; one MLflow run per fit.
 
-Outputs (paths from params.yaml): paths.model (pickle), paths.loss_curve (csv, DVC plot),
-paths.train_metrics (json, deterministic), paths.run_info (the MLflow run evaluate continues;
-the one per-run file). Timings go to MLflow only. Ctrl-C or SIGTERM stops the fit, ends the
-MLflow run KILLED and writes no output.
+The run logs the served model (:mod:`mnistflow.tracking.models`: raw images in, digit and
+probabilities out; two test images of paths.arrays are its input example). Outputs (paths
+from params.yaml): paths.model (pickle), paths.loss_curve (csv, DVC plot), paths.train_metrics
+(json, deterministic), paths.run_info (the MLflow run evaluate continues; the one per-run
+file). Timings go to MLflow only. Ctrl-C or SIGTERM stops the fit, ends the MLflow run KILLED
+and writes no output.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from mnistflow.data.encode import Encoding, features
 from mnistflow.modeling.model import ignored_settings
 from mnistflow.modeling.training import fit, model_bytes
 from mnistflow.reporting.tables import loss_csv
-from mnistflow.tracking import datasets, liveness, provenance, record, store
+from mnistflow.tracking import datasets, liveness, models, provenance, record, store
 from mnistflow.tracking.runs import mlflow_run
 from mnistflow.util import fileio
 from mnistflow.util.entrypoint import run_main
@@ -40,6 +42,7 @@ def main() -> None:
     info = fileio.read_json(paths.encode_info)
     X, y = features(fileio.load_npz(paths.train_features), paths.train_features)
     encoding = Encoding.from_arrays(fileio.load_npz(paths.encode_stats), paths.encode_stats)
+    examples = fileio.load_npz(paths.arrays, ["x_test"])["x_test"][:2]  # the model's raw input
     log.info(
         "training on %d rows x %d features (%s targets), %d BLAS threads",
         X.shape[0],
@@ -70,7 +73,7 @@ def main() -> None:
         record.log_fit(run, result)
         record.log_encoding(run, encoding)
         run.log_artifact(paths.loss_curve, "train")
-        run.log_model(result.model, X[:5])
+        models.log_model(result.model, encoding, examples, int(info["n_classes"]))
         run.set_tags({"mnistflow.stage": "trained"})
         # The model and run info last: an interruption while logging leaves no model.
         fileio.write_bytes(paths.model, model_bytes(result.model))

@@ -1,7 +1,8 @@
 """A real MLflow sqlite store with a few runs, for the leaderboard/registry/predict/UI tests.
 
 Runs are made through mnistflow.tracking.runs (the same calls as the train and evaluate stages),
-the params, metrics and tags of the CONTEXT conventions and a tiny MLPClassifier as the model.
+the params, metrics and tags of the CONTEXT conventions and a tiny MLPClassifier as the model
+(logged as train logs it: raw images in, x/255 inside).
 The store is built once per test process (``shared_store``) and copied where a test writes to
 it, because creating an sqlite store and logging the first model costs ~15 s here.
 """
@@ -19,7 +20,8 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
-from mnistflow.tracking import runs, store
+from mnistflow.data.encode import Encoding
+from mnistflow.tracking import models, runs, store
 
 EXPERIMENT = "mnist-mlp"
 
@@ -128,7 +130,7 @@ def log_run(
                 run.log_metric("train_loss", loss, step=epoch)
             if accuracy is None:
                 raise RuntimeError("simulated crash during fit")
-            run.log_model(model, mnist_like_digits(2, seed=5)[0].reshape(2, -1) / np.float32(255))
+            models.log_model(model, Encoding("divide255"), mnist_like_digits(2, seed=5)[0], 10)
             run.log_metrics(
                 {
                     "fit_time_s": float(fit_time or 0.0),

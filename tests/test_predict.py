@@ -15,9 +15,9 @@ from mnistflow.config import RegistryConfig
 from mnistflow.data.encode import Encoding, flatten
 from mnistflow.data.idx import IMAGES_MAGIC, LABELS_MAGIC, gunzip, parse_idx
 from mnistflow.data.preprocess import ImageError, load_digit, to_mnist
+from mnistflow.tracking import runs
 from mnistflow.tracking.predict import (
     PredictError,
-    encoding_from_params,
     load_run_model,
     predict_files,
     resolve_model,
@@ -177,16 +177,6 @@ def test_blank_image_names_the_file(tmp_path: Path) -> None:
         load_digit(path)
 
 
-@pytest.mark.unit
-def test_runs_without_the_encoding_artifact_fall_back_to_their_params() -> None:
-    params = {"encode.scaling": "none", "encode.deskew": "True"}
-    assert encoding_from_params(params, "r") == Encoding("none", True)
-    with pytest.raises(PredictError, match=r"standardize.*not logged.*retrain"):
-        encoding_from_params({"encode.scaling": "standardize", "encode.deskew": "False"}, "r")
-    with pytest.raises(PredictError, match=r"encode\.scaling is None"):
-        encoding_from_params({}, "run abc")
-
-
 def _write_pngs(folder: Path, images: np.ndarray) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -204,9 +194,8 @@ def test_predict_with_a_runs_logged_model(store: Store, tmp_path: Path) -> None:
 
     model_uri, run_id = resolve_model(store.uri, CFG, run.run_id)
     assert (model_uri, run_id) == (f"runs:/{run.run_id}/model", run.run_id)
-    model, encoding = load_run_model(store.uri, model_uri, run_id)
-    assert encoding == DIVIDE255  # from the run's logged encode params
-    results = predict_files(model, encoding, paths)
+    model = load_run_model(store.uri, model_uri)  # x/255 inside, as the run was trained
+    results = predict_files(model, paths)
 
     assert [r.path for r in results] == [str(p) for p in paths]
     proba = tiny_model(run.hidden).predict_proba(images.reshape(20, -1) / np.float32(255))
@@ -220,11 +209,9 @@ def test_predict_rejects_a_bad_file_before_predicting(store: Store, tmp_path: Pa
     paths = _write_pngs(tmp_path, mnist_like_digits(2, seed=8)[0])
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG but not really")
-    model, encoding = load_run_model(
-        store.uri, *resolve_model(store.uri, CFG, store.runs["small"].run_id)
-    )
+    model = load_run_model(store.uri, resolve_model(store.uri, CFG, store.runs["small"].run_id)[0])
     with pytest.raises(ImageError, match=r"bad\.png"):
-        predict_files(model, encoding, [*paths, bad])
+        predict_files(model, [*paths, bad])
 
 
 @pytest.mark.unit
@@ -237,8 +224,8 @@ def test_champion_is_resolved_from_the_registry(store: Store, tmp_path: Path) ->
     register_best(own.uri, EXPERIMENT, 0.97, CFG)
     model_uri, run_id = resolve_model(own.uri, CFG, None)
     assert (model_uri, run_id) == ("models:/mnist-mlp@champion", own.runs["wide-alpha"].run_id)
-    model, _ = load_run_model(own.uri, model_uri, run_id)
-    assert model.hidden_layer_sizes == own.runs["wide-alpha"].hidden
+    model = load_run_model(own.uri, model_uri)
+    assert model.unwrap_python_model().estimator.hidden_layer_sizes == own.runs["wide-alpha"].hidden
 
 
 def _real(shared: Path, role: str, magic: int) -> np.ndarray:
@@ -268,7 +255,7 @@ def test_preprocessing_reproduces_mnist_on_redrawn_real_digits(
         canvas.paste(big, (i % 70, 20))  # anywhere on a white page
         paths.append(tmp_path / f"{i:03d}.png")
         canvas.save(paths[-1])
-    redrawn = [r.digit for r in predict_files(model, DIVIDE255, paths)]
+    redrawn = model.predict(DIVIDE255.apply(np.stack([load_digit(p) for p in paths])))
 
     direct_acc = float(np.mean(direct == y_test))
     redrawn_acc = float(np.mean(np.array(redrawn) == y_test))
@@ -309,3 +296,18 @@ def test_predict_with_a_standardize_run_matches_the_pipelines_test_features(
     # The statistics matter: the same images scaled by /255 score differently.
     unscaled = model.predict_proba(flatten(arrays["x_test"][rows]) / np.float32(255))
     assert not np.allclose(unscaled.max(axis=1), expected.max(axis=1), atol=1e-3)
+
+
+@pytest.mark.unit
+def test_a_run_with_a_bare_sklearn_model_is_refused_not_unpickled(
+    store: Store, tmp_path: Path
+) -> None:
+    """Runs from before the served model hold a cloudpickled sklearn model answering one-hot
+    rows: predict says so (and never unpickles it)."""
+    import mlflow.sklearn
+
+    own = copy_store(store, tmp_path / "store")
+    with runs.mlflow_run(own.uri, own.experiment_id, run_name="old") as run:
+        mlflow.sklearn.log_model(tiny_model((4,)), name="model", serialization_format="cloudpickle")
+    with pytest.raises(PredictError, match=r"not a model of raw images.*retrain"):
+        load_run_model(own.uri, f"runs:/{run.run_id}/model")

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mnistflow.reporting.leaderboard import shape_table
-from mnistflow.tracking.predict import _models_from_own_store
+from mnistflow.tracking.models import load_model
 from mnistflow.tracking.registry import RegistryConfig, RegistryError, best_finished, register_best
 from mnistflow.tracking.store import ensure_experiment
 from tests.mlflow_fixtures import EXPERIMENT, Store, copy_store, log_run, shared_store
@@ -26,13 +26,9 @@ def store(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Store:
 
 
 def _load_champion(uri: str) -> object:
-    import mlflow
-    import mlflow.sklearn
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    with _models_from_own_store():
-        return mlflow.sklearn.load_model(f"models:/{CFG.model_name}@{CFG.alias}")
+    """The champion's estimator, through the logged model predict and serve load."""
+    model = load_model(uri, f"models:/{CFG.model_name}@{CFG.alias}")
+    return model.unwrap_python_model().estimator
 
 
 def test_best_finished_skips_runs_that_did_not_finish() -> None:

@@ -16,9 +16,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mnistflow.config import MlflowConfig, TrainConfig, config, load_params
+from mnistflow.data.encode import Encoding
 from mnistflow.modeling.model import build_classifier, fit_with_progress
-from mnistflow.tracking import provenance, runs
+from mnistflow.modeling.serving import PIXEL_COLUMNS, pixel_frame
+from mnistflow.tracking import models, provenance, runs
 from mnistflow.tracking import store as store_mod
+from mnistflow.tracking.digit_model import load_estimator
 from mnistflow.util.signals import Interrupted
 from tests.helpers import (
     REPO_ROOT,
@@ -132,7 +135,7 @@ def test_run_logs_params_metrics_artifacts_model_and_tags(
             run.log_metric("train_loss", loss, step=epoch)
         run.log_metrics({"test_accuracy": 0.5})
         run.log_artifact(artifact, "train")
-        run.log_model(model, X[:3])
+        models.log_model(model, Encoding("divide255"), images[:3], 10)
         run_id = run.run_id
     client = MlflowClient(uri)
     got = client.get_run(run_id)
@@ -146,14 +149,21 @@ def test_run_logs_params_metrics_artifacts_model_and_tags(
     assert [(h.step, h.value) for h in history] == [(1, 0.9), (2, 0.5), (3, 0.3)]
     assert [a.path for a in client.list_artifacts(run_id, "train")] == ["train/loss.csv"]
     mlflow.set_tracking_uri(uri)
-    models = mlflow.search_logged_models(experiment_ids=[exp_id], output_format="list")
-    mine = [lm for lm in models if lm.source_run_id == run_id]
+    logged = mlflow.search_logged_models(experiment_ids=[exp_id], output_format="list")
+    mine = [lm for lm in logged if lm.source_run_id == run_id]
     assert len(mine) == 1
     assert mine[0].name == "model"
-    loaded = mlflow.sklearn.load_model(f"models:/{mine[0].model_id}")
-    assert np.array_equal(loaded.predict(X), model.predict(X))
-    info = mlflow.models.get_model_info(f"models:/{mine[0].model_id}")
+    uri_model = f"models:/{mine[0].model_id}"
+    answer = mlflow.pyfunc.load_model(uri_model).predict(pixel_frame(images))
+    assert list(answer["digit"]) == list(model.predict_proba(X).argmax(axis=1))
+    # the plain estimator travels inside, skops format, loaded with our fixed allow-list
+    folder = mlflow.artifacts.download_artifacts(
+        f"{mine[0].artifact_location}/artifacts/sklearn-model"
+    )
+    assert np.array_equal(load_estimator(folder).predict(X), model.predict(X))
+    info = mlflow.models.get_model_info(uri_model)
     assert info.signature is not None
+    assert info.signature.inputs.input_names() == PIXEL_COLUMNS
     assert info.saved_input_example_info is not None
     # resuming adds to the same run and ends it again; a changed param becomes a tag
     with runs.mlflow_run(uri, exp_id, run_id=run_id) as again:

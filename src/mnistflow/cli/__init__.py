@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "predict",
         "classify image files with the champion model (or --run RUN_ID's model)",
     ),
+    "serve": (
+        "serve",
+        "serve the champion model on 127.0.0.1 (mlflow models serve): images in, digits out",
+    ),
     "ui": ("ui", "serve the MLflow UI for the project's store on 127.0.0.1"),
     "wait-queue": (
         "wait_queue",

@@ -35,8 +35,8 @@ def command(args: argparse.Namespace) -> int:
     for path in args.images:
         read_grayscale(path)
     uri = resolve_tracking_uri(mlflow_cfg, Path.cwd())
-    model_uri, run_id = resolve_model(uri, cfg, args.run)
-    model, encoding = load_run_model(uri, model_uri, run_id)
-    for result in predict_files(model, encoding, args.images):
+    model_uri, _ = resolve_model(uri, cfg, args.run)
+    model = load_run_model(uri, model_uri)
+    for result in predict_files(model, args.images):
         sys.stdout.write(f"{result.path}\t{result.digit}\t{result.probability:.4f}\n")
     return 0

@@ -27,6 +27,11 @@ def png_relpath(split: str, label: int, index: int) -> Path:
     return Path(split) / str(int(label)) / f"{index:05d}.png"
 
 
+def pixel_columns(n_pixels: int) -> list[str]:
+    """``px0``..``px<n-1>``: the pixel columns of the table (and of the served model's input)."""
+    return [f"px{i}" for i in range(n_pixels)]
+
+
 def labelled_table(splits: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
     """One row per image: split, index (position within its split), label, px0..px783.
 
@@ -49,7 +54,7 @@ def labelled_table(splits: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.Da
             "label": np.concatenate([y for _, y in splits.values()]).astype(np.uint8),
         }
     )
-    px = pd.DataFrame(pixels, columns=[f"px{i}" for i in range(n_pixels)], copy=False)
+    px = pd.DataFrame(pixels, columns=pixel_columns(n_pixels), copy=False)
     return pd.concat([meta, px], axis=1)
 
 

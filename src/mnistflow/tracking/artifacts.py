@@ -5,3 +5,10 @@ from __future__ import annotations
 
 # The fitted encoding (scaling statistics) of a run: what prediction needs besides the model.
 ENCODING_ARTIFACT = "encode/stats.npz"
+
+# The logged model (tracking.models): its name, which the registry registers and predict and
+# serve load, and the keys of what it carries.
+MODEL_ARTIFACT = "model"
+MODEL_ESTIMATOR = "sklearn-model"  # artifact: an MLflow sklearn model folder, skops format
+MODEL_ENCODING = "encoding"  # artifact: the run's Encoding.to_arrays() as .npz
+MODEL_N_CLASSES = "n_classes"  # model_config key: width of the probability columns

@@ -15,12 +15,11 @@ import pandas as pd
 from mnistflow.config import RegistryConfig
 from mnistflow.modeling.metrics import HEADLINE
 from mnistflow.reporting import leaderboard
+from mnistflow.tracking.artifacts import MODEL_ARTIFACT
 from mnistflow.tracking.query import fetch_runs
 from mnistflow.util.errors import UserError
 
 log = logging.getLogger(__name__)
-
-MODEL_ARTIFACT = "model"  # the name train logs the model under (mlflow.sklearn.log_model)
 
 
 class RegistryError(UserError):

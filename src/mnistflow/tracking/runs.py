@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -10,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from mnistflow.tracking import liveness
@@ -85,25 +82,6 @@ class Run:
             mlflow.log_artifacts(str(path), artifact_path=artifact_path)
         else:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
-
-    def log_model(self, model: Any, X_example: np.ndarray) -> None:
-        """Log an sklearn model ``model`` with a signature and an input example."""
-        import mlflow.sklearn
-
-        signature = infer_signature(X_example, model.predict_proba(X_example))
-        mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=signature,
-            input_example=X_example,
-            # Pinned from this environment: MLflow's own inference loads the model in a
-            # subprocess to watch its imports, 5 s per run here for the same answer.
-            pip_requirements=[
-                f"{dist}=={importlib.metadata.version(dist)}"
-                for dist in ("mlflow", "scikit-learn", "numpy", "scipy", "cloudpickle")
-            ],
-            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
-        )
 
 
 @contextmanager

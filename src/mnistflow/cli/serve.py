@@ -1,0 +1,33 @@
+"""``mnistflow serve``: the command line of :mod:`mnistflow.tracking.serve`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from mnistflow.config import MlflowConfig, RegistryConfig, config, load_params
+from mnistflow.tracking.predict import load_run_model, resolve_model
+from mnistflow.tracking.serve import DEFAULT_PORT, HOST, ServeError, serve
+from mnistflow.tracking.store import resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``mnistflow serve``."""
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port on {HOST} (default {DEFAULT_PORT})"
+    )
+    parser.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``mnistflow serve``: the champion on HOST:PORT until Ctrl-C."""
+    if not 0 < args.port < 65536:
+        raise ServeError(f"--port must be in 1..65535; got {args.port}")
+    params = load_params(args.params)
+    uri = resolve_tracking_uri(config(params, "mlflow", MlflowConfig), Path.cwd())
+    model_uri, _ = resolve_model(uri, config(params, "registry", RegistryConfig), None)
+    load_run_model(uri, model_uri)  # a missing or old-style champion fails here, in one line
+    return serve(uri, model_uri, HOST, args.port)

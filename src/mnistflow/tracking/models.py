@@ -1,0 +1,126 @@
+"""Log and load the run's model: :mod:`.digit_model` as MLflow pyfunc (models-from-code).
+
+Logged under the name ``MODEL_ARTIFACT`` (what the registry registers and predict loads);
+inside it, ``artifacts/sklearn-model`` is the plain estimator as an MLflow sklearn model in
+skops format, ``artifacts/stats.npz`` the run's encoding.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnistflow.data.encode import Encoding
+from mnistflow.modeling.serving import (
+    DIGIT_COLUMN,
+    PIXEL_COLUMNS,
+    pixel_frame,
+    probability_columns,
+)
+from mnistflow.tracking.artifacts import (
+    MODEL_ARTIFACT,
+    MODEL_ENCODING,
+    MODEL_ESTIMATOR,
+    MODEL_N_CLASSES,
+)
+from mnistflow.util.fileio import save_npz
+
+log = logging.getLogger(__name__)
+
+# Pinned from this environment: MLflow's own inference loads the model in a subprocess to
+# watch its imports, seconds per run for the same answer. mnistflow itself is not on PyPI:
+# a serving environment installs this repository (`--env-manager local` uses the venv).
+REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "scipy", "pandas", "skops")
+
+
+def signature(n_classes: int) -> Any:
+    """Input: pixel columns px0..px783; output: digit and p0.. (MLflow schema).
+
+    The pixels are declared ``double``, not ``long``: the scoring server casts a request's
+    columns to the schema's types before the model sees them, and a cast to int64 would
+    silently turn 0.5 into 0. As doubles, the model's own check rejects non-integers.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec("double", c) for c in PIXEL_COLUMNS])
+    outputs = Schema(
+        [ColSpec("long", DIGIT_COLUMN)]
+        + [ColSpec("double", c) for c in probability_columns(n_classes)]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_model(estimator: Any, encoding: Encoding, examples: np.ndarray, n_classes: int) -> None:
+    """Log the active run's model; ``examples`` (a few raw images) are its input example."""
+    import mlflow.pyfunc
+    import mlflow.sklearn
+
+    from mnistflow.tracking import digit_model  # imports MLflow: only when logging
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sk_folder = Path(tmp) / MODEL_ESTIMATOR
+        mlflow.sklearn.save_model(
+            estimator,
+            str(sk_folder),
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+            skops_trusted_types=digit_model.SKOPS_TRUSTED_TYPES,
+            pip_requirements=_requirements(),
+        )
+        stats = save_npz(Path(tmp) / "stats.npz", **encoding.to_arrays())
+        mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=digit_model.__file__,
+            artifacts={MODEL_ESTIMATOR: str(sk_folder), MODEL_ENCODING: str(stats)},
+            model_config={MODEL_N_CLASSES: n_classes},
+            signature=signature(n_classes),
+            input_example=pixel_frame(examples),
+            pip_requirements=_requirements(),
+        )
+
+
+def _requirements() -> list[str]:
+    return [f"{dist}=={importlib.metadata.version(dist)}" for dist in REQUIREMENTS]
+
+
+def is_digit_model(info: Any) -> bool:
+    """Whether a logged model's info (``mlflow.models.get_model_info``) describes this model:
+    runs logged before it hold a bare sklearn model answering one-hot rows."""
+    outputs = info.signature.outputs if info.signature is not None else None
+    return outputs is not None and DIGIT_COLUMN in outputs.input_names()
+
+
+def load_model(tracking_uri: str, model_uri: str) -> Any:
+    """Load a logged model (``runs:/``, ``models:/``) of the store as MLflow pyfunc.
+
+    Raises:
+        MlflowException: MLflow cannot find or load it.
+        ValueError: it is not this module's model (an older run's sklearn model).
+    """
+    import mlflow
+    import mlflow.pyfunc
+
+    # MLflow resolves runs:/ and models:/ URIs against the global tracking/registry URIs.
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        if not is_digit_model(mlflow.models.get_model_info(model_uri)):
+            raise ValueError(
+                f"{model_uri} is not a model of raw images (logged before models answered "
+                "digits, or by something else): retrain its run (dvc repro)"
+            )
+        return mlflow.pyfunc.load_model(model_uri)
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+
+
+def predict_images(model: Any, images: np.ndarray) -> Any:
+    """The loaded model's answer (a DataFrame: digit, p0..) for uint8 images (n, 28, 28)."""
+    return model.predict(pixel_frame(images))

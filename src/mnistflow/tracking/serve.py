@@ -1,0 +1,124 @@
+"""Serve the champion with MLflow's scoring server (``mlflow models serve``) on 127.0.0.1.
+
+The server loads ``models:/<registry.model_name>@<registry.alias>`` from the project's store
+(MLFLOW_TRACKING_URI set for the child) in this environment (``--env-manager local``), and
+answers POST /invocations: pixel columns in, digit and probabilities out
+(:mod:`mnistflow.modeling.serving`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+from mnistflow.config import RegistryConfig
+from mnistflow.tracking import ui
+from mnistflow.util.errors import UserError
+
+log = logging.getLogger(__name__)
+
+HOST = ui.HOST  # no authentication: never 0.0.0.0
+DEFAULT_PORT = 5001  # beside the UI's 5000
+READY_TIMEOUT_S = 180.0  # ~15 s measured; the machine is shared
+
+
+class ServeError(UserError):
+    """The model server could not be started (no champion, port taken, server died)."""
+
+
+class _StopRequestedError(Exception):
+    """SIGTERM received."""
+
+
+def champion_uri(cfg: RegistryConfig) -> str:
+    """``models:/<name>@<alias>``."""
+    return f"models:/{cfg.model_name}@{cfg.alias}"
+
+
+def serve_command(model_uri: str, host: str, port: int) -> list[str]:
+    """``mlflow models serve`` in this environment's Python."""
+    return [
+        sys.executable, "-m", "mlflow", "models", "serve",
+        "-m", model_uri,
+        "--env-manager", "local",
+        "-h", host,
+        "-p", str(port),
+    ]  # fmt: skip
+
+
+def serve_env(tracking_uri: str, base: dict[str, str]) -> dict[str, str]:
+    """The child's environment: the store, and this venv's bin first (MLflow execs
+    ``uvicorn`` by name)."""
+    env = dict(base)
+    env["MLFLOW_TRACKING_URI"] = env["MLFLOW_REGISTRY_URI"] = tracking_uri
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    return env
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, timeout: float) -> float:
+    """Poll ``url/ping`` until it answers 200; return the seconds waited.
+
+    Raises:
+        ServeError: the server exited, or did not answer within ``timeout``.
+    """
+    start = time.monotonic()
+    while True:
+        code = process.poll()
+        if code is not None:
+            raise ServeError(f"mlflow models serve exited with code {code} (see its output)")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
+                if response.status == 200:
+                    return time.monotonic() - start
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # not listening yet
+        if time.monotonic() - start > timeout:
+            raise ServeError(f"mlflow models serve did not answer at {url} in {timeout:.0f} s")
+        time.sleep(ui.POLL_S)
+
+
+def serve(tracking_uri: str, model_uri: str, host: str, port: int) -> int:
+    """Run the scoring server for ``model_uri`` until Ctrl-C or SIGTERM.
+
+    Returns:
+        0 after a stop by the user, else the server's exit code.
+    """
+    try:
+        ui.check_port_free(host, port)
+    except ui.UiError as exc:
+        raise ServeError(str(exc)) from exc
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        raise _StopRequestedError(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    log.info("serving %s from %s on %s", model_uri, tracking_uri, ui.base_url(host, port))
+    process = subprocess.Popen(
+        serve_command(model_uri, host, port),
+        env=serve_env(tracking_uri, dict(os.environ)),
+        start_new_session=True,  # stopping its group stops uvicorn too
+    )
+    try:
+        waited = wait_until_ready(ui.base_url(host, port), process, READY_TIMEOUT_S)
+        log.info(
+            "ready after %.1f s: POST %s/invocations (docs/experiments.md, Serving the "
+            "champion). Ctrl-C stops it.",
+            waited,
+            ui.base_url(host, port),
+        )
+        return process.wait()
+    except (KeyboardInterrupt, _StopRequestedError):
+        log.info("stopping the model server")
+        return 0
+    finally:
+        ui.stop(process)
+        signal.signal(signal.SIGTERM, previous)
