@@ -33,6 +33,7 @@ from tests.helpers import (
     workspace_env,
     write_idx_dataset,
 )
+from tests.services import TeamServer, team_server_fixture  # noqa: F401  (session fixture)
 
 MNISTFLOW = str(Path(sys.executable).parent / "mnistflow")
 
@@ -173,16 +174,14 @@ def tiny_tune_repo(base: Path, name: str, **tune: object) -> tuple[Path, dict[st
 
     def edit(p: dict) -> None:
         use_tiny_dataset(files, train={"hidden_layer_sizes": [16], "max_iter": 25})(p)
+        space = {
+            "train.alpha": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+            "train.hidden_layer_sizes": {"type": "categorical", "choices": [[16], [32, 16]]},
+        }
         p["tune"].update(
-            validation_size=200,
-            n_trials=6,
-            pruner_warmup_epochs=5,
-            space={
-                "train.alpha": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
-                "train.hidden_layer_sizes": {"type": "categorical", "choices": [[16], [32, 16]]},
-            },
-            **tune,
+            {"validation_size": 200, "n_trials": 6, "pruner_warmup_epochs": 5, "space": space}
         )
+        p["tune"].update(tune)
 
     repo = copy_repo(base / name, edit)
     env = workspace_env(mirror)
@@ -272,3 +271,82 @@ def test_bad_tune_params_fail_before_any_work(tmp_path: Path, tune: dict, messag
     check = run(["dvc", "repro", "check_params"], repo, workspace_env(), check=False)
     assert check.returncode != 0
     assert message in check.stdout + check.stderr
+
+
+def optuna_database(team) -> str:
+    """A database ``optuna`` in the team server's throw-away cluster; its SQLAlchemy URL."""
+    from mnistflow.tracking import postgres
+
+    port = int((team.pg_dir / "data" / "postmaster.pid").read_text().splitlines()[3])
+    cluster = postgres.Cluster(team.pg_dir, port)
+    return cluster.create_database("optuna")
+
+
+@pytest.mark.e2e
+def test_two_clones_share_a_postgres_study_and_survive_a_killed_worker(
+    team_server: TeamServer, tmp_path: Path
+) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    url = storage.storage_url(validate(load_params(REPO_ROOT / "params.yaml")).tune, tmp_path,
+                              optuna_database(team_server))  # fmt: skip
+    tune = {"n_trials": 10, "heartbeat_interval": 1, "grace_period": 4, "pruner": "none"}
+    clones = [tiny_tune_repo(tmp_path, f"clone{i}", **tune) for i in (1, 2)]
+    procs = []
+    for repo, env in clones:
+        env = {
+            **team_server.client_env(env),
+            storage.STORAGE_ENV: url,
+            "MNISTFLOW_HEARTBEAT_S": "1",
+        }
+        log = (repo / "worker.log").open("w")
+        procs.append(subprocess.Popen([MNISTFLOW, "tune"], cwd=repo, env=env, stderr=log))
+    victim, survivor = procs
+    # wait until the victim finished one trial and is in the middle of another
+    deadline = time.monotonic() + 300
+    killed_trial = None
+    while killed_trial is None:
+        assert time.monotonic() < deadline, "the first worker never ran two trials"
+        assert victim.poll() is None, (clones[0][0] / "worker.log").read_text()[-3000:]
+        try:
+            study = optuna.load_study(study_name="mnist-mlp-tune", storage=url)
+        except KeyError:
+            time.sleep(0.5)
+            continue
+        mine = [
+            t
+            for t in study.get_trials()
+            if t.user_attrs.get(worker.ATTR_WORKER, "").endswith(f":{victim.pid}")
+        ]
+        if any(t.state == TrialState.COMPLETE for t in mine):
+            running = [
+                t for t in mine if t.state == TrialState.RUNNING and worker.ATTR_RUN in t.user_attrs
+            ]
+            if running:
+                killed_trial = running[0].number
+                os.kill(victim.pid, signal.SIGKILL)
+        time.sleep(0.2)
+    victim.wait()
+    assert survivor.wait(timeout=600) == 0, (clones[1][0] / "worker.log").read_text()[-3000:]
+
+    study = optuna.load_study(study_name="mnist-mlp-tune", storage=url)
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[killed_trial].state == TrialState.FAIL
+    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed_trial]
+    assert len(retries) == 1
+    assert retries[0].state == TrialState.COMPLETE
+    assert retries[0].user_attrs[worker.ATTR_WORKER].endswith(f":{survivor.pid}")
+    assert retries[0].params == trials[killed_trial].params
+    contributors = {
+        t.user_attrs[worker.ATTR_WORKER] for t in trials.values() if t.state == TrialState.COMPLETE
+    }
+    assert len(contributors) == 2
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", team_server.user)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", team_server.password)
+        runs = trial_runs(team_server.uri, "mnist-mlp-tune")
+    check_study(study, runs, 10)  # also: no run left RUNNING (the survivor swept at its end)
+    (dead,) = [r for r in runs if r.data.tags.get(worker.TAG_TRIAL) == str(killed_trial)]
+    assert dead.info.status == "FAILED"
+    assert "liveness" in dead.data.tags["mnistflow.ended_by"]
