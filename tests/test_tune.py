@@ -350,3 +350,38 @@ def test_two_clones_share_a_postgres_study_and_survive_a_killed_worker(
     (dead,) = [r for r in runs if r.data.tags.get(worker.TAG_TRIAL) == str(killed_trial)]
     assert dead.info.status == "FAILED"
     assert "liveness" in dead.data.tags["mnistflow.ended_by"]
+
+
+class _PruneAtEpoch2:
+    """A pruner that prunes every trial at its second epoch."""
+
+    def prune(self, study, trial) -> bool:
+        return trial.last_step is not None and trial.last_step >= 2
+
+
+@pytest.mark.unit
+def test_a_pruned_trial_stops_early_and_its_run_ends_tagged(params: dict, tmp_path: Path) -> None:
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from mnistflow.tracking import store
+
+    x = np.random.default_rng(0).integers(0, 255, size=(60, 28, 28), dtype=np.uint8)
+    images = objective.TrainingImages(x, (np.arange(60) % 10).astype(np.uint8))
+    params["tune"]["validation_size"] = 20
+    params["train"].update(hidden_layer_sizes=[8], max_iter=10)
+    params["tune"]["space"] = {"train.alpha": {"type": "float", "low": 1e-4, "high": 1e-2}}
+    parsed = validate(params)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = store.ensure_experiment(uri, "t", tmp_path)
+    tracking = worker.Tracking(uri, exp, "t", worker.parent_run(uri, exp, "s"))
+    study = optuna.create_study(direction="maximize", pruner=_PruneAtEpoch2())
+    study.optimize(worker.Objective(parsed, tune_space(params), images, tracking, "s"), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert max(trial.intermediate_values) == 2  # stopped at epoch 2 of 10
+    run = MlflowClient(uri).get_run(trial.user_attrs[worker.ATTR_RUN])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[worker.TAG_STATE] == "PRUNED"
+    assert run.data.tags[worker.PARENT_TAG] == tracking.parent_run_id
+    assert len(MlflowClient(uri).get_metric_history(run.info.run_id, "val_accuracy")) == 2
