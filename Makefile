@@ -32,7 +32,7 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup services lint format test test-fast repro bench bench-best bench-queue bench-store best \
-        ui leaderboard sweep register predict reproduce server push pull lock lock-upgrade lock-check clean
+        ui leaderboard sweep tune register predict reproduce serve server push pull lock lock-upgrade lock-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -110,6 +110,9 @@ sweep: setup ## queue the README's example grid and run it on two workers
 	$(BIN)/dvc queue start -j 2
 	$(BIN)/mnistflow wait-queue
 	$(BIN)/mnistflow leaderboard
+
+tune: setup ## run (or join) the Optuna study of params.yaml's tune: section (docs/tuning.md)
+	$(BIN)/mnistflow tune
 
 register: setup ## register the best run as model mnist-mlp@champion
 	$(BIN)/mnistflow register

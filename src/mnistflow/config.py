@@ -7,6 +7,7 @@ frozen, and rejects unknown keys, so a typo fails loudly before any work starts.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,6 +316,134 @@ class RegistryConfig(Config):
     alias: NonBlank
 
 
+class FloatDim(Config):
+    """``tune.space.<key>: {type: float, low, high, log}``: a (log-)uniform float."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+
+class IntDim(Config):
+    """``tune.space.<key>: {type: int, low, high, log}``: an integer range, both ends in."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+
+class CategoricalDim(Config):
+    """``tune.space.<key>: {type: categorical, choices: [...]}``: any params values (lists too)."""
+
+    type: Literal["categorical"]
+    choices: Annotated[List[Any], AfterValidator(_some)]
+
+
+Dimension = FloatDim | IntDim | CategoricalDim
+DIMENSIONS: dict[str, type[Config]] = {
+    "float": FloatDim,
+    "int": IntDim,
+    "categorical": CategoricalDim,
+}
+# The sections a search space (and a preset) may vary; the rest describe the data and the run.
+TUNABLE_SECTIONS = ("encode", "train")
+# What the tuning objective may be: scores on the validation split held out of the training
+# set. A test-set metric is refused by name (the test set is for the chosen configuration only).
+OBJECTIVES = ("val_accuracy",)
+
+
+def _objective(value: str) -> str:
+    if "test" in value.lower():
+        raise ValueError(
+            f"names a test-set metric ({value!r}): tuning may only use the validation split "
+            f"held out of the training set; use one of {', '.join(OBJECTIVES)}"
+        )
+    if value not in OBJECTIVES:
+        raise ValueError(f"must be one of {', '.join(OBJECTIVES)}; got {value!r}")
+    return value
+
+
+class TuneConfig(Config):
+    """``tune:``: the Optuna study of ``mnistflow tune`` (docs/tuning.md)."""
+
+    study_name: NonBlank
+    storage: str  # "" = sqlite:///<root>/optuna.db; env MNISTFLOW_OPTUNA_STORAGE wins
+    mlflow_experiment: NonBlank
+    objective: Annotated[str, AfterValidator(_objective)]
+    validation_size: int = Field(ge=1)
+    n_trials: int = Field(ge=1)
+    sampler: Literal["tpe", "random"]
+    seed: int = Field(ge=0)
+    pruner: Literal["median", "none"]
+    pruner_warmup_epochs: int = Field(ge=0)
+    heartbeat_interval: int = Field(ge=1)
+    grace_period: int = Field(ge=2)
+    max_retry: int = Field(ge=0)
+    space: dict[str, Any]  # parsed and checked against train/encode by :func:`tune_space`
+
+
+def _dimension(raw: Any, key: str) -> Dimension:
+    """One ``tune.space`` entry validated by its ``type``."""
+    prefix = f"tune.space.{key}"
+    kind = raw.get("type") if isinstance(raw, Mapping) else None
+    if kind not in DIMENSIONS:
+        raise ParamsError(
+            f"params.yaml: '{prefix}.type' must be one of {', '.join(DIMENSIONS)}; got {kind!r}"
+        )
+    dim = DIMENSIONS[kind].from_section(raw, prefix)
+    if isinstance(dim, FloatDim | IntDim):
+        if dim.low >= dim.high:
+            raise ParamsError(
+                f"params.yaml: '{prefix}' needs low < high; got {dim.low}, {dim.high}"
+            )
+        if dim.log and dim.low <= 0:
+            raise ParamsError(f"params.yaml: '{prefix}' is log-scaled: low must be > 0")
+    return dim  # type: ignore[return-value]
+
+
+def _candidates(dim: Dimension) -> tuple[Any, ...]:
+    """Values of a dimension that must each be valid params values."""
+    return dim.choices if isinstance(dim, CategoricalDim) else (dim.low, dim.high)
+
+
+def with_overrides(params: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``params`` with dotted ``overrides`` set; each key must already exist as
+    a value (not a section) under one of ``TUNABLE_SECTIONS``. Not validated here."""
+    result = copy.deepcopy(dict(params))
+    for key, value in overrides.items():
+        head, _, leaf = key.rpartition(".")
+        if key.split(".")[0] not in TUNABLE_SECTIONS:
+            raise ParamsError(f"'{key}' is not in {', '.join(TUNABLE_SECTIONS)}")
+        node = section(result, head) if head else None
+        if not isinstance(node, dict) or leaf not in node or isinstance(node[leaf], Mapping):
+            raise ParamsError(f"'{key}' is not a key of params.yaml")
+        node[leaf] = list(value) if isinstance(value, tuple) else value
+    return result
+
+
+def tune_space(params: Mapping[str, Any]) -> dict[str, Dimension]:
+    """``tune.space`` parsed: each key an existing ``train.*``/``encode.*`` value, each bound
+    or choice a valid value for it (errors name the key before any trial runs)."""
+    raw = section(params, "tune.space")
+    if not isinstance(raw, Mapping) or not raw:
+        raise ParamsError("params.yaml: 'tune.space' must be a mapping of at least one key")
+    space: dict[str, Dimension] = {}
+    for key, entry in raw.items():
+        dim = _dimension(entry, key)
+        for value in _candidates(dim):
+            try:
+                edited = with_overrides(params, {key: value})
+                name = key.split(".")[0]
+                config(edited, name, SECTIONS[name])
+            except ParamsError as exc:
+                reason = str(exc).removeprefix("params.yaml: ")
+                raise ParamsError(f"params.yaml: 'tune.space.{key}': {reason}") from None
+        space[key] = dim
+    return space
+
+
 # ------------------------------------------------------------------ the whole file
 
 
@@ -349,6 +478,7 @@ class Params:
     mlflow: MlflowConfig
     leaderboard: LeaderboardConfig
     registry: RegistryConfig
+    tune: TuneConfig
     raw: Mapping[str, Any]  # the parsed file, for what compares params (baseline, reproduce)
 
 
@@ -363,6 +493,7 @@ SECTIONS: dict[str, type[Config]] = {
     "mlflow": MlflowConfig,
     "leaderboard": LeaderboardConfig,
     "registry": RegistryConfig,
+    "tune": TuneConfig,
 }
 
 
@@ -376,6 +507,7 @@ def validate(params: Mapping[str, Any]) -> Params:
         )
     name, spec = dataset_spec(params)
     sections = {key: config(params, key, cls) for key, cls in SECTIONS.items()}
+    tune_space(params)  # the search space names real train/encode keys with valid values
     return Params(dataset_name=name, dataset=spec, raw=params, **sections)  # type: ignore[arg-type]
 
 

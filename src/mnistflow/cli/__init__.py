@@ -54,6 +54,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "adduser": ("adduser", "create a user on the team's MLflow server (as its admin)"),
     "sync": ("sync", "copy the runs of the local MLflow store to a tracking server, once each"),
+    "tune": ("tune", "run or join an Optuna study of params.yaml's tune.space; --best reports"),
 }
 
 

@@ -1,0 +1,85 @@
+"""``mnistflow tune --best``: the best trial as a named DVC experiment, and the study report.
+
+The experiment (``dvc exp run -n <study>-best -S …``) runs the normal pipeline, so the test
+set is evaluated once, for this configuration only; its ``test_accuracy`` goes into the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from mnistflow.config import Params
+from mnistflow.experiments.presets import apply_preset, set_flags
+from mnistflow.modeling.metrics import HEADLINE
+from mnistflow.tuning import report, storage, worker
+from mnistflow.util import fileio
+from mnistflow.util.dvc import dvc
+
+log = logging.getLogger(__name__)
+
+
+def importances(study: Any) -> dict[str, float] | None:
+    """Optuna's parameter importances, or None when there are too few trials to tell."""
+    import optuna
+
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except (RuntimeError, ValueError) as exc:
+        log.info("no parameter importances: %s", exc)
+        return None
+
+
+def run_best(
+    params: Params, root: Path, name: str, url: str, out_dir: Path, run_experiment: bool
+) -> int:
+    """Run the best trial as an experiment (unless not ``run_experiment``), write the report
+    to ``out_dir`` and log it to the study's parent run; return 0."""
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    study = storage.load_study(params.tune, name, url)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise storage.StudyError(f"study {name!r} has no complete trial yet")
+    best = study.best_trial
+    overrides = best.user_attrs[worker.ATTR_OVERRIDES]
+    apply_preset(dict(params.raw), overrides)  # still valid with today's params.yaml
+    flags = set_flags(overrides)
+    test_accuracy = None
+    if run_experiment:
+        dvc(["exp", "run", "-n", f"{name}-best", *flags], root)
+        metrics = fileio.read_json(root / params.paths.metrics)
+        test_accuracy = float(metrics[HEADLINE])
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    baseline = params.evaluate.baseline_accuracy
+    out_dir = root / out_dir
+    report.history_figure(
+        [t.number for t in complete], [float(t.value) for t in complete], baseline,
+        out_dir / "history.png",
+    )  # fmt: skip
+    found = importances(study)
+    if found:
+        report.importance_figure(found, out_dir / "importances.png")
+    text = report.markdown(
+        name,
+        counts,
+        {"number": best.number, "value": float(best.value), "params": overrides},
+        baseline,
+        flags,
+        found,
+        test_accuracy,
+    )
+    fileio.write_text(out_dir / "report.md", text)
+    tracking = worker.tracking_for(params, root, name)
+    client = MlflowClient(tracking.uri)
+    client.log_artifacts(tracking.parent_run_id, str(out_dir), "report")
+    client.log_metric(tracking.parent_run_id, "best_val_accuracy", float(best.value))
+    if test_accuracy is not None:
+        client.log_metric(tracking.parent_run_id, "best_test_accuracy", test_accuracy)
+    client.set_tag(tracking.parent_run_id, "mnistflow.best_trial", str(best.number))
+    log.info("best trial #%d (val_accuracy %.4f); report in %s", best.number, best.value, out_dir)
+    return 0
