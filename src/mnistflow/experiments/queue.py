@@ -7,12 +7,11 @@ parsing; the failed experiments' logs come from ``dvc queue logs <name>``.
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mnistflow.util.dvc import dvc
 from mnistflow.util.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -118,13 +117,7 @@ def wait_for_queue(
 
 def task_log(root: Path, task: QueueTask) -> str:
     """The output of the task's run (``dvc queue logs``), or why it is unavailable."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "queue", "logs", task.label],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = dvc(["queue", "logs", task.label], root, capture=True, check=False)
     return proc.stdout if proc.returncode == 0 else f"(dvc queue logs failed: {proc.stderr})"
 
 

@@ -13,20 +13,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import FrameType
 
 from mnistflow.config import RegistryConfig
 from mnistflow.tracking import ui
 from mnistflow.util.errors import UserError
+from mnistflow.util.processes import stop_group, wait_for_health
 
 log = logging.getLogger(__name__)
 
 HOST = ui.HOST  # no authentication: never 0.0.0.0
 DEFAULT_PORT = 5001  # beside the UI's 5000
+STOP_TIMEOUT_S = 15.0
 READY_TIMEOUT_S = 180.0  # ~15 s measured; the machine is shared
 
 
@@ -64,28 +63,6 @@ def serve_env(tracking_uri: str, base: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def wait_until_ready(url: str, process: subprocess.Popen, timeout: float) -> float:
-    """Poll ``url/ping`` until it answers 200; return the seconds waited.
-
-    Raises:
-        ServeError: the server exited, or did not answer within ``timeout``.
-    """
-    start = time.monotonic()
-    while True:
-        code = process.poll()
-        if code is not None:
-            raise ServeError(f"mlflow models serve exited with code {code} (see its output)")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
-                if response.status == 200:
-                    return time.monotonic() - start
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass  # not listening yet
-        if time.monotonic() - start > timeout:
-            raise ServeError(f"mlflow models serve did not answer at {url} in {timeout:.0f} s")
-        time.sleep(ui.POLL_S)
-
-
 def serve(tracking_uri: str, model_uri: str, host: str, port: int) -> int:
     """Run the scoring server for ``model_uri`` until Ctrl-C or SIGTERM.
 
@@ -108,7 +85,9 @@ def serve(tracking_uri: str, model_uri: str, host: str, port: int) -> int:
         start_new_session=True,  # stopping its group stops uvicorn too
     )
     try:
-        waited = wait_until_ready(ui.base_url(host, port), process, READY_TIMEOUT_S)
+        waited = wait_for_health(
+            ui.base_url(host, port), process, READY_TIMEOUT_S, "mlflow models serve", "/ping"
+        )
         log.info(
             "ready after %.1f s: POST %s/invocations (docs/experiments.md, Serving the "
             "champion). Ctrl-C stops it.",
@@ -120,5 +99,5 @@ def serve(tracking_uri: str, model_uri: str, host: str, port: int) -> int:
         log.info("stopping the model server")
         return 0
     finally:
-        ui.stop(process)
+        stop_group(process, STOP_TIMEOUT_S, "mlflow models serve")
         signal.signal(signal.SIGTERM, previous)

@@ -22,8 +22,10 @@ class ServiceError(UserError):
     """A child server exited early or did not answer in time."""
 
 
-def wait_for_health(url: str, process: subprocess.Popen, timeout: float, what: str) -> float:
-    """Poll ``url/health`` until it answers 200; return the seconds waited.
+def wait_for_health(
+    url: str, process: subprocess.Popen, timeout: float, what: str, path: str = "/health"
+) -> float:
+    """Poll ``url`` + ``path`` until it answers 200; return the seconds waited.
 
     Raises:
         ServiceError: ``what`` (e.g. "mlflow ui") exited, or no answer within ``timeout``.
@@ -36,13 +38,13 @@ def wait_for_health(url: str, process: subprocess.Popen, timeout: float, what: s
                 f"{what} exited with code {code} before answering (its output above)"
             )
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            with urllib.request.urlopen(f"{url}{path}", timeout=5) as response:
                 if response.status == 200:
                     return time.monotonic() - start
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass  # not listening yet: keep polling until the timeout
         if time.monotonic() - start > timeout:
-            raise ServiceError(f"{what} did not answer at {url}/health within {timeout:.0f} s")
+            raise ServiceError(f"{what} did not answer at {url}{path} within {timeout:.0f} s")
         time.sleep(POLL_S)
 
 
