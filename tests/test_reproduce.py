@@ -18,6 +18,7 @@ from mnistflow.experiments.reproduce import (
     format_table,
     parse_logged_value,
     restore_params,
+    settings,
 )
 from tests.helpers import (
     REPO_ROOT,
@@ -93,6 +94,14 @@ def test_restore_params_rejects(logged: dict[str, str], message: str) -> None:
     base = load_params(REPO_ROOT / "params.yaml")
     with pytest.raises(ReproduceError, match=message):
         restore_params(base, logged)
+
+
+@pytest.mark.unit
+def test_settings_leave_out_the_model_config_params_mlflow_logs() -> None:
+    logged = {"train.alpha": "0.001", "n_classes": "10", "data.dataset": "mnist"}
+    assert settings(logged) == {"train.alpha": "0.001", "data.dataset": "mnist"}
+    base = load_params(REPO_ROOT / "params.yaml")
+    assert restore_params(base, settings(logged))["train"]["alpha"] == 0.001
 
 
 @pytest.mark.unit

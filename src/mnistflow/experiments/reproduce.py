@@ -111,6 +111,15 @@ def effective_params(run: LoggedRun) -> dict[str, str]:
     return out
 
 
+def settings(logged: Mapping[str, str]) -> dict[str, str]:
+    """The logged params that are params.yaml settings: dotted ``section.key`` names.
+
+    A run has other params too: MLflow logs a pyfunc model's ``model_config`` (e.g.
+    ``n_classes``) as params of the run; those are not settings to restore.
+    """
+    return {key: value for key, value in logged.items() if "." in key}
+
+
 def parse_logged_value(raw: str, current: Any) -> Any:
     """A logged param string back as a params.yaml value.
 
@@ -321,7 +330,7 @@ def reproduce(run_id: str, cwd: Path, uri: str, keep: bool) -> int:
     env = rerun_env(uri, run_id)
     with worktree(repo, commit, keep) as work:
         base = load_params(work / "params.yaml")
-        params = restore_params(base, effective_params(run))
+        params = restore_params(base, settings(effective_params(run)))
         if params != base:  # left as committed otherwise: the rerun's tree stays clean
             fileio.write_text(work / "params.yaml", yaml.safe_dump(params, sort_keys=False))
             log.info(
