@@ -76,6 +76,7 @@ def ensure_experiment(uri: str, name: str, root: Path) -> str:
     i.e. ``<root>/mlartifacts`` by default), never in a temporary workspace.
     """
     from mlflow.entities import LifecycleStage
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     db = sqlite_file(uri)
@@ -95,7 +96,13 @@ def ensure_experiment(uri: str, name: str, root: Path) -> str:
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 log.info("creating MLflow experiment %r in %s", name, uri)
-                return client.create_experiment(name, artifact_location=artifacts)
+                try:
+                    return client.create_experiment(name, artifact_location=artifacts)
+                except MlflowException as exc:
+                    # the lock is per machine: on a shared server another machine may win
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                    exp = client.get_experiment_by_name(name)
     except Timeout as exc:
         raise TrackingError(f"{lock_file}: still locked after {LOCK_TIMEOUT_S} s") from exc
     if exp.lifecycle_stage == LifecycleStage.DELETED:
