@@ -8,7 +8,7 @@ from typing import get_args, get_type_hints
 import numpy as np
 import pytest
 
-from mnistflow.config import AugmentConfig, DatasetSpec, EncodeConfig
+from mnistflow.config import AugmentConfig, DatasetSpec, EncodeConfig, ParamsError
 from mnistflow.data.augment import deskew
 from mnistflow.data.encode import (
     SCALINGS,
@@ -22,6 +22,7 @@ from mnistflow.data.encode import (
     onehot,
     pixel_stats,
     scale,
+    split_validation,
 )
 from tests.helpers import synthetic_digits
 
@@ -192,6 +193,7 @@ def _encode_cfg(**overrides: object) -> EncodeConfig:
         "deskew": True,
         "augment": augment,
         "workers": 1,
+        "validation_rows": 0,
         **overrides,
     }
     return EncodeConfig.from_section(raw, "encode")
@@ -225,3 +227,16 @@ def test_encode_splits_fits_on_train_and_applies_to_test() -> None:
     info = encode_info("tiny", spec, cfg, more)
     assert (info["n_train"], info["n_test"], info["augment_copies"]) == (80, 10, 1)
     assert (info["scaling"], info["labels"], info["n_classes"]) == ("divide255", "index", 1)
+
+
+@pytest.mark.unit
+def test_split_validation_holds_out_the_last_training_rows_and_drops_the_test_set() -> None:
+    x = np.arange(20 * 28 * 28, dtype=np.uint8).reshape(20, 28, 28)
+    y = (np.arange(20) % 10).astype(np.uint8)
+    arrays = {"x_train": x, "y_train": y, "x_test": x[:3] * 0, "y_test": y[:3]}
+    split = split_validation(arrays, 5)
+    assert split["x_train"].shape == (15, 28, 28)
+    assert list(split["y_test"]) == list(y[15:])  # encode_splits' held-out side: validation
+    assert (split["x_test"] == x[15:]).all()  # not the real test images
+    with pytest.raises(ParamsError, match=r"encode\.validation_rows"):
+        split_validation(arrays, 11)

@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from mnistflow.config import DatasetSpec, EncodeConfig
+from mnistflow.config import DatasetSpec, EncodeConfig, ParamsError
 from mnistflow.data import augment as augmentation
 from mnistflow.data.augment import deskew as deskew_images
 
@@ -217,6 +217,26 @@ def encode_splits(arrays: Mapping[str, np.ndarray], cfg: EncodeConfig, n_classes
         y_test=encode_labels(arrays["y_test"], cfg.labels, n_classes),
         encoding=encoding,
     )
+
+
+def split_validation(arrays: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """A tuning trial's arrays for :func:`encode_splits`: the training rows but the last
+    ``rows`` to fit, and those last rows as the held-out side (``x_test``/``y_test`` there).
+
+    The real test arrays are not passed on: a trial cannot encode, fit or score the test set.
+
+    Raises:
+        ParamsError: more than half of the training rows would be held out.
+    """
+    n = len(arrays["y_train"])
+    if not 0 < rows <= n // 2:
+        raise ParamsError(
+            f"params.yaml: 'encode.validation_rows' is {rows} but the training set has {n} "
+            "rows; hold out at most half of them (tune.validation_size)"
+        )
+    cut = n - rows
+    x, y = arrays["x_train"], arrays["y_train"]
+    return {"x_train": x[:cut], "y_train": y[:cut], "x_test": x[cut:], "y_test": y[cut:]}
 
 
 def encode_info(dataset: str, spec: DatasetSpec, cfg: EncodeConfig, encoded: Encoded) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hashlib
 import logging
 import shutil
@@ -11,9 +13,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,8 @@ def labelled_table(splits: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.Da
     Returns:
         A new DataFrame; pixel columns are uint8, in row-major order.
     """
+    import pandas as pd  # here: a tuning trial's evaluate imports this module, not pandas
+
     pixels = np.concatenate([x.reshape(len(x), -1) for x, _ in splits.values()])
     n_pixels = pixels.shape[1]
     meta = pd.DataFrame(

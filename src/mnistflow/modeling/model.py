@@ -14,7 +14,12 @@ from sklearn.neural_network import MLPClassifier
 from mnistflow.config import TrainConfig
 
 log = logging.getLogger(__name__)
-EpochCallback = Callable[[int, float, float | None], None]
+# (epoch, loss, sklearn's early-stopping score or None) -> True to stop after this epoch
+EpochCallback = Callable[[int, float, float | None], bool | None]
+
+
+class _StopFitError(Exception):
+    """Raised from sklearn's per-epoch hook when the callback asks to stop (pruning)."""
 
 
 def build_classifier(cfg: TrainConfig) -> MLPClassifier:
@@ -94,7 +99,8 @@ def fit_with_progress(
         X: features (n, d).
         y: targets, one-hot (n, k) or class indices (n,).
         on_epoch: called with the 1-based epoch, the training loss and the validation
-            score (None unless early stopping).
+            score (None unless early stopping); returning True stops the fit after that
+            epoch (a pruned tuning trial): the model keeps that epoch's weights.
 
     Returns:
         The same, fitted model.
@@ -104,14 +110,18 @@ def fit_with_progress(
     def per_epoch(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)
         scores = model.validation_scores_
-        on_epoch(int(model.n_iter_), float(model.loss_), float(scores[-1]) if scores else None)
+        if on_epoch(int(model.n_iter_), float(model.loss_), float(scores[-1]) if scores else None):
+            raise _StopFitError
         return result
 
     model._update_no_improvement_count = per_epoch  # type: ignore[method-assign]
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            model.fit(X, y)
+            try:
+                model.fit(X, y)
+            except _StopFitError:
+                log.info("fit stopped after epoch %d of %d", model.n_iter_, model.max_iter)
     finally:
         del model._update_no_improvement_count
     for w in caught:

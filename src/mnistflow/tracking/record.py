@@ -38,6 +38,12 @@ def log_epoch(run: Run, epoch: int, loss: float, val_score: float | None) -> Non
         run.log_metric("val_score", val_score, step=epoch)
 
 
+def log_validation(run: Run, accuracies: list[float]) -> None:
+    """Validation accuracy per epoch (stepped) and the last epoch's as the run's value."""
+    for epoch, value in enumerate(accuracies, start=1):
+        run.log_metric(m.VAL_ACCURACY, value, step=epoch)
+
+
 def log_fit(run: Run, result: FitResult) -> None:
     """The fit's wall-clock time and epochs (timings go to MLflow, not to DVC outputs)."""
     run.log_metrics({"fit_time_s": result.fit_time_s, "n_iter": result.n_iter})

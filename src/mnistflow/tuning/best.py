@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mnistflow.config import Params
+from mnistflow.config import TRIAL_KEY, Params
 from mnistflow.experiments.presets import apply_preset, set_flags
 from mnistflow.modeling.metrics import HEADLINE
 from mnistflow.tuning import report, storage, worker
@@ -46,7 +46,8 @@ def run_best(
     best = study.best_trial
     overrides = best.user_attrs[worker.ATTR_OVERRIDES]
     apply_preset(dict(params.raw), overrides)  # still valid with today's params.yaml
-    flags = set_flags(overrides)
+    # the full training set, the test set evaluated: whatever the workspace's params.yaml says
+    flags = set_flags({**overrides, TRIAL_KEY: 0})
     test_accuracy = None
     if run_experiment:
         dvc(["exp", "run", "-n", f"{name}-best", *flags], root)

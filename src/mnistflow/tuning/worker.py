@@ -1,10 +1,14 @@
 """One worker's share of a study: trials until the study has ``tune.n_trials`` finished ones.
 
-Every trial is one MLflow run in the experiment ``tune.mlflow_experiment``, nested under the
-study's parent run (tag ``mlflow.parentRunId``) and tagged with the study, the trial number,
-the worker's host and the ``dvc exp run -S`` flags that reproduce it. Runs get the project's
-liveness tags and heartbeat (:mod:`mnistflow.tracking.runs`); a worker sweeps dead runs
-(:func:`liveness.sweep`) when it starts and when it stops.
+Every trial is a DVC experiment and an MLflow run: the worker asks Optuna for a trial and
+runs ``dvc exp run --temp -n <study>-t<number> -S <trial values> -S
+encode.validation_rows=<tune.validation_size> -S mlflow.experiment_name=<tune.mlflow_experiment>``
+(through :mod:`mnistflow.util.dvc`), naming the trial in the environment
+(:mod:`mnistflow.tuning.trial`). The pipeline then holds out the validation rows, never encodes
+the test set, and the train stage reports each epoch's validation accuracy to the trial (which
+may prune it) and logs the run nested under the study's parent run, tagged with the study,
+trial number, host and experiment name. The worker reads the trial's result from that run.
+A worker sweeps dead runs (:func:`liveness.sweep`) when it starts and when it stops.
 """
 
 from __future__ import annotations
@@ -13,29 +17,41 @@ import logging
 import os
 import socket
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnistflow.config import Dimension, Params
+from mnistflow.config import TRIAL_KEY, Dimension, Params, ParamsError
+from mnistflow.modeling.metrics import VAL_ACCURACY
 from mnistflow.tracking import liveness, store
-from mnistflow.tracking.runs import flatten, mlflow_run
-from mnistflow.tuning import objective, space
+from mnistflow.tuning import space
+from mnistflow.tuning.trial import (
+    ATTR_RUN,
+    PARENT_TAG,
+    TAG_EXP,
+    TAG_STATE,
+    TAG_STUDY,
+    TAG_TRIAL,
+    TAG_WORKER,
+    TRIAL_ENV,
+    TrialLink,
+)
+from mnistflow.util import fileio
+from mnistflow.util.dvc import dvc
 
 log = logging.getLogger(__name__)
 
-TAG_STUDY = "mnistflow.study"
-TAG_TRIAL = "mnistflow.trial"
-TAG_WORKER = "mnistflow.worker_host"
+__all__ = ["ATTR_RUN", "PARENT_TAG", "TAG_EXP", "TAG_STATE", "TAG_STUDY", "TAG_TRIAL", "TAG_WORKER"]
 TAG_FLAGS = "mnistflow.dvc_overrides"
-TAG_STATE = "mnistflow.trial_state"
 TAG_PARENT_OF = "mnistflow.study_parent"
-PARENT_TAG = "mlflow.parentRunId"
 ATTR_OVERRIDES = "overrides"  # trial user attr: the params overrides (JSON-able)
-ATTR_RUN = "mlflow_run_id"
 ATTR_WORKER = "worker"  # "host:pid"
+ATTR_EXP = "dvc_exp"  # the trial's DVC experiment name
 FINISHED_STATES = ("COMPLETE", "PRUNED")
+
+
+class TrialRunError(RuntimeError):
+    """The trial's experiment ran but left no MLflow run with its result (a bug)."""
 
 
 @dataclass(frozen=True)
@@ -99,71 +115,94 @@ def finished_trials(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
+def exp_name(study: str, number: int) -> str:
+    """The DVC experiment of trial ``number``: ``<study>-t<number>``."""
+    return f"{study}-t{number}"
+
+
+def trial_flags(params: Params, overrides: dict[str, Any]) -> list[str]:
+    """Every ``-S`` flag of a trial's experiment: its values, the validation split (which also
+    keeps the test set out of it) and the tune experiment for its MLflow run."""
+    cfg = params.tune
+    fixed = {TRIAL_KEY: cfg.validation_size, "mlflow.experiment_name": cfg.mlflow_experiment}
+    return space.set_flags({**overrides, **fixed})
+
+
 class Objective:
-    """The Optuna objective of one worker: a trial's values -> fit -> validation accuracy."""
+    """The Optuna objective of one worker: a trial's values -> ``dvc exp run --temp`` ->
+    the validation accuracy its MLflow run recorded."""
 
     def __init__(
         self,
         params: Params,
-        dims: Mapping[str, Dimension],
-        images: objective.TrainingImages,
+        dims: dict[str, Dimension],
         tracking: Tracking,
         study: str,
+        url: str,
+        root: Path,
     ) -> None:
-        self.params, self.dims, self.images = params, dims, images
-        self.tracking, self.study = tracking, study
+        self.params, self.dims, self.tracking = params, dims, tracking
+        self.study, self.url, self.root = study, url, root
 
     def __call__(self, trial: Any) -> float:
         import optuna
 
         overrides = space.suggest(trial, self.dims)
-        flags = space.set_flags(overrides)
+        name = exp_name(self.study, trial.number)
         trial.set_user_attr(ATTR_OVERRIDES, overrides)
         trial.set_user_attr(ATTR_WORKER, worker_id())
-        train_cfg, encode_cfg = objective.trial_configs(self.params.raw, overrides)
-        n_classes = len(self.params.dataset.classes)
-        split = objective.split_and_encode(
-            self.images, self.params.tune.validation_size, encode_cfg, n_classes
-        )
-        log.info("trial %d: %s", trial.number, " ".join(flags[1::2]))
-        pruned: optuna.TrialPruned | None = None
-        t = self.tracking
-        with mlflow_run(t.uri, t.experiment_id, run_name=f"{self.study}-{trial.number}") as run:
-            trial.set_user_attr(ATTR_RUN, run.run_id)
-            run.set_tags(
-                {
-                    PARENT_TAG: t.parent_run_id,
-                    TAG_STUDY: self.study,
-                    TAG_TRIAL: str(trial.number),
-                    TAG_WORKER: socket.gethostname(),
-                    TAG_FLAGS: " ".join(flags),
-                }
-            )
-            run.log_params(
-                flatten({"train": train_cfg.as_dict(), "encode": encode_cfg.as_dict()})
-                | {"tune.study": self.study, "tune.validation_size": split.labels_val.size}
-            )
-
-            def on_epoch(epoch: int, loss: float, val_accuracy: float) -> None:
-                run.log_metric("train_loss", loss, step=epoch)
-                run.log_metric("val_accuracy", val_accuracy, step=epoch)
-                trial.report(val_accuracy, epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"epoch {epoch}: val_accuracy {val_accuracy:.4f}")
-
-            try:
-                value = objective.fit_and_score(train_cfg, split, on_epoch)
-            except optuna.TrialPruned as exc:
-                pruned = exc
-                run.set_tags({TAG_STATE: "PRUNED"})
-            else:
-                run.log_metrics({"val_accuracy": value})
-                run.set_tags({TAG_STATE: "COMPLETE"})
-        if pruned is not None:
-            log.info("trial %d pruned (%s)", trial.number, pruned)
-            raise pruned
-        log.info("trial %d: val_accuracy %.4f", trial.number, value)
+        trial.set_user_attr(ATTR_EXP, name)
+        link = TrialLink(
+            self.url, self.study, trial._trial_id, trial.number,
+            self.tracking.parent_run_id, os.getpid(),
+        )  # fmt: skip
+        env = {**os.environ, TRIAL_ENV: link.to_env(), "MLFLOW_TRACKING_URI": self.tracking.uri}
+        log.info("trial %d: %s", trial.number, " ".join(space.set_flags(overrides)[1::2]))
+        # --wait-for-lock: DVC holds the workspace lock while it sets up and collects a temp
+        # experiment, so several workers in one clone take turns there (the runs overlap)
+        dvc(["--wait-for-lock", "exp", "run", "--temp", "-n", name,
+             *trial_flags(self.params, overrides)], self.root, env)  # fmt: skip
+        run = self.result_run(trial.number, space.set_flags(overrides))
+        trial.set_user_attr(ATTR_RUN, run.info.run_id)
+        value = float(run.data.metrics[VAL_ACCURACY])
+        if run.data.tags.get(TAG_STATE) == "PRUNED":
+            log.info("trial %d pruned (val_accuracy %.4f)", trial.number, value)
+            raise optuna.TrialPruned(f"{name}: val_accuracy {value:.4f}")
+        log.info("trial %d: val_accuracy %.4f (experiment %s)", trial.number, value, name)
         return value
+
+    def result_run(self, number: int, flags: list[str]) -> Any:
+        """The FINISHED MLflow run the trial's train stage logged, tagged with its flags."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.tracking.uri)
+        query = (
+            f"tags.`{TAG_STUDY}` = '{self.study}' and tags.`{TAG_TRIAL}` = '{number}' "
+            "and attributes.status = 'FINISHED'"
+        )
+        runs = client.search_runs([self.tracking.experiment_id], query)
+        if len(runs) != 1:
+            raise TrialRunError(f"trial {number}: {len(runs)} finished MLflow runs, expected 1")
+        client.set_tag(runs[0].info.run_id, TAG_FLAGS, " ".join(flags))
+        return client.get_run(runs[0].info.run_id)
+
+
+def check_validation_size(params: Params) -> None:
+    """Refuse a ``tune.validation_size`` over half the training rows before any trial (when
+    the unpacked arrays are here; the encode stage checks it again in every trial).
+
+    Raises:
+        ParamsError: naming the key.
+    """
+    path = Path(params.paths.arrays)
+    if not path.exists():
+        return
+    n = len(fileio.load_npz(path, ["y_train"])["y_train"])
+    if params.tune.validation_size > n // 2:
+        raise ParamsError(
+            f"params.yaml: 'tune.validation_size' is {params.tune.validation_size} but the "
+            f"training set has {n} rows; hold out at most half of them"
+        )
 
 
 def run_worker(
@@ -179,8 +218,7 @@ def run_worker(
 
     cfg = params.tune
     dims = tune_space(params.raw)
-    images = objective.load_training_images(params.paths.arrays)
-    objective.validation_cut(len(images.y), cfg.validation_size)  # before joining anything
+    check_validation_size(params)  # before joining anything
     study = storage.join_study(cfg, study_name, url, worker_seed(cfg.seed))
     tracking = tracking_for(params, root, study_name)
     liveness.sweep(tracking.uri, tracking.experiment_name)
@@ -198,7 +236,7 @@ def run_worker(
     )
     try:
         study.optimize(
-            Objective(params, dims, images, tracking, study_name),
+            Objective(params, dims, tracking, study_name, url, root),
             n_trials=max_trials,
             callbacks=[
                 MaxTrialsCallback(cfg.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
