@@ -31,7 +31,7 @@ endif
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup services lint format test test-fast repro bench bench-best bench-queue bench-store best \
+.PHONY: help setup services lint format test test-fast repro bench bench-best bench-queue bench-store bench-tune best \
         ui leaderboard sweep tune register predict reproduce serve server push pull lock lock-upgrade lock-check clean
 
 help: ## list the targets
@@ -94,6 +94,9 @@ bench-store: setup services ## leaderboard, register and the UI runs table at 10
 
 bench-queue: setup ## queue throughput: 4 experiments on -j 2 against -j 1
 	$(BIN)/python benchmarks/queue_throughput.py
+
+bench-tune: setup ## tuning: trials/hour on 1 and 2 workers, overhead per trial, TPE vs grid (~10 min)
+	$(BIN)/python benchmarks/tune.py
 
 best: setup ## run the best configuration (presets/best.yaml) as DVC experiment `best`
 	$(BIN)/mnistflow best

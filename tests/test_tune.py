@@ -328,7 +328,7 @@ def test_two_processes_share_a_study_of_dvc_experiments_then_best_and_reproduce(
     assert "mnist-mlp-tune-best" in dvc_experiments(repo, env)
     metrics = fileio.read_json(repo / "outputs/evaluate/metrics.json")
     assert "test_accuracy" in metrics
-    assert load_params(repo / "params.yaml")["encode"][TRIAL_KEY] == 0
+    assert load_params(repo / "params.yaml")["encode"]["validation_rows"] == 0
     client = MlflowClient(uri)
     evaluated = trial_runs(uri, "mnist-mlp")
     assert [r.data.metrics["test_accuracy"] for r in evaluated] == [
@@ -350,7 +350,7 @@ def test_two_processes_share_a_study_of_dvc_experiments_then_best_and_reproduce(
     # `dvc exp apply` restores a trial: its params, the validation split, no test metrics
     run(["dvc", "exp", "apply", best_trial.user_attrs[worker.ATTR_EXP]], repo, env)
     applied = load_params(repo / "params.yaml")
-    assert applied["encode"][TRIAL_KEY] == 200
+    assert applied["encode"]["validation_rows"] == 200
     assert applied["train"]["alpha"] == best_trial.params["train.alpha"]
     assert fileio.read_json(repo / "outputs/evaluate/metrics.json") == {"test_set": "not evaluated"}
     assert fileio.read_json(repo / "outputs/train/metrics.json")["val_accuracy"] == round(
