@@ -124,6 +124,8 @@ def main() -> None:
     parser.add_argument("--trials-1", type=int, default=3, help="trials of the 1-worker study")
     parser.add_argument("--trials-2", type=int, default=4, help="trials of the 2-worker study")
     parser.add_argument("--budget", type=int, default=20, help="TPE trials = grid points")
+    parser.add_argument("--search-only", action="store_true", help="part 3 only (no DVC)")
+    parser.add_argument("--dvc-only", action="store_true", help="parts 1 and 2 only")
     args = parser.parse_args()
     env, dvc = bench_env(None)
     mnistflow = str(Path(sys.executable).parent / "mnistflow")
@@ -131,12 +133,24 @@ def main() -> None:
 
     base = Path(tempfile.mkdtemp(prefix="mnistflow-bench-tune-"))
     files = small_mnist(Path(args.mirror), base / "mirror", args.train, args.test)
+    env["MNISTFLOW_MIRROR"] = str(base / "mirror")  # the small dataset's files, nothing else
     ws = workspace(base, files, args)
     measure([*dvc, "repro", "unpack"], ws, env)
     params = load_params(ws / "params.yaml")
     validate(params)
 
-    # 1. throughput
+    from mnistflow.util.fileio import load_npz
+
+    arrays = load_npz(ws / "data/unpacked/arrays.npz")
+    if not args.search_only:
+        dvc_parts(ws, env, mnistflow, params, arrays, args)
+    if not args.dvc_only:
+        search(params, arrays, args)
+    out(f"\nload average after: {os.getloadavg()}; workspace {base} (remove by hand)")
+
+
+def dvc_parts(ws: Path, env: dict, mnistflow: str, params: dict, arrays: dict, args) -> None:
+    """Parts 1 and 2: trials as DVC experiments on 1 and 2 workers, overhead per trial."""
     n1, n2 = args.trials_1, args.trials_2
     one = measure([mnistflow, "tune", "--study", "w1", "--trials", str(n1)], ws, env).seconds
     load_one = os.getloadavg()[0]
@@ -154,9 +168,6 @@ def main() -> None:
         raise SystemExit(f"2-worker study failed: {codes}")
 
     # 2. overhead per trial against the bare fit of the same params
-    from mnistflow.util.fileio import load_npz
-
-    arrays = load_npz(ws / "data/unpacked/arrays.npz")
     rows = []
     for t in study_trials(ws, "w1"):
         took = (t.datetime_complete - t.datetime_start).total_seconds()
@@ -174,7 +185,9 @@ def main() -> None:
     for number, took, bare, over, value, acc in rows:
         out(f"| {number} | {took:.1f} | {bare:.1f} | {over:.1f} | {value:.4f} | {acc:.4f} |")
 
-    # 3. TPE against the README's grid, same budget, in-process
+
+def search(params: dict, arrays: dict, args: argparse.Namespace) -> None:
+    """Part 3: TPE against the README's grid, same budget, in-process."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -203,7 +216,6 @@ def main() -> None:
     out(f"| grid (README axes) | {grid_scores[best_grid]:.4f} | {grid[best_grid]} | {grid_s:.0f} |")
     out(f"| TPE (tune.space, seed 0) | {study.best_value:.4f} | "
           f"{space.overrides(dims, study.best_params)} | {tpe_s:.0f} |")  # fmt: skip
-    out(f"\nload average after: {os.getloadavg()}; workspace {base} (remove by hand)")
 
 
 if __name__ == "__main__":
