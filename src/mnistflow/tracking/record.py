@@ -14,6 +14,8 @@ from mnistflow.tracking.artifacts import ENCODING_ARTIFACT
 from mnistflow.tracking.runs import flatten
 from mnistflow.util.fileio import save_npz
 
+ELAPSED = "elapsed_s"  # stepped by epoch: seconds since the start of the fit
+
 if TYPE_CHECKING:
     from mnistflow.modeling.training import FitResult
     from mnistflow.tracking.runs import Run
@@ -39,8 +41,11 @@ def log_epoch(run: Run, epoch: int, loss: float, val_score: float | None) -> Non
 
 
 def log_fit(run: Run, result: FitResult) -> None:
-    """The fit's wall-clock time and epochs (timings go to MLflow, not to DVC outputs)."""
+    """The fit's wall-clock time and epochs (timings go to MLflow, not to DVC outputs), and
+    the time at the end of each epoch as the stepped ``elapsed_s`` when measured (online)."""
     run.log_metrics({"fit_time_s": result.fit_time_s, "n_iter": result.n_iter})
+    for epoch, seconds in enumerate(result.epoch_times, start=1):
+        run.log_metric(ELAPSED, seconds, step=epoch)
 
 
 def log_encoding(run: Run, encoding: Encoding) -> None:
