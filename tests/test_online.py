@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
 
 import numpy as np
 import psutil
 import pytest
+from mlflow.tracking import MlflowClient
 
 from mnistflow.config import AugmentConfig
 from mnistflow.data import augment as aug
 from mnistflow.data.encode import Encoding, flatten, pixel_stats
 from mnistflow.data.online import EpochFeed, OnlineData, epoch_features
-from tests.helpers import synthetic_digits
+from mnistflow.tracking.record import ELAPSED
+from mnistflow.util.fileio import read_json
+from tests.helpers import copy_repo, run, stage_env, synthetic_digits, write_encoded
 
 
 def online_data(encoding: Encoding, background: bool = False, **augment: float) -> OnlineData:
@@ -113,3 +122,105 @@ def test_a_dead_child_is_a_clear_error() -> None:
         os.kill(child.pid, signal.SIGKILL)
         with pytest.raises(Exception, match=r"died preparing epoch 1 \(exit code -9"):
             feed.get(1)
+
+
+# ---------------------------------------------------------------- the train stage, online
+
+
+def online_params(max_iter: int) -> Callable[[dict], None]:
+    def edit(p: dict) -> None:
+        p["encode"]["augment"].update(elastic_alpha=34.0)
+        p["train"].update(
+            online_augment=True,
+            lr_decay=0.9,
+            hidden_layer_sizes=[16],
+            max_iter=max_iter,
+            early_stopping=True,
+            n_iter_no_change=100000,
+            tol=0.0,
+        )
+
+    return edit
+
+
+@pytest.mark.e2e
+def test_train_stage_online_twice_gives_the_same_model_and_metrics(tmp_path: Path) -> None:
+    outputs = []
+    for name in ("a", "b"):
+        ws = copy_repo(tmp_path / name, online_params(max_iter=4))
+        write_encoded(ws, n_train=300, n_test=50)
+        proc = run([sys.executable, "stages/train.py"], ws, stage_env())
+        assert "online augmentation: epochs prepared on process" in proc.stderr
+        run_id = read_json(ws / "outputs/train/run.json")["run_id"]
+        client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+        history = {
+            key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+            for key in ("train_loss", "val_score", ELAPSED)
+        }
+        assert [step for step, _ in history[ELAPSED]] == [1, 2, 3, 4]
+        assert len(history["val_score"]) == 4
+        del history[ELAPSED]  # wall clock: per run by nature
+        outputs.append(
+            (
+                (ws / "models/model.pkl").read_bytes(),
+                (ws / "outputs/train/metrics.json").read_text(),
+                (ws / "outputs/train/loss.csv").read_text(),
+                history,
+            )
+        )
+    assert outputs[0] == outputs[1]
+
+
+def start_online_train(tmp_path: Path, err: IO[str]) -> tuple[Path, subprocess.Popen, int]:
+    """The train stage with online augmentation, once its epochs are under way: the
+    workspace, the process and its augmentation child's pid."""
+    ws = copy_repo(tmp_path / "ws", online_params(max_iter=100000))
+    write_encoded(ws, n_train=2000, n_test=50)
+    proc = subprocess.Popen(
+        [sys.executable, "stages/train.py"], cwd=ws, env=stage_env(), stderr=err
+    )
+    deadline = time.monotonic() + 120
+    while "loss=" not in Path(err.name).read_text() and time.monotonic() < deadline:
+        assert proc.poll() is None, Path(err.name).read_text()[-3000:]
+        time.sleep(0.1)
+    (child,) = psutil.Process(proc.pid).children()
+    return ws, proc, child.pid
+
+
+def gone(pid: int, timeout: float = 10) -> bool:
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+@pytest.mark.e2e
+def test_sigterm_during_online_train_leaves_no_child_and_the_run_killed(tmp_path: Path) -> None:
+    with (tmp_path / "stderr.txt").open("w") as err:
+        ws, proc, child = start_online_train(tmp_path, err)
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert not psutil.pid_exists(child) or gone(child, timeout=0)
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("mnist-mlp").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert not (ws / "outputs/train/run.json").exists()
+
+
+@pytest.mark.e2e
+def test_the_child_dies_with_a_sigkilled_train_stage(tmp_path: Path) -> None:
+    with (tmp_path / "stderr.txt").open("w") as err:
+        _, proc, child = start_online_train(tmp_path, err)
+        proc.kill()
+        proc.wait(timeout=60)
+    assert gone(child), "the augmentation process outlived its SIGKILLed parent"
