@@ -22,7 +22,15 @@ from mnistflow.data.encode import Encoding, flatten, pixel_stats
 from mnistflow.data.online import EpochFeed, OnlineData, epoch_features
 from mnistflow.tracking.record import ELAPSED
 from mnistflow.util.fileio import read_json
-from tests.helpers import copy_repo, run, stage_env, synthetic_digits, write_encoded
+from tests.helpers import (
+    copy_repo,
+    run,
+    stage_env,
+    synthetic_digits,
+    use_tiny_dataset,
+    workspace_env,
+    write_encoded,
+)
 
 
 def online_data(encoding: Encoding, background: bool = False, **augment: float) -> OnlineData:
@@ -224,3 +232,27 @@ def test_the_child_dies_with_a_sigkilled_train_stage(tmp_path: Path) -> None:
         proc.kill()
         proc.wait(timeout=60)
     assert gone(child), "the augmentation process outlived its SIGKILLed parent"
+
+
+@pytest.mark.e2e
+def test_dvc_repro_online_reports_accuracy_against_time(
+    tiny_mirror: tuple[Path, dict], tmp_path: Path
+) -> None:
+    mirror, files = tiny_mirror
+
+    def edit(params: dict) -> None:
+        use_tiny_dataset(files)(params)
+        online_params(max_iter=3)(params)
+
+    repo = copy_repo(tmp_path / "repo", edit)
+    run(["dvc", "repro"], repo, workspace_env(mirror))
+    run_id = read_json(repo / "outputs/train/run.json")["run_id"]
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    assert client.get_run(run_id).info.status == "FINISHED"
+    folder = Path(client.download_artifacts(run_id, "report", str(tmp_path / "artifacts")))
+    assert (folder / "accuracy_time.png").stat().st_size > 0
+    assert (
+        "![Accuracy against training time](accuracy_time.png)" in (folder / "report.md").read_text()
+    )
+    # the committed report has no time axis (it is the same on every run)
+    assert not (repo / "reports/latest/accuracy_time.png").exists()

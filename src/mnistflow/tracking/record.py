@@ -14,7 +14,8 @@ from mnistflow.tracking.artifacts import ENCODING_ARTIFACT
 from mnistflow.tracking.runs import flatten
 from mnistflow.util.fileio import save_npz
 
-ELAPSED = "elapsed_s"  # stepped by epoch: seconds since the start of the fit
+# Stepped by epoch: training loss, validation score, seconds since the start of the fit.
+TRAIN_LOSS, VAL_SCORE, ELAPSED = "train_loss", "val_score", "elapsed_s"
 
 if TYPE_CHECKING:
     from mnistflow.modeling.training import FitResult
@@ -35,9 +36,9 @@ def train_params(params: Params) -> dict[str, Any]:
 
 def log_epoch(run: Run, epoch: int, loss: float, val_score: float | None) -> None:
     """The stepped per-epoch metrics: ``train_loss`` (and ``val_score`` with early stopping)."""
-    run.log_metric("train_loss", loss, step=epoch)
+    run.log_metric(TRAIN_LOSS, loss, step=epoch)
     if val_score is not None:
-        run.log_metric("val_score", val_score, step=epoch)
+        run.log_metric(VAL_SCORE, val_score, step=epoch)
 
 
 def log_fit(run: Run, result: FitResult) -> None:
