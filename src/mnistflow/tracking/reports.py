@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from mnistflow.modeling import metrics as m
 from mnistflow.reporting import figures, report
-from mnistflow.tracking.record import ELAPSED, VAL_SCORE
 from mnistflow.tracking import ui
+from mnistflow.tracking.record import ELAPSED, VAL_SCORE
 from mnistflow.tracking.runs import Run
 from mnistflow.util.fileio import write_text
 
