@@ -154,8 +154,26 @@ def fit_online(
         epoch_times.append(time.perf_counter() - start)
         on_epoch(epoch, loss, val_score)
 
+    waited: list[float] = []
+
     with EpochFeed(X[:n_fit], online, cfg.max_iter) as feed:
-        return train_epochs(model, cfg, feed.get, y[:n_fit], X[n_fit:], y[n_fit:], timed)
+
+        def rows(epoch: int) -> np.ndarray:
+            before = time.perf_counter()
+            features = feed.get(epoch)
+            waited.append(time.perf_counter() - before)
+            log.debug("epoch %d: waited %.1f s for its distortions", epoch, waited[-1])
+            return features
+
+        train_epochs(model, cfg, rows, y[:n_fit], X[n_fit:], y[n_fit:], timed)
+    # How much of the fit the second process did not hide (the first epoch always waits).
+    log.info(
+        "online augmentation: waited %.1f s for distortions over %d epochs (first %.1f s)",
+        sum(waited),
+        len(waited),
+        waited[0],
+    )
+    return model
 
 
 def train_epochs(
