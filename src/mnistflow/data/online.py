@@ -103,7 +103,7 @@ def _serve(
     conn: Connection, parent: int, X: np.ndarray, data: OnlineData, slots: list[np.ndarray]
 ) -> None:
     """The child: for each ``(epoch, slot)`` received, write the epoch's features into the
-    slot and answer ``("done", epoch)``; stop on None or when the parent hangs up."""
+    slot and answer ``("done", epoch)``; stop when the parent hangs up (or stops it)."""
     # The parent decides about interruptions: Ctrl-C reaches the whole process group, and
     # the parent then stops this child with SIGTERM (the default action: exit at once).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -113,8 +113,6 @@ def _serve(
         try:
             request = conn.recv()
         except EOFError:
-            return
-        if request is None:
             return
         epoch, slot = request
         try:
@@ -221,6 +219,7 @@ class EpochFeed:
         """Stop the child (politely when idle, SIGTERM when busy) and wait for it."""
         process, conn = self._process, self._conn
         self._process = self._conn = None
+        self._slots = []  # the shared buffers go once the caller drops the last array
         if process is None or conn is None:
             return
         try:
