@@ -139,9 +139,7 @@ def _deskew_task(task: tuple[int, np.ndarray]) -> tuple[int, np.ndarray]:
     return start, _deskew_chunk(images)
 
 
-def distort(
-    images: np.ndarray, cfg: AugmentConfig, seed: np.random.SeedSequence
-) -> np.ndarray:
+def distort(images: np.ndarray, cfg: AugmentConfig, seed: np.random.SeedSequence) -> np.ndarray:
     """One distorted copy of each image in ``images`` (float32), drawn from ``seed``'s
     stream: what every chunk of :func:`augment` and :func:`epoch_batch` computes."""
     rng = np.random.default_rng(seed)

@@ -90,7 +90,8 @@ class Encoding:
             return np.multiply(rows, np.float32(255), dtype=np.float32)
         if self.scaling == "none":
             return rows.astype(np.float32)
-        assert self.mean is not None and self.std is not None  # __post_init__
+        assert self.mean is not None  # __post_init__
+        assert self.std is not None
         out = np.multiply(rows, self.std, dtype=np.float32)
         out += self.mean
         return out

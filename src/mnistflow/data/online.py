@@ -147,8 +147,9 @@ class EpochFeed:
         # pages and nothing named is left behind in /dev/shm if either is killed.
         nbytes = self._X.shape[0] * self._X.shape[1] * 4
         self._slots = [
-            np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=np.float32, count=self._X.size)
-            .reshape(self._X.shape)
+            np.frombuffer(
+                mmap.mmap(-1, max(nbytes, 1)), dtype=np.float32, count=self._X.size
+            ).reshape(self._X.shape)
             for _ in range(2)
         ]
         # fork: the child shares the base rows copy-on-write instead of receiving a pickle.
@@ -173,7 +174,8 @@ class EpochFeed:
 
     def _wait(self, epoch: int) -> None:
         process = self._process
-        assert self._conn is not None and process is not None
+        assert self._conn is not None
+        assert process is not None
 
         def died() -> AugmentWorkerError:
             return AugmentWorkerError(
