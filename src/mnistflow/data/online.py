@@ -90,7 +90,11 @@ def epoch_features(
 
 
 def _die_with_parent(parent: int) -> None:
-    """Have Linux SIGKILL this child when its parent dies (even by SIGKILL): no orphan."""
+    """Have Linux SIGKILL this child when its parent dies (even by SIGKILL): no orphan.
+
+    Strictly, when the parent *thread* that forked it ends: :class:`EpochFeed` is entered
+    from the main thread (the train stage, a tuning trial), which lives as long as the process.
+    """
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
