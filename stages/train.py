@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mnistflow.config import load_config
 from mnistflow.data.encode import Encoding, features
+from mnistflow.data.online import OnlineData
 from mnistflow.modeling.metrics import true_classes
 from mnistflow.modeling.model import ignored_settings
 from mnistflow.modeling.training import Validation, fit, model_bytes
@@ -51,6 +52,11 @@ def main() -> None:
     encoding = Encoding.from_arrays(fileio.load_npz(paths.encode_stats), paths.encode_stats)
     X_val, y_val = features(fileio.load_npz(paths.val_features), paths.val_features)
     n_classes = int(info["n_classes"])
+    # two raw images: the logged model's input example and the image shape; a tuning trial
+    # (validation rows, no served model) takes them from the training images: it reads no
+    # test data at all
+    raw = "x_train" if len(X_val) else "x_test"
+    examples = fileio.load_npz(paths.arrays, [raw])[raw][:2]
     link = TrialLink.from_env() if len(X_val) else None  # set by a `mnistflow tune` worker
     trial = StageTrial.open(link, params.tune) if link else None
     validation = None
@@ -79,7 +85,10 @@ def main() -> None:
         datasets.log_dataset(
             params.dataset_name, info["dataset_sha256"], paths.train_features, X.shape
         )
-        result = fit(cfg, X, y, partial(record.log_epoch, run), validation=validation)
+        online = OnlineData(encoding, examples.shape[1:], params.encode.augment)
+        result = fit(
+            cfg, X, y, partial(record.log_epoch, run), validation=validation, online=online
+        )
         log.info(
             "fitted in %.1f s, %d epochs, final loss %.5f",
             result.fit_time_s,
@@ -93,7 +102,6 @@ def main() -> None:
         if result.val_accuracy:
             record.log_validation(run, result.val_accuracy)
         else:
-            examples = fileio.load_npz(paths.arrays, ["x_test"])["x_test"][:2]  # raw input
             models.log_model(result.model, encoding, examples, n_classes)
         if trial:
             run.set_tags({TAG_STATE: trial.state})

@@ -20,6 +20,7 @@ import pytest
 from mnistflow.config import (
     TRIAL_KEY,
     CategoricalDim,
+    EncodeConfig,
     ParamsError,
     TrainConfig,
     load_params,
@@ -205,6 +206,30 @@ def test_a_trial_whose_worker_is_gone_stops(params: dict) -> None:
     with pytest.raises(trial.TrialAbandoned, match="worker pid"):
         trial.StageTrial(link, asked).on_score(1, 0.5)
     assert trial.TrialLink.from_env({trial.TRIAL_ENV: link.to_env()}) == link
+
+
+@pytest.mark.unit
+def test_a_pruned_trial_with_online_augmentation_stops_at_its_epoch(params: dict) -> None:
+    """Trials run the train stage, so train.online_augment is honoured as in any run; the
+    online loop stops when the trial is pruned too."""
+    import optuna
+
+    from mnistflow.data.encode import Encoding
+    from mnistflow.data.online import OnlineData
+
+    study = optuna.create_study(direction="maximize", pruner=_PruneAtEpoch2())
+    asked = study.ask()
+    link = trial.TrialLink("sqlite://", study.study_name, asked._trial_id, 0, "p", os.getpid())
+    stage = trial.StageTrial(link, asked)
+    raw = params["train"] | {"hidden_layer_sizes": [8], "max_iter": 6, "online_augment": True}
+    cfg = TrainConfig.from_section(raw, "train")
+    augment = EncodeConfig.from_section(params["encode"], "encode").augment
+    online = OnlineData(Encoding("divide255"), (28, 28), augment, background=False)  # unit
+    X, y = _fit_data()
+    held = Validation(X[40:], np.arange(40, 60) % 10, 10, stage.on_score)
+    result = fit(cfg, X[:40], y[:40], validation=held, online=online)
+    assert result.n_iter == 2  # of 6
+    assert stage.state == "PRUNED"
 
 
 @pytest.mark.unit
