@@ -152,7 +152,7 @@ class Objective:
         trial.set_user_attr(ATTR_OVERRIDES, overrides)
         trial.set_user_attr(ATTR_WORKER, worker_id())
         trial.set_user_attr(ATTR_EXP, name)
-        link = TrialLink(
+        link = TrialLink(  # _trial_id: the storage's key, which Trial(study, id) needs
             self.url, self.study, trial._trial_id, trial.number,
             self.tracking.parent_run_id, os.getpid(),
         )  # fmt: skip
