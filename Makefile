@@ -93,7 +93,7 @@ bench: setup ## benchmark: cold/no-op/param-change repro vs a bare script, peak 
 bench-best: setup ## run the documented best configuration and print accuracy, time, memory
 	$(BIN)/python benchmarks/best.py
 
-bench-store: setup services ## leaderboard, register and the UI runs table at 10/100/1000 runs
+bench-store: setup services ## leaderboard/register/UI at 10/100/1000 runs; dvc exp show/queue status at 10/50/100 exps
 	$(BIN)/python benchmarks/store_growth.py
 
 bench-queue: setup ## queue throughput: 4 experiments on -j 2 against -j 1
