@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -87,14 +88,21 @@ def fill(uri: str, n: int, root: Path) -> None:
         )
 
 
-def timed(args: list[str], env: dict[str, str], cwd: Path) -> float:
-    """Seconds one command takes (it must succeed)."""
+def timed(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one command, which must succeed.
+
+    On a shared machine the CPU time is the steadier figure: the wall time grows with the
+    load of everything else, the CPU time of a single-threaded command hardly does.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    return seconds
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return seconds, cpu
 
 
 def free_port() -> int:
@@ -176,7 +184,7 @@ def ui_first_page(uri: str, env: dict[str, str], work: Path) -> tuple[float, flo
         server.wait(timeout=30)
 
 
-def store_rows(sizes: list[int], with_ui: bool) -> list[tuple[float, ...]]:
+def store_rows(sizes: list[int], with_ui: bool) -> list[dict[str, float]]:
     """Fill a fresh store per size; time leaderboard, register and the UI."""
     rows = []
     for n in sizes:
@@ -190,23 +198,22 @@ def store_rows(sizes: list[int], with_ui: bool) -> list[tuple[float, ...]]:
             fill(uri, n, work)
             filled = time.perf_counter() - start
             mnistflow = str(BIN / "mnistflow")
-            board = timed([mnistflow, "leaderboard"], env, work)
-            register = timed([mnistflow, "register"], env, work)
+            board, board_cpu = timed([mnistflow, "leaderboard"], env, work)
+            register, register_cpu = timed([mnistflow, "register"], env, work)
             nan = float("nan")
             ui, blank, search = ui_first_page(uri, env, work) if with_ui else (nan, nan, nan)
-            rows.append((n, filled, board, register, ui, blank, search))
-            sys.stdout.write(
-                f"N={n}: fill {filled:.1f} s, leaderboard {board:.2f} s, register "
-                f"{register:.2f} s, UI runs table {ui:.2f} s (chromium on about:blank "
-                f"{blank:.2f} s, runs/search of 100 {search:.2f} s), load {os.getloadavg()}\n"
-            )
+            row = {"n": n, "fill": filled, "leaderboard": board, "leaderboard_cpu": board_cpu,
+                   "register": register, "register_cpu": register_cpu, "ui": ui,
+                   "blank": blank, "search": search, "load": os.getloadavg()[0]}  # fmt: skip
+            rows.append(row)
+            sys.stdout.write(f"{row}\n")
             sys.stdout.flush()
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return rows
 
 
-def dvc_rows(sizes: list[int]) -> list[tuple[float, ...]]:
+def dvc_rows(sizes: list[int], keep: bool) -> list[dict[str, float]]:
     """Save and queue experiments on tiny data; time `dvc exp show` and `dvc queue status`."""
     import json
 
@@ -232,7 +239,7 @@ def dvc_rows(sizes: list[int]) -> list[tuple[float, ...]]:
         params_text, metrics = params_file.read_text(), json.loads(metrics_file.read_text())
         dvc = [str(BIN / "dvc")]
         show_env = {**env, "COLUMNS": "250"}
-        shows: dict[int, tuple[float, float]] = {}
+        rows: dict[int, dict[str, float]] = {}
         saved = 0
         for n in sizes:  # saved experiments, one new commit each
             start = time.perf_counter()
@@ -244,12 +251,17 @@ def dvc_rows(sizes: list[int]) -> list[tuple[float, ...]]:
                 dvc_repo.experiments.save(name=f"exp-{i:04d}", force=True)
             saved = n
             made = time.perf_counter() - start
-            shows[n] = (made, timed([*dvc, "exp", "show", "--no-pager"], show_env, repo))
-            sys.stdout.write(f"{n} saved experiments: made in {made:.1f} s, exp show "
-                             f"{shows[n][1]:.2f} s, load {os.getloadavg()}\n")  # fmt: skip
+            show, show_cpu = timed([*dvc, "exp", "show", "--no-pager"], show_env, repo)
+            again, again_cpu = timed([*dvc, "exp", "show", "--no-pager"], show_env, repo)
+            changed, changed_cpu = timed(
+                [*dvc, "exp", "show", "--no-pager", "--only-changed"], show_env, repo
+            )
+            rows[n] = {"n": n, "saving": made, "show": show, "show_cpu": show_cpu,
+                       "again": again, "again_cpu": again_cpu, "changed": changed,
+                       "changed_cpu": changed_cpu, "load": os.getloadavg()[0]}  # fmt: skip
+            sys.stdout.write(f"{rows[n]}\n")
             sys.stdout.flush()
         run(["git", "checkout", "--", "params.yaml", str(metrics_file)], repo, env)
-        rows = []
         queued = 0
         for n in sizes:  # queued experiments (no worker started)
             start = time.perf_counter()
@@ -259,19 +271,22 @@ def dvc_rows(sizes: list[int]) -> list[tuple[float, ...]]:
                 )
             queued = n
             made = time.perf_counter() - start
-            status = timed([*dvc, "queue", "status"], env, repo)
-            rows.append((n, *shows[n], made, status))
+            status, status_cpu = timed([*dvc, "queue", "status"], env, repo)
+            rows[n].update(queueing=made, status=status, status_cpu=status_cpu)
             sys.stdout.write(f"{n} queued: made in {made:.1f} s, queue status {status:.2f} s\n")
             sys.stdout.flush()
-        return rows
+        return [rows[n] for n in sizes]
     finally:
         os.chdir(old_cwd)
         os.environ.clear()
         os.environ.update(old_env)
-        shutil.rmtree(base, ignore_errors=True)
+        if keep:
+            sys.stdout.write(f"kept: {base}\n")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
 
 
-def figure(path: Path, store: list[tuple[float, ...]], exps: list[tuple[float, ...]]) -> None:
+def figure(path: Path, store: list[dict[str, float]], exps: list[dict[str, float]]) -> None:
     """Log-log plot of each measure against N: the store's and DVC's side by side."""
     import matplotlib
 
@@ -280,22 +295,28 @@ def figure(path: Path, store: list[tuple[float, ...]], exps: list[tuple[float, .
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     panels = (
-        (axes[0], store, ((2, "leaderboard"), (3, "register"), (4, "UI runs table"),
-                          (6, "UI: server's runs/search (100)")), "runs in the sqlite store"),
-        (axes[1], exps, ((2, "dvc exp show"), (4, "dvc queue status")), "DVC experiments"),
+        (axes[0], store, (("leaderboard_cpu", "leaderboard (CPU s)"),
+                          ("register_cpu", "register (CPU s)"),
+                          ("ui", "UI runs table (wall s)"),
+                          ("search", "UI: server's runs/search of 100 (wall s)")),
+         "runs in the sqlite store"),
+        (axes[1], exps, (("show_cpu", "dvc exp show (CPU s)"),
+                         ("changed_cpu", "dvc exp show --only-changed (CPU s)"),
+                         ("status_cpu", "dvc queue status (CPU s)")),
+         "DVC experiments (saved; queued for queue status)"),
     )  # fmt: skip
     for ax, rows, columns, xlabel in panels:
         if len(rows) < 2:
             ax.set_axis_off()
             continue
-        sizes = [r[0] for r in rows]
-        for col, label in columns:
-            ax.loglog(sizes, [r[col] for r in rows], marker="o", label=label)
+        sizes = [r["n"] for r in rows]
+        for key, label in columns:
+            ax.loglog(sizes, [r[key] for r in rows], marker="o", label=label)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("seconds")
         ax.grid(alpha=0.3, which="both")
-        ax.legend()
-    fig.suptitle(f"read-side cost against size (load average {os.getloadavg()[0]:.1f})")
+        ax.legend(fontsize=8)
+    fig.suptitle("read-side cost against size (2 shared cores; CPU seconds where marked)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     sys.stdout.write(f"figure: {path}\n")
@@ -310,21 +331,28 @@ def main() -> None:
     parser.add_argument("--no-ui", action="store_true", help="skip the browser measurement")
     parser.add_argument("--no-store", action="store_true", help="skip the MLflow store part")
     parser.add_argument("--no-dvc", action="store_true", help="skip the DVC experiments part")
+    parser.add_argument("--keep", action="store_true", help="keep the experiments' repo")
     args = parser.parse_args()
     store = [] if args.no_store else store_rows(args.sizes, not args.no_ui)
-    exps = [] if args.no_dvc else dvc_rows(sorted(args.exp_sizes))
+    exps = [] if args.no_dvc else dvc_rows(sorted(args.exp_sizes), args.keep)
 
     lines = []
     if store:
-        lines += ["", "| runs | leaderboard (s) | register (s) | UI runs table, first page (s) "
-                  "| Chromium, empty page (s) | server: runs/search of 100 (s) |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {r[0]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} |"
+        lines += ["", "| runs | leaderboard, s (CPU s) | register, s (CPU s) | UI runs table, "
+                  "first page (s) | Chromium, empty page (s) | server: runs/search of 100 (s) "
+                  "| load |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['n']} | {r['leaderboard']:.2f} ({r['leaderboard_cpu']:.2f}) | "
+                  f"{r['register']:.2f} ({r['register_cpu']:.2f}) | {r['ui']:.2f} | "
+                  f"{r['blank']:.2f} | {r['search']:.2f} | {r['load']:.1f} |"
                   for r in store]  # fmt: skip
     if exps:
-        lines += ["", "| experiments | `dvc exp show` (s) | `dvc queue status` (s) "
-                  "| making them (s): saved, queued |", "|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {r[0]} | {r[2]:.2f} | {r[4]:.2f} | {r[1]:.0f}, {r[3]:.0f} |" for r in exps]
+        lines += ["", "| experiments | `dvc exp show`, s (CPU s) | again | `--only-changed` "
+                  "| `dvc queue status` | making them (s): saved, queued | load |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['n']} | {r['show']:.2f} ({r['show_cpu']:.2f}) | {r['again']:.2f} "
+                  f"({r['again_cpu']:.2f}) | {r['changed']:.2f} ({r['changed_cpu']:.2f}) | "
+                  f"{r['status']:.2f} ({r['status_cpu']:.2f}) | {r['saving']:.0f}, "
+                  f"{r['queueing']:.0f} | {r['load']:.1f} |" for r in exps]  # fmt: skip
     sys.stdout.write("\n".join(lines) + f"\n\nload average: {os.getloadavg()}\n")
     if len(store) > 1 or len(exps) > 1:
         figure(args.figure, store, exps)
