@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 
 from filelock import FileLock, Timeout
 
-from mnistflow.config import EvaluateConfig, MlflowConfig, config
+from mnistflow.config import MlflowConfig, baseline_accuracy, config, dataset_spec
 from mnistflow.util.errors import UserError
 from mnistflow.util.workspace import find_root
 
@@ -123,19 +123,22 @@ def absolute_uri(uri: str, cwd: Path) -> str:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """What the read-side commands need from params.yaml: the store and the baseline."""
+    """What the read-side commands need from params.yaml: the store, the dataset and its
+    baseline."""
 
     experiment_name: str
     tracking_uri: str
     baseline_accuracy: float
+    dataset: str
 
 
 def store_settings(params: dict) -> StoreSettings:
-    """The MLflow store the pipeline logs to  and the baseline, from params."""
+    """The MLflow store the pipeline logs to and the selected dataset's baseline, from params."""
     mlflow_cfg = config(params, "mlflow", MlflowConfig)
     return StoreSettings(
         experiment_name=mlflow_cfg.experiment_name,
-        baseline_accuracy=config(params, "evaluate", EvaluateConfig).baseline_accuracy,
+        baseline_accuracy=baseline_accuracy(params),
+        dataset=dataset_spec(params)[0],
         # last: the store is only looked for once the params are known to be valid
         tracking_uri=resolve_tracking_uri(mlflow_cfg, Path.cwd()),
     )
