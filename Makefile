@@ -31,7 +31,7 @@ endif
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup services lint format test test-fast repro bench bench-best bench-queue bench-store best \
+.PHONY: help setup services lint format test test-fast repro bench bench-best bench-online bench-queue bench-store best \
         ui leaderboard sweep tune register predict reproduce serve server push pull lock lock-upgrade lock-check clean
 
 help: ## list the targets
@@ -88,6 +88,9 @@ bench: setup ## benchmark: cold/no-op/param-change repro vs a bare script, peak 
 
 bench-best: setup ## run the documented best configuration and print accuracy, time, memory
 	$(BIN)/python benchmarks/best.py
+
+bench-online: setup ## the online-augmentation preset (issue 12, not yet measured): accuracy, time, memory
+	$(BIN)/python benchmarks/best.py --preset online
 
 bench-store: setup services ## leaderboard, register and the UI runs table at 10/100/1000 runs
 	$(BIN)/python benchmarks/store_growth.py

@@ -87,6 +87,42 @@ def test_bad_values_name_the_key(params: dict, path: tuple, value: object, messa
         config(params, path[0], SECTIONS[path[0]])
 
 
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"lr_decay": 0.9}, "'train' lr_decay=0.9 needs online_augment: true"),
+        ({"online_augment": True, "solver": "lbfgs"}, "online_augment needs solver sgd or adam"),
+        (
+            {
+                "online_augment": True,
+                "lr_decay": 0.9,
+                "solver": "sgd",
+                "learning_rate": "invscaling",
+            },
+            "with solver sgd needs learning_rate: constant",
+        ),
+        ({"lr_decay": 0.0}, "'train.lr_decay'"),
+        ({"lr_decay": 1.5}, "'train.lr_decay'"),
+    ],
+)
+def test_online_settings_that_would_be_ignored_are_refused(
+    params: dict, train: dict, message: str
+) -> None:
+    params["train"].update(train)
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        validate(params)
+
+
+def test_online_augmentation_refuses_materialised_copies(params: dict) -> None:
+    params["train"]["online_augment"] = True
+    params["encode"]["augment"]["copies"] = 2
+    with pytest.raises(ParamsError, match=r"'train\.online_augment'.*copies to 0 \(it is 2\)"):
+        validate(params)
+    params["encode"]["augment"]["copies"] = 0
+    params["train"]["lr_decay"] = 0.9
+    assert validate(params).train.online_augment
+
+
 def test_unknown_key_is_rejected(params: dict) -> None:
     params["train"]["alpah"] = 0.1
     with pytest.raises(ParamsError, match=r"unknown key 'train\.alpah'"):

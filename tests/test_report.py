@@ -73,6 +73,9 @@ def test_committed_report_has_nothing_per_run_and_the_run_section_has_it() -> No
     )
     assert "Fit time: 12.3 s" in section
     assert LINKS.run_url in section
+    assert "Accuracy against training time" not in section
+    with_figure = report.run_section(LINKS, fit_time_s=12.34, time_figure="accuracy_time.png")
+    assert "![Accuracy against training time](accuracy_time.png)" in with_figure
 
 
 def test_report_exact_match_headline_and_index_targets() -> None:

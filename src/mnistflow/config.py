@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic import ValidationError as _PydanticError
 
 from mnistflow.util.errors import UserError
@@ -289,6 +289,27 @@ class TrainConfig(Config):
     n_iter_no_change: int = Field(ge=1)
     random_state: int = Field(ge=0, le=2**32 - 1)
     threads: int = Field(ge=1, le=256)
+    # Online augmentation (docs/results.md): every epoch trains on fresh distortions of the
+    # training images, drawn with encode.augment's settings, seeded per epoch.
+    online_augment: bool
+    lr_decay: float = Field(gt=0, le=1)  # learning rate x lr_decay after each epoch (online)
+
+    @model_validator(mode="after")
+    def _online_combinations(self) -> Self:
+        # Each refusal names a setting that would otherwise be silently ignored.
+        if self.lr_decay != 1.0 and not self.online_augment:
+            raise ValueError(
+                f"lr_decay={self.lr_decay} needs online_augment: true (the per-epoch loop "
+                "applies it); use 1.0 otherwise"
+            )
+        if self.online_augment and self.solver == "lbfgs":
+            raise ValueError("online_augment needs solver sgd or adam (lbfgs has no epochs)")
+        if self.lr_decay != 1.0 and self.solver == "sgd" and self.learning_rate != "constant":
+            raise ValueError(
+                f"lr_decay={self.lr_decay} with solver sgd needs learning_rate: constant "
+                f"(sklearn's {self.learning_rate!r} schedule would overwrite it)"
+            )
+        return self
 
 
 def _a_mapping(value: Any) -> Any:
@@ -553,6 +574,15 @@ SECTIONS: dict[str, type[Config]] = {
 }
 
 
+def _check_online(train: TrainConfig, encode: EncodeConfig) -> None:
+    """Online augmentation draws from the base training set: no materialised copies too."""
+    if train.online_augment and encode.augment.copies > 0:
+        raise ParamsError(
+            "params.yaml: 'train.online_augment' draws fresh distortions every epoch; set "
+            f"encode.augment.copies to 0 (it is {encode.augment.copies})"
+        )
+
+
 def validate(params: Mapping[str, Any]) -> Params:
     """Validate every section of a parsed params mapping (errors name the key)."""
     known = {*SECTIONS, "data", "datasets"}
@@ -564,6 +594,7 @@ def validate(params: Mapping[str, Any]) -> Params:
     name, spec = dataset_spec(params)
     sections = {key: config(params, key, cls) for key, cls in SECTIONS.items()}
     check_baselines(sections["evaluate"], section(params, "datasets"))  # type: ignore[arg-type]
+    _check_online(sections["train"], sections["encode"])  # type: ignore[arg-type]
     tune_space(params)  # the search space names real train/encode keys with valid values
     return Params(dataset_name=name, dataset=spec, raw=params, **sections)  # type: ignore[arg-type]
 

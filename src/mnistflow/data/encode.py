@@ -83,6 +83,19 @@ class Encoding:
         assert self.mean is not None and self.std is not None  # __post_init__
         return _standardize(rows, self.mean, self.std)
 
+    def unscale(self, rows: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`scale`: pixel values (float32, new array) of feature rows,
+        exact up to float32 rounding (online augmentation resamples them)."""
+        if self.scaling == "divide255":
+            return np.multiply(rows, np.float32(255), dtype=np.float32)
+        if self.scaling == "none":
+            return rows.astype(np.float32)
+        assert self.mean is not None  # __post_init__
+        assert self.std is not None
+        out = np.multiply(rows, self.std, dtype=np.float32)
+        out += self.mean
+        return out
+
     def apply(self, images: np.ndarray, workers: int = 1) -> np.ndarray:
         """Features from images (n, h, w): deskew (if set), flatten, scale."""
         pixels = deskew_images(images, workers) if self.deskew else images
