@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand of COMMANDS."""
     parser = argparse.ArgumentParser(
         prog="mnistflow",
-        description="Compare, register and use the runs of the MNIST pipeline (see README).",
+        description="Compare, register and use the runs of the pipeline (see README).",
     )
     parser.add_argument(
         "--params",
