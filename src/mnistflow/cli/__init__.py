@@ -79,7 +79,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(
         prog="mnistflow",
-        description="Compare, register and use the runs of the MNIST pipeline (see README).",
+        description="Compare, register and use the runs of the pipeline (see README).",
     )
     parser.add_argument(
         "--params",
