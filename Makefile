@@ -28,7 +28,8 @@ ifneq ($(wildcard $(LOCAL_MIRROR)/train-images-idx3-ubyte.gz),)
 export MNISTFLOW_MIRROR ?= $(LOCAL_MIRROR)
 endif
 
-STAMP := $(VENV)/.installed
+# The name changes when what setup installs changes, so an existing venv is synced again.
+STAMP := $(VENV)/.installed-pyc
 
 .DEFAULT_GOAL := help
 .PHONY: help setup services lint format test test-fast repro bench bench-best bench-online bench-queue bench-store bench-tune best \
@@ -46,10 +47,13 @@ $(UV_STAMP):
 	@touch $@
 
 # Exactly uv.lock (plus the dev extra and this package, editable); stale lock = error.
+# --compile-bytecode: every process (CLI, dvc, each stage) reads ready .pyc files instead of
+# compiling mlflow/sklearn/pandas from source, which halves their import time where Python may
+# not write its cache (PYTHONDONTWRITEBYTECODE=1, a read-only venv); see docs/benchmarks.md.
 $(STAMP): uv.lock pyproject.toml | $(UV_STAMP)
 	@py=$$(PATH='$(HOST_PATH)' scripts/find-python $(PYTHON_CANDIDATES)) || exit 1; \
-	  echo "$(UV) sync --locked --extra dev --python $$py  # into $(VENV)/"; \
-	  $(UV) sync --locked --extra dev --python "$$py" || { \
+	  echo "$(UV) sync --locked --extra dev --compile-bytecode --python $$py  # into $(VENV)/"; \
+	  $(UV) sync --locked --extra dev --compile-bytecode --python "$$py" || { \
 	    echo "make setup: uv sync failed; if uv.lock is out of date, run make lock" >&2; exit 1; }
 	@touch $@
 
@@ -92,7 +96,7 @@ bench-best: setup ## run the documented best configuration and print accuracy, t
 bench-online: setup ## the online-augmentation preset (issue 12, not yet measured): accuracy, time, memory
 	$(BIN)/python benchmarks/best.py --preset online
 
-bench-store: setup services ## leaderboard, register and the UI runs table at 10/100/1000 runs
+bench-store: setup services ## leaderboard/register/UI at 10/100/1000 runs; dvc exp show/queue status at 10/50/100 exps
 	$(BIN)/python benchmarks/store_growth.py
 
 bench-queue: setup ## queue throughput: 4 experiments on -j 2 against -j 1

@@ -28,7 +28,9 @@ def command(args: argparse.Namespace) -> int:
     store = store_settings(params)
     sweep(store.tracking_uri, store.experiment_name)  # no dead run ranked as RUNNING
     board = shape_table(
-        fetch_runs(store.tracking_uri, store.experiment_name), store.baseline_accuracy
+        fetch_runs(store.tracking_uri, store.experiment_name),
+        store.baseline_accuracy,
+        store.dataset,
     )
     write_leaderboard(board, store.experiment_name, Path(out.markdown), Path(out.figure))
     if len(board.ranked):

@@ -24,7 +24,7 @@ def command(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     cfg = config(params, "registry", RegistryConfig)
     store = store_settings(params)
-    result = register_best(store.tracking_uri, store.experiment_name, store.baseline_accuracy, cfg)
+    result = register_best(store.tracking_uri, store.experiment_name, cfg)
     # The result on stdout, for scripts: models:/<name>@<alias> and what it points at.
     sys.stdout.write(
         f"models:/{result.model_name}@{result.alias}\tversion {result.version}\t"

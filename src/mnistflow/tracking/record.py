@@ -34,6 +34,15 @@ def train_params(params: Params) -> dict[str, Any]:
     )
 
 
+def evaluate_params(params: Params) -> dict[str, Any]:
+    """The ``evaluate`` settings of a run: the baseline of its own dataset only (logged as
+    ``evaluate.baseline_accuracy.<dataset>``, the params.yaml key it came from)."""
+    return {
+        **params.evaluate.as_dict(),
+        "baseline_accuracy": {params.dataset_name: params.baseline_accuracy},
+    }
+
+
 def log_epoch(run: Run, epoch: int, loss: float, val_score: float | None) -> None:
     """The stepped per-epoch metrics: ``train_loss`` (and ``val_score`` with early stopping)."""
     run.log_metric(TRAIN_LOSS, loss, step=epoch)
