@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from mnistflow.config import TRIAL_KEY, Dimension, Params, ParamsError
 from mnistflow.modeling.metrics import VAL_ACCURACY
 from mnistflow.tracking import liveness, store
@@ -48,6 +50,7 @@ ATTR_OVERRIDES = "overrides"  # trial user attr: the params overrides (JSON-able
 ATTR_WORKER = "worker"  # "host:pid"
 ATTR_EXP = "dvc_exp"  # the trial's DVC experiment name
 FINISHED_STATES = ("COMPLETE", "PRUNED")
+EXP_LOCK = ".dvc/tmp/mnistflow-tune-exp.lock"  # serialises trial experiments in one clone
 
 
 class TrialRunError(RuntimeError):
@@ -158,10 +161,13 @@ class Objective:
         )  # fmt: skip
         env = {**os.environ, TRIAL_ENV: link.to_env(), "MLFLOW_TRACKING_URI": self.tracking.uri}
         log.info("trial %d: %s", trial.number, " ".join(space.set_flags(overrides)[1::2]))
-        # --wait-for-lock: DVC holds the workspace lock while it sets up and collects a temp
-        # experiment, so several workers in one clone take turns there (the runs overlap)
-        dvc(["--wait-for-lock", "exp", "run", "--temp", "-n", name,
-             *trial_flags(self.params, overrides)], self.root, env)  # fmt: skip
+        # One trial experiment at a time per clone: two overlapping `dvc exp run --temp` in
+        # one workspace lost an experiment here (the run returned 0, its ref was missing);
+        # workers in other clones or machines still run in parallel. --wait-for-lock: DVC
+        # commands of other origin may hold the workspace lock for a moment.
+        with FileLock(str(self.root / EXP_LOCK)):
+            dvc(["--wait-for-lock", "exp", "run", "--temp", "-n", name,
+                 *trial_flags(self.params, overrides)], self.root, env)  # fmt: skip
         run = self.result_run(trial.number, space.set_flags(overrides))
         trial.set_user_attr(ATTR_RUN, run.info.run_id)
         value = float(run.data.metrics[VAL_ACCURACY])
