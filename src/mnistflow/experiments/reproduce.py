@@ -3,12 +3,14 @@
 The run's logged params are written back into the params.yaml of the commit it was made
 with, in a temporary git worktree of that commit that shares this repository's DVC cache
 (so the data need not be fetched again). There the data stages run (restored from DVC's run
-cache when possible), the data hash is checked against the run's ``dataset_sha256`` tag, and
-train and evaluate run for real (``--force --no-run-cache``), logging a new run to the same
-MLflow store tagged ``reproduces=<run-id>`` (the BLAS thread count, which changes the last
-digits of a fit, is the param ``train.threads`` and so restored with the others). Exit 0 if
-every logged metric (wall-clock times aside) is identical, 1 if not, 2 if the run cannot be
-looked up or reproduced.
+cache when possible; download, whose output persists and so is never run-cached, takes this
+clone's raw files as its mirror when no other is set), the data hash is checked against the
+run's ``dataset_sha256`` tag, and train and evaluate run for real (``--force
+--no-run-cache``), logging a new run to the same MLflow store tagged ``reproduces=<run-id>``
+(the BLAS thread count, which changes the last digits of a fit, is the param
+``train.threads`` and so restored with the others). Exit 0 if every logged metric
+(wall-clock times aside) is identical, 1 if not, 2 if the run cannot be looked up or
+reproduced.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import yaml
 
 from mnistflow.config import SECTIONS, ParamsError, Paths, config, dataset_spec, load_params
+from mnistflow.data.download import MIRROR_ENV, MIRROR_ENV_ALIAS
 from mnistflow.tracking.provenance import REPRODUCES_ENV, REPRODUCES_TAG
 from mnistflow.tracking.store import absolute_uri
 from mnistflow.util import fileio
@@ -338,6 +341,13 @@ def reproduce(run_id: str, cwd: Path, uri: str, keep: bool) -> int:
             )
         dvc(["cache", "dir", "--local", cache_dir], work, env)
         paths = config(params, "paths", Paths)
+        raw = repo / paths.raw_dir
+        if not (env.get(MIRROR_ENV) or env.get(MIRROR_ENV_ALIAS)) and raw.is_dir():
+            # DVC's run cache skips download (its output persists), so the worktree would
+            # fetch the files again; this clone's copies (pulled from the DVC remote) serve
+            # as a mirror: download checks each file's sha256 as for any mirror.
+            env[MIRROR_ENV] = str(raw)
+            log.info("download: this clone's %s serves as the mirror", paths.raw_dir)
 
         # The data: restored from the shared cache / run cache where DVC can.
         dvc(["repro", "encode"], work, env)
