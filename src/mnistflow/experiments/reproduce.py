@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 EXIT_IDENTICAL, EXIT_DIFFERENT = 0, 1
 # Wall-clock measurements differ between any two runs; they say nothing about the model.
 TIMING_METRIC = re.compile(r"(_time_s|_seconds)$")
+# MLflow's system metrics (CPU, memory, disk, network) describe the machine, not the model.
+SYSTEM_METRIC_PREFIX = "system/"
 PER_CLASS_METRIC = re.compile(r"^(?P<group>.+_class_)\d+$")
 # Variables describing the *calling* DVC run; the rerun must not look like an experiment.
 DVC_RUN_ENV = ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE")
@@ -203,12 +205,15 @@ def validate(params: Mapping[str, Any], sections: set[str]) -> None:
 
 
 def compare_metrics(logged: Mapping[str, float], rerun: Mapping[str, float]) -> list[MetricRow]:
-    """Compare every logged metric (timings aside) with the rerun's; equal means equal floats.
+    """Compare every logged metric (timings and system metrics aside) with the rerun's; equal
+    means equal floats.
 
     Per-class metrics (``f1_class_0`` ... ``f1_class_9``) are folded into one row per group
     when all are identical; a group with a difference lists each member.
     """
-    keys = sorted(k for k in logged if not TIMING_METRIC.search(k))
+    keys = sorted(
+        k for k in logged if not TIMING_METRIC.search(k) and not k.startswith(SYSTEM_METRIC_PREFIX)
+    )
     rows: list[MetricRow] = []
     groups: dict[str, list[MetricRow]] = {}
     for key in keys:
