@@ -31,7 +31,7 @@ endif
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup services lint format test test-fast repro bench bench-best bench-queue bench-store best \
+.PHONY: help setup services lint format test test-fast repro bench bench-best bench-queue bench-store bench-team best \
         ui leaderboard sweep tune register predict reproduce serve server push pull lock lock-upgrade lock-check clean
 
 help: ## list the targets
@@ -91,6 +91,9 @@ bench-best: setup ## run the documented best configuration and print accuracy, t
 
 bench-store: setup services ## leaderboard, register and the UI runs table at 10/100/1000 runs
 	$(BIN)/python benchmarks/store_growth.py
+
+bench-team: setup services ## team server vs sqlite: logging overhead, 8 concurrent runs, sync of 100 runs
+	$(BIN)/python benchmarks/team.py
 
 bench-queue: setup ## queue throughput: 4 experiments on -j 2 against -j 1
 	$(BIN)/python benchmarks/queue_throughput.py
