@@ -3,7 +3,8 @@ auth), a bare git repository as ``origin`` and a folder as the DVC remote.
 
 Clone A runs the pipeline and two queued experiments against the server and pushes code,
 outputs, run-cache and experiments; clone B clones, pulls, and gets A's outputs, experiments
-and runs without training. Then both clones run two queue workers each at the same time.
+and runs without training, and reproduces A's run. Then both clones run two queue workers
+each at the same time, A with DVC's auto-push on.
 One module-scoped scenario (tiny synthetic data) is run once; the tests check its steps.
 """
 
