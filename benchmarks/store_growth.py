@@ -1,18 +1,26 @@
-"""How the read side grows with the store: leaderboard, register and the UI at N runs.
+"""How the read side grows: leaderboard, register and the UI at N runs; DVC at N experiments.
 
 Fills a fresh sqlite store with N real runs through MLflow's API (the params, stepped loss,
 metrics and tags the pipeline logs; a tiny real model in the best run only, so `register` has
 something to register), then times, as a user runs them, `mnistflow leaderboard`,
 `mnistflow register` and the MLflow UI's runs table in headless Chromium (first page with
-run names shown). Prints a table and writes a log-log figure.
+run names shown). For the UI it also times Chromium on an empty page and the server's answer
+to the runs table's `runs/search` request, to tell browser start-up from the store's cost.
 
-Usage: python benchmarks/store_growth.py [--sizes 10 100 1000] [--figure docs/store_growth.png]
+Then, in a copy of the repo on tiny data after one real `dvc repro`, it saves N experiments
+(`dvc exp save` through DVC's Python API, each with its own train.alpha and metrics) and
+queues N more (`dvc exp run --queue`), timing `dvc exp show` and `dvc queue status` at each N.
+Prints both tables and writes a log-log figure.
+
+Usage: python benchmarks/store_growth.py [--sizes 10 100 1000] [--exp-sizes 10 50 100]
+       [--figure docs/store_growth.png] [--no-ui] [--no-store] [--no-dvc]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -80,14 +88,21 @@ def fill(uri: str, n: int, root: Path) -> None:
         )
 
 
-def timed(args: list[str], env: dict[str, str], cwd: Path) -> float:
-    """Seconds one command takes (it must succeed)."""
+def timed(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one command, which must succeed.
+
+    On a shared machine the CPU time is the steadier figure: the wall time grows with the
+    load of everything else, the CPU time of a single-threaded command hardly does.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    return seconds
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return seconds, cpu
 
 
 def free_port() -> int:
@@ -96,8 +111,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ui_first_page(uri: str, env: dict[str, str], work: Path) -> float:
-    """Seconds for headless Chromium to show the runs table with run names (UI already up)."""
+def chromium(url: str, profile: Path) -> tuple[float, str]:
+    """Seconds for headless Chromium to load ``url`` (fresh profile) and its DOM."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+         "--virtual-time-budget=30000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    return time.perf_counter() - start, proc.stdout
+
+
+def search_page(port: int, exp_id: str) -> float:
+    """Seconds the server takes to answer the runs table's request: 100 runs, newest first."""
+    import json
+    import urllib.request
+
+    body = {
+        "experiment_ids": [exp_id],
+        "max_results": 100,
+        "order_by": ["attributes.start_time DESC"],
+    }
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as response:
+        response.read()
+    return time.perf_counter() - start
+
+
+def ui_first_page(uri: str, env: dict[str, str], work: Path) -> tuple[float, float, float]:
+    """Seconds for headless Chromium to show the runs table with run names (UI already up),
+    for Chromium on an empty page, and for the server's answer to the table's runs/search."""
     import urllib.request
 
     from mlflow.tracking import MlflowClient
@@ -125,31 +173,21 @@ def ui_first_page(uri: str, env: dict[str, str], work: Path) -> float:
         url = f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"
         times = []
         for attempt in range(2):  # the first load also warms the server's caches
-            profile = work / f"profile{attempt}"
-            start = time.perf_counter()
-            proc = subprocess.run(
-                ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                 "--virtual-time-budget=30000", "--dump-dom", url],
-                capture_output=True, text=True, timeout=120, check=False,
-            )  # fmt: skip
-            times.append(time.perf_counter() - start)
-            if "exp-" not in proc.stdout:
+            seconds, dom = chromium(url, work / f"profile{attempt}")
+            times.append(seconds)
+            if "exp-" not in dom:
                 raise SystemExit("the runs table did not show run names")
-        return times[-1]
+        blank, _ = chromium("about:blank", work / "profile-blank")
+        return times[-1], blank, min(search_page(port, exp_id) for _ in range(3))
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
 
 
-def main() -> None:
-    """Fill, time and print one row per store size."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--figure", type=Path, default=REPO / "docs" / "store_growth.png")
-    parser.add_argument("--no-ui", action="store_true", help="skip the browser measurement")
-    args = parser.parse_args()
+def store_rows(sizes: list[int], with_ui: bool) -> list[dict[str, float]]:
+    """Fill a fresh store per size; time leaderboard, register and the UI."""
     rows = []
-    for n in args.sizes:
+    for n in sizes:
         work = Path(tempfile.mkdtemp(prefix=f"mnistflow-growth-{n}-"))
         try:
             (work / ".dvc").mkdir()
@@ -160,40 +198,165 @@ def main() -> None:
             fill(uri, n, work)
             filled = time.perf_counter() - start
             mnistflow = str(BIN / "mnistflow")
-            board = timed([mnistflow, "leaderboard"], env, work)
-            register = timed([mnistflow, "register"], env, work)
-            ui = float("nan") if args.no_ui else ui_first_page(uri, env, work)
-            rows.append((n, filled, board, register, ui))
-            sys.stdout.write(
-                f"N={n}: fill {filled:.1f} s, leaderboard {board:.2f} s, "
-                f"register {register:.2f} s, UI runs table {ui:.2f} s\n"
-            )
+            board, board_cpu = timed([mnistflow, "leaderboard"], env, work)
+            register, register_cpu = timed([mnistflow, "register"], env, work)
+            nan = float("nan")
+            ui, blank, search = ui_first_page(uri, env, work) if with_ui else (nan, nan, nan)
+            row = {"n": n, "fill": filled, "leaderboard": board, "leaderboard_cpu": board_cpu,
+                   "register": register, "register_cpu": register_cpu, "ui": ui,
+                   "blank": blank, "search": search, "load": os.getloadavg()[0]}  # fmt: skip
+            rows.append(row)
+            sys.stdout.write(f"{row}\n")
             sys.stdout.flush()
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    return rows
 
-    lines = ["", "| runs | leaderboard (s) | register (s) | UI runs table, first page (s) |"]
-    lines.append("|---|---|---|---|")
-    lines += [f"| {n} | {b:.2f} | {r:.2f} | {u:.2f} |" for n, _, b, r, u in rows]
-    sys.stdout.write("\n".join(lines) + f"\n\nload average: {os.getloadavg()}\n")
-    if len(rows) > 1:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+def dvc_rows(sizes: list[int], keep: bool) -> list[dict[str, float]]:
+    """Save and queue experiments on tiny data; time `dvc exp show` and `dvc queue status`."""
+    import json
 
-        sizes = [r[0] for r in rows]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for col, label in ((2, "leaderboard"), (3, "register"), (4, "UI runs table")):
-            ax.loglog(sizes, [r[col] for r in rows], marker="o", label=label)
-        ax.set_xlabel("runs in the store")
+    import yaml
+    from dvc.repo import Repo
+
+    sys.path.insert(0, str(REPO))
+    from tests.helpers import run, tiny_repo_after_repro
+
+    base = Path(tempfile.mkdtemp(prefix="mnistflow-exps-"))
+    old_cwd, old_env = Path.cwd(), dict(os.environ)
+    try:
+        start = time.perf_counter()
+        repo, env = tiny_repo_after_repro(base)
+        run(["git", "add", "-A"], repo, env)
+        run(["git", "commit", "-q", "-m", "baseline: tiny data after dvc repro"], repo, env)
+        sys.stdout.write(f"tiny repo after dvc repro: {time.perf_counter() - start:.1f} s\n")
+        os.environ.clear()
+        os.environ.update({**env, "MNISTFLOW_LOG": "WARNING"})
+        os.chdir(repo)  # DVC's API works on the current directory's repo
+        dvc_repo = Repo(str(repo))
+        params_file, metrics_file = repo / "params.yaml", repo / "outputs/evaluate/metrics.json"
+        params_text, metrics = params_file.read_text(), json.loads(metrics_file.read_text())
+        dvc = [str(BIN / "dvc")]
+        show_env = {**env, "COLUMNS": "250"}
+        rows: dict[int, dict[str, float]] = {}
+        saved = 0
+        for n in sizes:  # saved experiments, one new commit each
+            start = time.perf_counter()
+            for i in range(saved, n):
+                params = yaml.safe_load(params_text)
+                params["train"]["alpha"] = 1e-5 * (i + 1)
+                params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+                metrics_file.write_text(json.dumps({**metrics, "test_accuracy": 0.9 + i * 1e-4}))
+                dvc_repo.experiments.save(name=f"exp-{i:04d}", force=True)
+            saved = n
+            made = time.perf_counter() - start
+            show, show_cpu = timed([*dvc, "exp", "show", "--no-pager"], show_env, repo)
+            again, again_cpu = timed([*dvc, "exp", "show", "--no-pager"], show_env, repo)
+            changed, changed_cpu = timed(
+                [*dvc, "exp", "show", "--no-pager", "--only-changed"], show_env, repo
+            )
+            rows[n] = {"n": n, "saving": made, "show": show, "show_cpu": show_cpu,
+                       "again": again, "again_cpu": again_cpu, "changed": changed,
+                       "changed_cpu": changed_cpu, "load": os.getloadavg()[0]}  # fmt: skip
+            sys.stdout.write(f"{rows[n]}\n")
+            sys.stdout.flush()
+        run(["git", "checkout", "--", "params.yaml", str(metrics_file)], repo, env)
+        queued = 0
+        for n in sizes:  # queued experiments (no worker started)
+            start = time.perf_counter()
+            for i in range(queued, n):
+                dvc_repo.experiments.run(
+                    params=[f"train.alpha={2e-5 * (i + 1)}"], queue=True, name=f"q-{i:04d}"
+                )
+            queued = n
+            made = time.perf_counter() - start
+            status, status_cpu = timed([*dvc, "queue", "status"], env, repo)
+            rows[n].update(queueing=made, status=status, status_cpu=status_cpu)
+            sys.stdout.write(f"{n} queued: made in {made:.1f} s, queue status {status:.2f} s\n")
+            sys.stdout.flush()
+        return [rows[n] for n in sizes]
+    finally:
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(old_env)
+        if keep:
+            sys.stdout.write(f"kept: {base}\n")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def figure(path: Path, store: list[dict[str, float]], exps: list[dict[str, float]]) -> None:
+    """Log-log plot of each measure against N: the store's and DVC's side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panels = (
+        (axes[0], store, (("leaderboard_cpu", "leaderboard (CPU s)"),
+                          ("register_cpu", "register (CPU s)"),
+                          ("ui", "UI runs table (wall s)"),
+                          ("search", "UI: server's runs/search of 100 (wall s)")),
+         "runs in the sqlite store"),
+        (axes[1], exps, (("show_cpu", "dvc exp show, first after saving (CPU s)"),
+                         ("again_cpu", "dvc exp show, again (CPU s)"),
+                         ("changed_cpu", "dvc exp show --only-changed (CPU s)"),
+                         ("status_cpu", "dvc queue status (CPU s)")),
+         "DVC experiments (saved; queued for queue status)"),
+    )  # fmt: skip
+    for ax, rows, columns, xlabel in panels:
+        if len(rows) < 2:
+            ax.set_axis_off()
+            continue
+        sizes = [r["n"] for r in rows]
+        for key, label in columns:
+            ax.loglog(sizes, [r[key] for r in rows], marker="o", label=label)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("seconds")
-        ax.set_title("read-side cost against store size (sqlite)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.figure, dpi=100)
-        sys.stdout.write(f"figure: {args.figure}\n")
+        ax.legend(fontsize=8)
+    fig.suptitle("read-side cost against size (2 shared cores; CPU seconds where marked)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    sys.stdout.write(f"figure: {path}\n")
+
+
+def main() -> None:
+    """Fill, time and print one row per store size and per experiment count."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--exp-sizes", type=int, nargs="+", default=[10, 50, 100])
+    parser.add_argument("--figure", type=Path, default=REPO / "docs" / "store_growth.png")
+    parser.add_argument("--no-ui", action="store_true", help="skip the browser measurement")
+    parser.add_argument("--no-store", action="store_true", help="skip the MLflow store part")
+    parser.add_argument("--no-dvc", action="store_true", help="skip the DVC experiments part")
+    parser.add_argument("--keep", action="store_true", help="keep the experiments' repo")
+    args = parser.parse_args()
+    store = [] if args.no_store else store_rows(args.sizes, not args.no_ui)
+    exps = [] if args.no_dvc else dvc_rows(sorted(args.exp_sizes), args.keep)
+
+    lines = []
+    if store:
+        lines += ["", "| runs | leaderboard, s (CPU s) | register, s (CPU s) | UI runs table, "
+                  "first page (s) | Chromium, empty page (s) | server: runs/search of 100 (s) "
+                  "| load |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['n']} | {r['leaderboard']:.2f} ({r['leaderboard_cpu']:.2f}) | "
+                  f"{r['register']:.2f} ({r['register_cpu']:.2f}) | {r['ui']:.2f} | "
+                  f"{r['blank']:.2f} | {r['search']:.2f} | {r['load']:.1f} |"
+                  for r in store]  # fmt: skip
+    if exps:
+        lines += ["", "| experiments | `dvc exp show`, s (CPU s) | again | `--only-changed` "
+                  "| `dvc queue status` | making them (s): saved, queued | load |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['n']} | {r['show']:.2f} ({r['show_cpu']:.2f}) | {r['again']:.2f} "
+                  f"({r['again_cpu']:.2f}) | {r['changed']:.2f} ({r['changed_cpu']:.2f}) | "
+                  f"{r['status']:.2f} ({r['status_cpu']:.2f}) | {r['saving']:.0f}, "
+                  f"{r['queueing']:.0f} | {r['load']:.1f} |" for r in exps]  # fmt: skip
+    sys.stdout.write("\n".join(lines) + f"\n\nload average: {os.getloadavg()}\n")
+    if len(store) > 1 or len(exps) > 1:
+        figure(args.figure, store, exps)
 
 
 if __name__ == "__main__":

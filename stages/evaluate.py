@@ -29,6 +29,7 @@ def main() -> None:
     """Evaluate and report."""
     params = load_config()
     paths, cfg, classes = params.paths, params.evaluate, list(params.dataset.classes)
+    baseline = params.baseline_accuracy  # of this dataset
     run_info, info = fileio.read_json(paths.run_info), fileio.read_json(paths.encode_info)
     model = model_from_bytes(paths.path("model").read_bytes(), paths.model)
     X, y = features(fileio.load_npz(paths.test_features), paths.test_features)
@@ -55,7 +56,7 @@ def main() -> None:
         ev.rows_no_class,
         ev.rows_multi_class,
     )
-    fileio.write_json(paths.metrics, m.metrics_dict(ev, cfg.baseline_accuracy))
+    fileio.write_json(paths.metrics, m.metrics_dict(ev, baseline))
     fileio.write_text(paths.confusion, tables.confusion_csv(ev.y_true, ev.y_pred, classes))
     wrong = misclassified.rows(y_true, scores, sets, ev.wrong, paths.images_dir)
     fileio.write_text(paths.misclassified, misclassified.to_csv(wrong))
@@ -72,7 +73,7 @@ def main() -> None:
     text = report.render(
         ev,
         classes,
-        cfg.baseline_accuracy,
+        baseline,
         info["labels"],
         info["dataset"],
         int(fileio.read_json(paths.train_metrics)["n_iter"]),
@@ -87,8 +88,8 @@ def main() -> None:
     uri = store.resolve_tracking_uri(params.mlflow, Path.cwd())
     with mlflow_run(uri, run_info["experiment_id"], run_id=run_info["run_id"]) as run:
         run.set_tags({"mnistflow.stage": "evaluate"})
-        run.log_params(flatten({"evaluate": cfg.as_dict()}))
-        record.log_evaluation(run, ev, cfg.baseline_accuracy)
+        run.log_params(flatten({"evaluate": record.evaluate_params(params)}))
+        record.log_evaluation(run, ev, baseline)
         reports.log_report(run, report_dir, run_info["experiment_name"])
         for path in (paths.misclassified, paths.metrics, paths.confusion):
             run.log_artifact(path, "evaluate")

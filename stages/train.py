@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mnistflow.config import load_config
 from mnistflow.data.encode import Encoding, features
+from mnistflow.data.online import OnlineData
 from mnistflow.modeling.model import ignored_settings
 from mnistflow.modeling.training import fit, model_bytes
 from mnistflow.reporting.tables import loss_csv
@@ -62,7 +63,8 @@ def main() -> None:
         datasets.log_dataset(
             params.dataset_name, info["dataset_sha256"], paths.train_features, X.shape
         )
-        result = fit(cfg, X, y, partial(record.log_epoch, run))
+        online = OnlineData(encoding, examples.shape[1:], params.encode.augment)
+        result = fit(cfg, X, y, partial(record.log_epoch, run), online=online)
         log.info(
             "fitted in %.1f s, %d epochs, final loss %.5f",
             result.fit_time_s,

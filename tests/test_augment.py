@@ -257,6 +257,59 @@ def test_augment_rejects_misaligned_labels_and_bad_workers() -> None:
         aug.deskew(images.reshape(5, -1), workers=1)
 
 
+# ---------------------------------------------------------------- online epochs
+
+
+@pytest.mark.unit
+def test_epoch_batch_is_the_same_for_the_same_epoch_and_differs_between_epochs() -> None:
+    images, labels = random_digits(2 * aug.CHUNK + 7, seed=5), np.arange(2 * aug.CHUNK + 7) % 10
+    cfg = augment_cfg(elastic_alpha=34.0)
+    x1, y1 = aug.epoch_batch(images, labels, 1, cfg)
+    again, _ = aug.epoch_batch(images, labels, 1, cfg)
+    x2, _ = aug.epoch_batch(images, labels, 2, cfg)
+    other_seed, _ = aug.epoch_batch(images, labels, 1, augment_cfg(elastic_alpha=34.0, seed=1))
+    assert x1.dtype == np.float32
+    assert x1.shape == images.shape
+    assert x1.min() >= 0
+    assert x1.max() <= 255
+    assert np.array_equal(x1, again)
+    # every chunk differs from the next epoch's and from another seed's (own streams)
+    for start in range(0, len(images), aug.CHUNK):
+        rows = slice(start, start + aug.CHUNK)
+        assert not np.array_equal(x1[rows], x2[rows])
+        assert not np.array_equal(x1[rows], other_seed[rows])
+    assert y1 is labels
+    assert not np.array_equal(x1, images)
+
+
+@pytest.mark.unit
+def test_epoch_batch_keeps_each_image_with_its_label() -> None:
+    labels = np.arange(40) % 10
+    x, y = aug.epoch_batch(label_discs(labels), labels, 3, augment_cfg(max_rotation=15.0))
+    assert np.array_equal(y, labels)
+    # the disc's intensity survives shift and rotation at its centre: the label is readable
+    assert np.array_equal(np.rint(x[:, 13:15, 13:15].mean(axis=(1, 2)) / 20) - 1, labels)
+
+
+@pytest.mark.unit
+def test_epoch_streams_are_not_the_copies_streams() -> None:
+    images = random_digits(50, seed=2)
+    cfg = augment_cfg(copies=1)
+    copies, _ = aug.augment(images, np.zeros(50), cfg, workers=1)
+    for epoch in (1, 2):
+        x, _ = aug.epoch_batch(images, np.zeros(50), epoch, cfg)
+        assert not np.array_equal(x, copies[50:])
+
+
+@pytest.mark.unit
+def test_epoch_batch_rejects_bad_epochs_and_misaligned_labels() -> None:
+    images = random_digits(4, seed=1)
+    with pytest.raises(ValueError, match="epoch must be a positive integer"):
+        aug.epoch_batch(images, np.zeros(4), 0, augment_cfg())
+    with pytest.raises(ValueError, match="4 images but 3 labels"):
+        aug.epoch_batch(images, np.zeros(3), 1, augment_cfg())
+
+
 # ---------------------------------------------------------------- params
 
 

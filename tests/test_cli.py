@@ -56,6 +56,20 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         assert f"{name} {' '.join(cli.COMMANDS[name][1].split())}" in out
 
 
+@pytest.mark.unit
+def test_only_the_chosen_commands_module_is_set_up(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.chosen_command(["--params", "p.yaml", "--log-level", "DEBUG", "register"]) == (
+        "register"
+    )
+    assert cli.chosen_command(["--params", "register", "leaderboard"]) == "leaderboard"
+    assert cli.chosen_command(["--help"]) is None
+    assert cli.chosen_command(["nope"]) is None
+    # the chosen command still has its own options
+    with pytest.raises(SystemExit):
+        cli.main(["predict", "--help"])
+    assert "--run" in capsys.readouterr().out
+
+
 @pytest.mark.e2e
 def test_missing_params_file_is_exit_2_without_traceback(work: Path) -> None:
     proc = _mnistflow(["--params", "nope.yaml", "leaderboard"], work)

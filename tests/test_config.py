@@ -14,6 +14,7 @@ from mnistflow.config import (
     EncodeConfig,
     ParamsError,
     TrainConfig,
+    baseline_accuracy,
     config,
     dataset_spec,
     load_config,
@@ -84,6 +85,42 @@ def test_bad_values_name_the_key(params: dict, path: tuple, value: object, messa
     node[path[-1]] = value
     with pytest.raises(ParamsError, match=re.escape(message)):
         config(params, path[0], SECTIONS[path[0]])
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"lr_decay": 0.9}, "'train' lr_decay=0.9 needs online_augment: true"),
+        ({"online_augment": True, "solver": "lbfgs"}, "online_augment needs solver sgd or adam"),
+        (
+            {
+                "online_augment": True,
+                "lr_decay": 0.9,
+                "solver": "sgd",
+                "learning_rate": "invscaling",
+            },
+            "with solver sgd needs learning_rate: constant",
+        ),
+        ({"lr_decay": 0.0}, "'train.lr_decay'"),
+        ({"lr_decay": 1.5}, "'train.lr_decay'"),
+    ],
+)
+def test_online_settings_that_would_be_ignored_are_refused(
+    params: dict, train: dict, message: str
+) -> None:
+    params["train"].update(train)
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        validate(params)
+
+
+def test_online_augmentation_refuses_materialised_copies(params: dict) -> None:
+    params["train"]["online_augment"] = True
+    params["encode"]["augment"]["copies"] = 2
+    with pytest.raises(ParamsError, match=r"'train\.online_augment'.*copies to 0 \(it is 2\)"):
+        validate(params)
+    params["encode"]["augment"]["copies"] = 0
+    params["train"]["lr_decay"] = 0.9
+    assert validate(params).train.online_augment
 
 
 def test_unknown_key_is_rejected(params: dict) -> None:
@@ -191,3 +228,52 @@ def test_unknown_section_is_rejected(params: dict) -> None:
 def test_models_hold_no_defaults() -> None:
     for cls in SECTIONS.values():
         assert all(f.is_required() for f in cls.model_fields.values()), cls.__name__
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_the_baseline_is_the_selected_datasets(params: dict, dataset: str) -> None:
+    params["data"]["dataset"] = dataset
+    shipped = params["evaluate"]["baseline_accuracy"]
+    assert validate(params).baseline_accuracy == shipped[dataset]
+    assert baseline_accuracy(params) == shipped[dataset]
+    assert validate(params).evaluate.baseline_for("mnist") == 0.97  # the MNIST result's delta
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (  # a dataset without a baseline, even an unselected one: fails in check_params
+            lambda p: p["evaluate"]["baseline_accuracy"].pop("fashion-mnist"),
+            "^params\\.yaml: missing key 'evaluate\\.baseline_accuracy\\.fashion-mnist' ",
+        ),
+        (
+            lambda p: p["evaluate"]["baseline_accuracy"].update({"kmnist": 0.9}),
+            "unknown key 'evaluate\\.baseline_accuracy\\.kmnist' \\(not a key of 'datasets'",
+        ),
+        (
+            lambda p: p["evaluate"]["baseline_accuracy"].update({"mnist": 1.5}),
+            "'evaluate\\.baseline_accuracy\\.mnist' must be <= 1\\.0; got 1\\.5",
+        ),
+        (
+            lambda p: p["evaluate"]["baseline_accuracy"].update({"mnist": "0.97"}),
+            "'evaluate\\.baseline_accuracy\\.mnist' must be a number; got '0.97'",
+        ),
+        (  # the format before per-dataset baselines
+            lambda p: p["evaluate"].update({"baseline_accuracy": 0.97}),
+            "'evaluate\\.baseline_accuracy' must be a mapping of dataset name to accuracy "
+            "\\(e\\.g\\. \\{mnist: 0\\.97\\}\\); got 0\\.97",
+        ),
+    ],
+)
+def test_a_bad_baseline_is_one_line_naming_the_key(params: dict, edit, message: str) -> None:
+    edit(params)
+    with pytest.raises(ParamsError, match=message) as caught:
+        validate(params)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_new_dataset_without_a_baseline_fails_when_selected(params: dict) -> None:
+    params["datasets"]["kmnist"] = copy.deepcopy(params["datasets"]["mnist"])
+    params["data"]["dataset"] = "kmnist"
+    with pytest.raises(ParamsError, match="missing key 'evaluate\\.baseline_accuracy\\.kmnist'"):
+        baseline_accuracy(params)

@@ -83,6 +83,21 @@ def test_standardize_uses_train_statistics_only() -> None:
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("scaling", ["divide255", "none", "standardize"])
+def test_unscale_inverts_scale_up_to_float32_rounding(
+    rows: tuple[np.ndarray, np.ndarray], scaling: str
+) -> None:
+    train, _ = rows
+    encoding = Encoding.fit(train, scaling)  # type: ignore[arg-type]
+    pixels = encoding.unscale(encoding.scale(train))
+    assert pixels.dtype == np.float32
+    assert pixels.shape == train.shape
+    np.testing.assert_allclose(pixels, train, atol=1e-3)
+    # exactly the deterministic inverse: same input, same bits
+    assert np.array_equal(pixels, encoding.unscale(encoding.scale(train)))
+
+
+@pytest.mark.unit
 def test_pixel_stats_zero_std_becomes_one() -> None:
     mean, std = pixel_stats(np.zeros((5, 3), np.uint8))
     np.testing.assert_array_equal(std, [1, 1, 1])

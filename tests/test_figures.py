@@ -22,6 +22,18 @@ def test_loss_curve_png(tmp_path: Path) -> None:
     assert list(tmp_path.joinpath("r").iterdir()) == [out]  # no temp file left
 
 
+def test_accuracy_vs_time_draws_validation_and_the_test_point(tmp_path: Path) -> None:
+    a = figures.accuracy_vs_time([10.0, 20.0, 30.0], [0.9, 0.95, 0.97], 31.0, 0.98, tmp_path / "a")
+    b = figures.accuracy_vs_time([10.0, 20.0, 30.0], [0.9, 0.95, 0.97], 31.0, 0.98, tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()
+    with Image.open(a) as img:
+        assert img.format == "PNG"
+        assert img.size == (600, 400)
+    # without validation scores there is still the test point; a different curve, other bytes
+    only_test = figures.accuracy_vs_time([10.0], None, 31.0, 0.98, tmp_path / "c")
+    assert only_test.read_bytes() != a.read_bytes()
+
+
 def test_confusion_heatmap_is_reproducible(tmp_path: Path) -> None:
     cm = np.arange(100).reshape(10, 10)
     names = [str(i) for i in range(10)]

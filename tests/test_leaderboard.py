@@ -70,6 +70,27 @@ def test_shape_table_ranks_by_accuracy_then_fit_time_and_computes_deltas() -> No
     assert "train.alpha" in board.ranked.columns  # varies, so it is a column
 
 
+def test_a_runs_own_baseline_is_the_one_of_its_dataset() -> None:
+    runs = _runs(
+        [
+            {"run_id": "f", "run_name": "fashion", "status": "FINISHED",
+             "metrics.test_accuracy": 0.89, "params.data.dataset": "fashion-mnist",
+             "params.evaluate.baseline_accuracy.fashion-mnist": "0.88"},
+            {"run_id": "m", "run_name": "mnist", "status": "FINISHED",
+             "metrics.test_accuracy": 0.98, "params.data.dataset": "mnist",
+             "params.evaluate.baseline_accuracy.mnist": "0.97"},
+            {"run_id": "o", "run_name": "older", "status": "FINISHED",
+             "metrics.test_accuracy": 0.95, "params.data.dataset": "fashion-mnist"},
+        ]
+    )  # fmt: skip
+    board = shape_table(runs, baseline_accuracy=0.97, dataset="mnist")
+    deltas = dict(zip(board.ranked["run"], board.ranked["delta"], strict=True))
+    assert deltas["fashion"] == pytest.approx(0.01)
+    assert deltas["mnist"] == pytest.approx(0.01)
+    assert deltas["older"] == pytest.approx(-0.02)  # logged none: the configured dataset's
+    assert "mnist: 0.9700" in to_markdown(board, "exp", None)
+
+
 def test_shape_table_moves_constant_params_out_of_the_table() -> None:
     runs = _runs(
         [

@@ -52,6 +52,8 @@ def test_build_maps_every_setting() -> None:
     got = model.get_params()
     settings = cfg.as_dict()
     assert settings.pop("threads") == 1  # not sklearn's: the stage limits BLAS with it
+    # not sklearn's either: the online per-epoch loop (modeling.training) applies them
+    assert (settings.pop("online_augment"), settings.pop("lr_decay")) == (False, 1.0)
     for key, value in settings.items():
         expected = tuple(value) if key == "hidden_layer_sizes" else value
         assert got[key] == expected, key

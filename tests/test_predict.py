@@ -221,7 +221,7 @@ def test_champion_is_resolved_from_the_registry(store: Store, tmp_path: Path) ->
         resolve_model(own.uri, CFG, None)
     with pytest.raises(PredictError, match="no MLflow run 0123"):
         resolve_model(own.uri, CFG, "0123")
-    register_best(own.uri, EXPERIMENT, 0.97, CFG)
+    register_best(own.uri, EXPERIMENT, CFG)
     model_uri, run_id = resolve_model(own.uri, CFG, None)
     assert (model_uri, run_id) == ("models:/mnist-mlp@champion", own.runs["wide-alpha"].run_id)
     model = load_run_model(own.uri, model_uri)

@@ -28,6 +28,18 @@ def test_best_preset_applies_and_validates() -> None:
     assert params["encode"]["deskew"] is False
 
 
+def test_online_preset_applies_and_validates() -> None:
+    params = load_params(REPO_ROOT / "params.yaml")
+    online = apply_preset(params, load_preset(REPO_ROOT / "presets" / "online.yaml"))
+    train = config(online, "train", TrainConfig)
+    assert train.online_augment is True
+    assert train.lr_decay < 1
+    assert train.hidden_layer_sizes == (800,)
+    assert config(online, "encode", EncodeConfig).augment.copies == 0
+    # the baseline stays off
+    assert config(params, "train", TrainConfig).online_augment is False
+
+
 def test_flags_round_trip_through_yaml() -> None:
     flags = set_flags({"train.hidden_layer_sizes": [800], "encode.deskew": True, "x.y": 1e-05})
     assert flags == [

@@ -26,13 +26,19 @@ def evaluation(headline: str) -> m.Evaluation:
     return m.evaluate(y, scores, scores > 0.5, headline, top_pairs=2)
 
 
-def render(headline: str, labels: str = "onehot", ignored: list[str] | None = None) -> str:
+def render(
+    headline: str,
+    labels: str = "onehot",
+    ignored: list[str] | None = None,
+    classes: tuple[str, ...] = ("zero", "one", "two"),
+    dataset: str = "mnist",
+) -> str:
     return report.render(
         evaluation(headline),
-        ["zero", "one", "two"],
+        list(classes),
         baseline=0.7,
         labels=labels,
-        dataset="mnist",
+        dataset=dataset,
         n_iter=20,
         ignored=ignored or [],
         figures={"Confusion matrix": "confusion.png"},
@@ -67,6 +73,9 @@ def test_committed_report_has_nothing_per_run_and_the_run_section_has_it() -> No
     )
     assert "Fit time: 12.3 s" in section
     assert LINKS.run_url in section
+    assert "Accuracy against training time" not in section
+    with_figure = report.run_section(LINKS, fit_time_s=12.34, time_figure="accuracy_time.png")
+    assert "![Accuracy against training time](accuracy_time.png)" in with_figure
 
 
 def test_report_exact_match_headline_and_index_targets() -> None:
@@ -74,3 +83,16 @@ def test_report_exact_match_headline_and_index_targets() -> None:
     assert "-20.00 points" in render("exact_match")
     assert "are the same" in render("argmax", labels="index")
     assert "Settings that had no effect" not in render("argmax")
+
+
+@pytest.mark.parametrize("headline", ["argmax", "exact_match"])
+def test_report_words_are_the_datasets_not_mnists(headline: str) -> None:
+    """Another dataset's report names it, its classes and its baseline key; no digits, no
+    hard-coded class count."""
+    text = render(headline, classes=("Shirt", "Bag", "Coat"), dataset="fashion-mnist")
+    assert text.startswith("# fashion-mnist: test accuracy")
+    assert "70.00% baseline of fashion-mnist (`evaluate.baseline_accuracy.fashion-mnist`)" in text
+    assert "| Bag ↔ Coat |" in text
+    assert "3 independent" in text  # the number of classes, not "ten"
+    for word in ("digit", "MNIST", " ten "):
+        assert word not in text

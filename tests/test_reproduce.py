@@ -64,6 +64,7 @@ def test_restore_params_sets_every_logged_key() -> None:
         "train.batch_size": "64",
         "encode.augment.copies": "2",
         "evaluate.headline": "exact_match",
+        "evaluate.baseline_accuracy.fashion-mnist": "0.9",  # a run logs its dataset's only
         "data.dataset": "fashion-mnist",
         "mlflow.experiment_name": "other",
     }
@@ -73,6 +74,7 @@ def test_restore_params_sets_every_logged_key() -> None:
     assert restored["train"]["batch_size"] == 64
     assert restored["encode"]["augment"]["copies"] == 2
     assert restored["evaluate"]["headline"] == "exact_match"
+    assert restored["evaluate"]["baseline_accuracy"] == {"mnist": 0.97, "fashion-mnist": 0.9}
     assert restored["data"]["dataset"] == "fashion-mnist"
     assert restored["mlflow"]["experiment_name"] == "other"
     assert restored["train"]["max_iter"] == base["train"]["max_iter"]  # untouched

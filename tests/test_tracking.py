@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -112,6 +114,69 @@ def test_concurrent_creation_of_a_new_store_does_not_crash(tmp_path: Path) -> No
     ids = {out.strip().splitlines()[-1] for out, _ in outs}
     assert len(ids) == 1
     assert len(MlflowClient(uri).search_experiments(filter_string="name = 'race'")) == 1
+
+
+@pytest.mark.unit
+def test_sqlite_preflight_passes_a_healthy_store_and_refuses_a_broken_one(
+    tmp_path: Path, store: tuple[str, str, Path]
+) -> None:
+    uri, _, root = store
+    store_mod.check_store(uri)  # healthy: untouched
+    assert (root / "mlflow.db").exists()
+    store_mod.check_store(f"sqlite:///{tmp_path / 'none.db'}")  # MLflow will create it
+    (tmp_path / "empty.db").touch()  # an empty file is an empty database
+    store_mod.check_store(f"sqlite:///{tmp_path / 'empty.db'}")
+    (tmp_path / "junk.db").write_bytes(b"not sqlite" * 200)
+    with pytest.raises(store_mod.TrackingError, match=r"junk\.db: file is not a database"):
+        store_mod.check_store(f"sqlite:///{tmp_path / 'junk.db'}")
+
+
+@pytest.mark.unit
+def test_an_old_schema_holding_runs_is_never_replaced(tmp_path: Path) -> None:
+    """Only a half-created store with nothing in it is set aside (tests/test_faults.py); one
+    holding runs at another schema revision gets an error saying what to do."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = store_mod.ensure_experiment(uri, EXPERIMENT, tmp_path)
+    MlflowClient(uri).create_run(exp)
+    with sqlite3.connect(tmp_path / "mlflow.db") as conn:  # as an older MLflow left it
+        conn.execute("UPDATE alembic_version SET version_num = '0a8213491aaa'")
+    message = (
+        f"MLflow store {uri} holds runs or models but has schema revision 0a8213491aaa, this "
+        "MLflow needs .*: if an older MLflow made it, back the file up, then run "
+        "`mlflow db upgrade {uri}`"
+    )
+    with pytest.raises(store_mod.TrackingError, match=message.replace("{uri}", re.escape(uri))):
+        store_mod.check_store(uri)
+    assert [p.name for p in tmp_path.iterdir() if "incomplete" in p.name] == []
+
+
+@pytest.mark.e2e  # in-process, but MLflow's own 20 s busy timeout must run out: not unit-fast
+def test_a_store_locked_after_the_preflight_is_one_line_from_ensure_experiment(
+    tmp_path: Path,
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store_mod.ensure_experiment(uri, EXPERIMENT, tmp_path)
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another writer (sqlite locks are per connection)
+    try:
+        with pytest.raises(
+            store_mod.TrackingError, match=r"cannot be used now: .*database is locked"
+        ) as caught:
+            store_mod.ensure_experiment(uri, "another", tmp_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.unit
+def test_store_wait_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(store_mod.STORE_WAIT_ENV, raising=False)
+    assert store_mod.store_wait_s() == store_mod.DEFAULT_STORE_WAIT_S
+    monkeypatch.setenv(store_mod.STORE_WAIT_ENV, "2.5")
+    assert store_mod.store_wait_s() == 2.5
+    monkeypatch.setenv(store_mod.STORE_WAIT_ENV, "soon")
+    assert store_mod.store_wait_s() == store_mod.DEFAULT_STORE_WAIT_S
 
 
 # --- run lifecycle ------------------------------------------------------------------------

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from sklearn.neural_network import MLPClassifier
 
-from mnistflow.config import TrainConfig, load_params
+from mnistflow.config import AugmentConfig, TrainConfig, load_params
+from mnistflow.data.encode import Encoding
+from mnistflow.data.online import OnlineData, epoch_features
 from mnistflow.modeling import training
+from mnistflow.modeling.model import build_classifier
 from tests.helpers import REPO_ROOT, synthetic_digits
 
 
@@ -80,3 +83,120 @@ def test_model_bytes_round_trip_and_are_stable(data: tuple[np.ndarray, np.ndarra
     np.testing.assert_array_equal(loaded.predict(data[0]), model.predict(data[0]))
     with pytest.raises(TypeError, match=r"m\.pkl: expected an MLPClassifier, found dict"):
         training.model_from_bytes(training.model_bytes({}), "m.pkl")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- online augmentation
+
+
+def online(background: bool = False) -> OnlineData:
+    cfg = AugmentConfig.from_section(
+        load_params(REPO_ROOT / "params.yaml")["encode"]["augment"] | {"elastic_alpha": 34.0},
+        "encode.augment",
+    )
+    return OnlineData(Encoding("divide255"), (28, 28), cfg, background)
+
+
+def online_cfg(**overrides: object) -> TrainConfig:
+    return tiny_cfg(online_augment=True, **overrides)
+
+
+@pytest.mark.unit
+def test_train_epochs_first_epoch_is_sklearns_fit(data: tuple[np.ndarray, np.ndarray]) -> None:
+    X, y = data
+    cfg = tiny_cfg(max_iter=1)
+    expected = training.fit(cfg, X, y, file=io.StringIO()).model
+    model = build_classifier(cfg)
+    training.train_epochs(model, cfg, lambda epoch: X, y, X[:0], y[:0], lambda *a: None)
+    for got, want in zip(
+        model.coefs_ + model.intercepts_, expected.coefs_ + expected.intercepts_, strict=True
+    ):
+        assert np.array_equal(got, want)
+    assert model.loss_curve_ == expected.loss_curve_
+    assert model.n_iter_ == 1
+    assert model.get_params() == expected.get_params()  # random_state and early_stopping back
+
+
+@pytest.mark.unit
+def test_online_fit_is_reproducible_and_sees_new_images_every_epoch(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    X, y = data
+    seen: list[tuple[int, float, float | None]] = []
+    first = training.fit(online_cfg(), X, y, lambda *a: seen.append(a), io.StringIO(), online())
+    again = training.fit(online_cfg(), X, y, file=io.StringIO(), online=online())
+    assert training.model_bytes(first.model) == training.model_bytes(again.model)
+    assert first.losses == again.losses
+    assert len(first.losses) == first.n_iter == 3
+    assert [e for e, _, _ in seen] == [1, 2, 3]
+    assert len(first.epoch_times) == 3
+    assert first.epoch_times == sorted(first.epoch_times)
+    # not the same model as three epochs on the base rows, nor on one epoch's distortions
+    plain = training.fit(tiny_cfg(), X, y, file=io.StringIO())
+    assert first.losses[0] != plain.losses[0]
+    once = build_classifier(online_cfg())
+    rows = epoch_features(X, online(), 1)
+    training.train_epochs(once, online_cfg(), lambda e: rows, y, X[:0], y[:0], lambda *a: None)
+    assert once.loss_curve_[0] == first.losses[0]
+    assert once.loss_curve_[1:] != first.losses[1:]
+
+
+@pytest.mark.unit
+def test_online_fit_needs_its_data(data: tuple[np.ndarray, np.ndarray]) -> None:
+    with pytest.raises(ValueError, match="online_augment needs the encoding"):
+        training.fit(online_cfg(), *data, file=io.StringIO())
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_lr_decay_sets_each_epochs_rate(data: tuple[np.ndarray, np.ndarray], solver: str) -> None:
+    cfg = online_cfg(solver=solver, learning_rate="constant", lr_decay=0.5, max_iter=4)
+    result = training.fit(cfg, *data, file=io.StringIO(), online=online())
+    optimizer = result.model._optimizer
+    rate = optimizer.learning_rate_init if solver == "adam" else optimizer.learning_rate
+    assert rate == pytest.approx(cfg.learning_rate_init * 0.5**3)
+    assert result.model.learning_rate_init == cfg.learning_rate_init  # the param is unchanged
+    undecayed = training.fit(
+        online_cfg(solver=solver, learning_rate="constant", max_iter=4),
+        *data,
+        file=io.StringIO(),
+        online=online(),
+    )
+    assert undecayed.losses[:2] != result.losses[:2] or undecayed.losses[2:] != result.losses[2:]
+    assert undecayed.losses[0] == result.losses[0]  # the first epoch runs at the initial rate
+
+
+@pytest.mark.unit
+def test_online_early_stopping_scores_held_out_rows_and_keeps_the_best_epoch(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    X, y = data
+    cfg = online_cfg(early_stopping=True, validation_fraction=0.25, max_iter=6)
+    seen: list[float | None] = []
+    result = training.fit(cfg, X, y, lambda _e, _loss, v: seen.append(v), io.StringIO(), online())
+    model = result.model
+    assert result.val_scores == seen
+    assert len(seen) == 6
+    assert model.best_validation_score_ == max(seen)
+    assert model.early_stopping is True
+    assert model.validation_scores_ == seen
+    # the kept weights are the best epoch's: they score best_validation_score_ on the held-out rows
+    assert model.score(X[45:], y[45:]) == max(seen)
+    assert training.validation_rows(60, cfg) == 15
+
+
+@pytest.mark.unit
+def test_online_early_stopping_stops_after_n_iter_no_change(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    # tol 1: no epoch can improve the score by 1, so the run stops after 1 + 2 epochs
+    cfg = online_cfg(early_stopping=True, validation_fraction=0.25, max_iter=20)
+    cfg = cfg.model_copy(update={"tol": 1.0, "n_iter_no_change": 2})
+    result = training.fit(cfg, *data, file=io.StringIO(), online=online())
+    assert result.n_iter == 4  # stops once the count exceeds n_iter_no_change, as sklearn does
+
+
+@pytest.mark.unit
+def test_validation_rows_refuses_a_split_that_leaves_nothing() -> None:
+    with pytest.raises(ValueError, match="holds out 0 of 3 rows"):
+        training.validation_rows(3, online_cfg(early_stopping=True, validation_fraction=0.1))
+    assert training.validation_rows(3, online_cfg()) == 0

@@ -5,6 +5,7 @@ PostgreSQL with a worker SIGKILLed mid-trial, and bad params refused before any 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from mnistflow.config import (
     CategoricalDim,
     EncodeConfig,
     ParamsError,
+    TrainConfig,
     load_params,
     tune_space,
     validate,
@@ -29,6 +31,7 @@ from tests.helpers import (
     REPO_ROOT,
     copy_repo,
     run,
+    synthetic_digits,
     use_tiny_dataset,
     workspace_env,
     write_idx_dataset,
@@ -150,6 +153,30 @@ def test_objective_loads_training_rows_only_and_holds_out_the_last(tmp_path: Pat
         objective.validation_cut(20, 11)
     with pytest.raises(objective.TuneDataError, match="dvc repro unpack"):
         objective.load_training_images(tmp_path / "missing.npz")
+
+
+@pytest.mark.unit
+def test_objective_with_online_augmentation_distorts_the_fit_rows_each_epoch() -> None:
+    images, labels = synthetic_digits(80, seed=2)
+    params = load_params(REPO_ROOT / "params.yaml")
+    encode = EncodeConfig.from_section(params["encode"], "encode")
+    split = objective.split_and_encode(objective.TrainingImages(images, labels), 20, encode, 10)
+    assert split.online.encoding.scaling == encode.scaling
+    assert split.online.image_shape == (28, 28)
+    online_split = dataclasses.replace(
+        split,
+        online=dataclasses.replace(split.online, background=False),  # no process: unit
+    )
+    raw = params["train"] | {"hidden_layer_sizes": [8], "max_iter": 3}
+    losses: dict[bool, list[float]] = {False: [], True: []}
+    for online in (False, True):
+        cfg = TrainConfig.from_section(raw | {"online_augment": online}, "train")
+        final = objective.fit_and_score(
+            cfg, online_split, lambda _e, loss, _v, o=online: losses[o].append(loss)
+        )
+        assert len(losses[online]) == 3
+        assert 0 <= final <= 1
+    assert losses[True] != losses[False]  # the online fit trained on other images
 
 
 @pytest.mark.unit

@@ -11,10 +11,10 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic import ValidationError as _PydanticError
 
 from mnistflow.util.errors import UserError
@@ -80,13 +80,18 @@ def _key_of(cls: type[BaseModel], prefix: str, loc: tuple) -> tuple[str, type[Ba
     """The dotted key an error location names (list indices and union tags dropped), and
     the model holding its last field."""
     key, model = prefix, cls
+    keyed = False  # the previous field was a mapping: this part is one of its keys
     for part in loc:
+        if keyed and isinstance(part, str):
+            key, keyed = f"{key}.{part}", False
+            continue
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             break
         key = f"{key}.{part}"
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             model = field.annotation
+        keyed = get_origin(field.annotation) is dict
     return key, model
 
 
@@ -284,15 +289,61 @@ class TrainConfig(Config):
     n_iter_no_change: int = Field(ge=1)
     random_state: int = Field(ge=0, le=2**32 - 1)
     threads: int = Field(ge=1, le=256)
+    # Online augmentation (docs/results.md): every epoch trains on fresh distortions of the
+    # training images, drawn with encode.augment's settings, seeded per epoch.
+    online_augment: bool
+    lr_decay: float = Field(gt=0, le=1)  # learning rate x lr_decay after each epoch (online)
+
+    @model_validator(mode="after")
+    def _online_combinations(self) -> Self:
+        # Each refusal names a setting that would otherwise be silently ignored.
+        if self.lr_decay != 1.0 and not self.online_augment:
+            raise ValueError(
+                f"lr_decay={self.lr_decay} needs online_augment: true (the per-epoch loop "
+                "applies it); use 1.0 otherwise"
+            )
+        if self.online_augment and self.solver == "lbfgs":
+            raise ValueError("online_augment needs solver sgd or adam (lbfgs has no epochs)")
+        if self.lr_decay != 1.0 and self.solver == "sgd" and self.learning_rate != "constant":
+            raise ValueError(
+                f"lr_decay={self.lr_decay} with solver sgd needs learning_rate: constant "
+                f"(sklearn's {self.learning_rate!r} schedule would overwrite it)"
+            )
+        return self
+
+
+def _a_mapping(value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"must be a mapping of dataset name to accuracy (e.g. {{mnist: 0.97}}); got {value!r}"
+        )
+    return value
+
+
+Accuracy = Annotated[float, Field(ge=0, le=1)]
 
 
 class EvaluateConfig(Config):
     """``evaluate:``: metrics and report settings."""
 
-    baseline_accuracy: float = Field(ge=0, le=1)
+    # dataset name (a key of ``datasets:``) -> the reference accuracy runs report a delta to
+    baseline_accuracy: Annotated[dict[str, Accuracy], BeforeValidator(_a_mapping)]
     headline: Literal["argmax", "exact_match"]
     confused_pairs: int = Field(ge=1, le=90)
     gallery_size: int = Field(ge=1, le=400)
+
+    def baseline_for(self, dataset: str) -> float:
+        """The baseline accuracy of ``dataset``: the one place every consumer reads it from.
+
+        Raises:
+            ParamsError: ``evaluate.baseline_accuracy`` has no entry for ``dataset``.
+        """
+        if dataset not in self.baseline_accuracy:
+            raise ParamsError(
+                f"params.yaml: missing key 'evaluate.baseline_accuracy.{dataset}' (every dataset "
+                "needs a reference accuracy; see docs/pipeline.md)"
+            )
+        return self.baseline_accuracy[dataset]
 
 
 class MlflowConfig(Config):
@@ -463,6 +514,27 @@ def dataset_spec(params: Mapping[str, Any]) -> tuple[str, DatasetSpec]:
     return name, config(params, f"datasets.{name}", DatasetSpec)
 
 
+def check_baselines(evaluate: EvaluateConfig, datasets: Mapping[str, Any]) -> None:
+    """Every dataset of ``datasets:`` has a baseline accuracy, and no baseline names another.
+
+    Raises:
+        ParamsError: naming the missing or unknown ``evaluate.baseline_accuracy.<name>`` key.
+    """
+    for name in datasets:
+        evaluate.baseline_for(name)
+    unknown = [name for name in evaluate.baseline_accuracy if name not in datasets]
+    if unknown:
+        raise ParamsError(
+            f"params.yaml: unknown key 'evaluate.baseline_accuracy.{unknown[0]}' (not a key of "
+            f"'datasets': {', '.join(datasets)})"
+        )
+
+
+def baseline_accuracy(params: Mapping[str, Any]) -> float:
+    """The baseline accuracy of the selected dataset (``data.dataset``) from loaded params."""
+    return config(params, "evaluate", EvaluateConfig).baseline_for(dataset_spec(params)[0])
+
+
 @dataclass(frozen=True)
 class Params:
     """The whole of params.yaml, every section validated: what :func:`load_config` returns."""
@@ -481,6 +553,11 @@ class Params:
     tune: TuneConfig
     raw: Mapping[str, Any]  # the parsed file, for what compares params (baseline, reproduce)
 
+    @property
+    def baseline_accuracy(self) -> float:
+        """The reference accuracy of this dataset (``evaluate.baseline_accuracy.<dataset>``)."""
+        return self.evaluate.baseline_for(self.dataset_name)
+
 
 # The one map from params.yaml's sections to their schemas (data/datasets are handled apart).
 SECTIONS: dict[str, type[Config]] = {
@@ -497,6 +574,15 @@ SECTIONS: dict[str, type[Config]] = {
 }
 
 
+def _check_online(train: TrainConfig, encode: EncodeConfig) -> None:
+    """Online augmentation draws from the base training set: no materialised copies too."""
+    if train.online_augment and encode.augment.copies > 0:
+        raise ParamsError(
+            "params.yaml: 'train.online_augment' draws fresh distortions every epoch; set "
+            f"encode.augment.copies to 0 (it is {encode.augment.copies})"
+        )
+
+
 def validate(params: Mapping[str, Any]) -> Params:
     """Validate every section of a parsed params mapping (errors name the key)."""
     known = {*SECTIONS, "data", "datasets"}
@@ -507,6 +593,8 @@ def validate(params: Mapping[str, Any]) -> Params:
         )
     name, spec = dataset_spec(params)
     sections = {key: config(params, key, cls) for key, cls in SECTIONS.items()}
+    check_baselines(sections["evaluate"], section(params, "datasets"))  # type: ignore[arg-type]
+    _check_online(sections["train"], sections["encode"])  # type: ignore[arg-type]
     tune_space(params)  # the search space names real train/encode keys with valid values
     return Params(dataset_name=name, dataset=spec, raw=params, **sections)  # type: ignore[arg-type]
 

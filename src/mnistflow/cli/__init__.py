@@ -58,11 +58,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand of COMMANDS."""
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not a global option), if any."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--params", "--log-level"):
+            next(words, None)  # the option's value
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every subcommand of COMMANDS.
+
+    Args:
+        only: set up the options of this subcommand only (``""``: of none); the others are
+            listed with their help but their modules are not imported, since importing all
+            of them (pandas, sklearn, mlflow...) costs every command seconds of start-up.
+    """
     parser = argparse.ArgumentParser(
         prog="mnistflow",
-        description="Compare, register and use the runs of the MNIST pipeline (see README).",
+        description="Compare, register and use the runs of the pipeline (see README).",
     )
     parser.add_argument(
         "--params",
@@ -74,14 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(f"{__name__}.{module_name}")
-        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or name == only:
+            importlib.import_module(f"{__name__}.{module_name}").add_arguments(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mnistflow``; returns the exit code (also used by ``sys.exit``)."""
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(chosen_command(words) or "").parse_args(words)
     return run_main(lambda: args.handler(args), f"mnistflow {args.command}", args.log_level)
 
 

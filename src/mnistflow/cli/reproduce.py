@@ -9,7 +9,7 @@ from pathlib import Path
 from mnistflow.config import MlflowConfig, config, load_params
 from mnistflow.experiments.reproduce import reproduce
 from mnistflow.tracking.query import experiment_run
-from mnistflow.tracking.store import check_store, resolve_tracking_uri
+from mnistflow.tracking.store import check_server, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def command(args: argparse.Namespace) -> int:
     cwd = Path.cwd()
     mlflow_cfg = config(load_params(args.params), "mlflow", MlflowConfig)
     uri = resolve_tracking_uri(mlflow_cfg, cwd)
-    check_store(uri)  # before the lookup: a refused password is not "no such run"
+    check_server(uri)  # before the lookup: a refused password is not "no such run"
     run_id = args.run_id
     if args.exp:
         run_id = experiment_run(uri, mlflow_cfg.experiment_name, args.exp)

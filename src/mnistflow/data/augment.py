@@ -139,10 +139,9 @@ def _deskew_task(task: tuple[int, np.ndarray]) -> tuple[int, np.ndarray]:
     return start, _deskew_chunk(images)
 
 
-def _augment_chunk(
-    images: np.ndarray, cfg: AugmentConfig, seed: np.random.SeedSequence
-) -> np.ndarray:
-    """One augmented copy of each image in ``images``, drawn from ``seed``'s stream."""
+def distort(images: np.ndarray, cfg: AugmentConfig, seed: np.random.SeedSequence) -> np.ndarray:
+    """One distorted copy of each image in ``images`` (float32), drawn from ``seed``'s
+    stream: what every chunk of :func:`augment` and :func:`epoch_batch` computes."""
     rng = np.random.default_rng(seed)
     m, h, w = images.shape
     shift = rng.integers(-cfg.max_shift, cfg.max_shift + 1, size=(2, m, 1, 1)).astype(np.float64)
@@ -174,7 +173,7 @@ def _augment_task(
     task: tuple[int, np.ndarray, AugmentConfig, np.random.SeedSequence],
 ) -> tuple[int, np.ndarray]:
     start, images, cfg, seed = task
-    return start, _augment_chunk(images, cfg, seed)
+    return start, distort(images, cfg, seed)
 
 
 def augment(
@@ -237,6 +236,60 @@ def augment(
     for start, chunk in _run(_augment_task, tasks(), n * cfg.copies, workers, "augment"):
         x[n + start : n + start + len(chunk)] = chunk
     return x, y
+
+
+def epoch_seeds(seed: int, epoch: int, n: int) -> list[np.random.SeedSequence]:
+    """The random streams of online epoch ``epoch`` (1-based) over ``n`` images, one per
+    chunk of ``CHUNK``: chunk ``j`` draws from ``SeedSequence(seed, spawn_key=(epoch, j))``.
+
+    Two-element spawn keys never meet the one-element keys of :func:`augment`'s copies, and
+    every (seed, epoch) pair has streams of its own (no hashing of seed and epoch together).
+    """
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise ValueError(f"epoch must be a positive integer; got {epoch!r}")
+    return np.random.SeedSequence(seed, spawn_key=(epoch,)).spawn(-(-n // CHUNK))
+
+
+def epoch_chunks(
+    images: np.ndarray, epoch: int, cfg: AugmentConfig
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, distorted images[start:start + CHUNK])`` of online epoch ``epoch``, in order
+    (see :func:`epoch_batch`); lets a caller write each chunk where it wants it."""
+    _check_images(images, "epoch_batch")
+    for j, seed in enumerate(epoch_seeds(cfg.seed, epoch, len(images))):
+        start = j * CHUNK
+        yield start, distort(images[start : start + CHUNK], cfg, seed)
+
+
+def epoch_batch(
+    base_images: np.ndarray, labels: np.ndarray, epoch: int, cfg: AugmentConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """One freshly distorted copy of every base image for online epoch ``epoch`` (1-based).
+
+    The distortions are :func:`augment`'s (shift, rotation, elastic; ``cfg.copies`` is not
+    used), drawn from :func:`epoch_seeds`: the same epoch gives the same batch, bit for bit,
+    and different epochs differ.
+
+    Args:
+        base_images: (n, h, w) intensities in [0, 255], any numeric dtype; not modified.
+        labels: (n,) labels (or (n, k) one-hot targets) of ``base_images``.
+        epoch: the 1-based epoch.
+        cfg: the ``encode.augment`` settings.
+
+    Returns:
+        ``(x, y)``: float32 (n, h, w) in [0, 255], image ``i`` a distortion of base image
+        ``i``, and ``labels`` unchanged (``y[i] == labels[i]``).
+    """
+    _check_images(base_images, "epoch_batch")
+    if len(labels) != len(base_images):
+        raise ValueError(
+            f"epoch_batch: {len(base_images)} images but {len(labels)} labels; "
+            "expected one label per image"
+        )
+    x = np.empty(base_images.shape, dtype=np.float32)
+    for start, chunk in epoch_chunks(base_images, epoch, cfg):
+        x[start : start + len(chunk)] = chunk
+    return x, labels
 
 
 def _run(

@@ -14,7 +14,7 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -58,8 +58,7 @@ class Encoding:
         if not isinstance(other, Encoding):
             return NotImplemented
         return (self.scaling, self.deskew) == (other.scaling, other.deskew) and all(
-            (a is None and b is None)
-            or (a is not None and b is not None and np.array_equal(a, b))
+            (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
             for a, b in ((self.mean, other.mean), (self.std, other.std))
         )
 
@@ -80,8 +79,22 @@ class Encoding:
             return np.divide(rows, np.float32(255), dtype=np.float32)
         if self.scaling == "none":
             return rows.astype(np.float32)
-        assert self.mean is not None and self.std is not None  # __post_init__
+        assert self.mean is not None
+        assert self.std is not None
         return _standardize(rows, self.mean, self.std)
+
+    def unscale(self, rows: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`scale`: pixel values (float32, new array) of feature rows,
+        exact up to float32 rounding (online augmentation resamples them)."""
+        if self.scaling == "divide255":
+            return np.multiply(rows, np.float32(255), dtype=np.float32)
+        if self.scaling == "none":
+            return rows.astype(np.float32)
+        assert self.mean is not None  # __post_init__
+        assert self.std is not None
+        out = np.multiply(rows, self.std, dtype=np.float32)
+        out += self.mean
+        return out
 
     def apply(self, images: np.ndarray, workers: int = 1) -> np.ndarray:
         """Features from images (n, h, w): deskew (if set), flatten, scale."""

@@ -10,13 +10,11 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
-
 from pathlib import Path
 
 import numpy as np
 
 from mnistflow.config import DatasetSpec
-
 from mnistflow.util.errors import UserError
 
 IMAGES_MAGIC = 2051

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
+
+# sklearn is imported in the functions that use it: the CLI reads HEADLINE, and importing
+# sklearn for a name costs each `mnistflow` command about a second.
 
 # The headline metric's one name, in MLflow, the DVC metrics file, reports and leaderboards.
 HEADLINE = "test_accuracy"
@@ -45,12 +47,16 @@ def one_hot(classes: np.ndarray, n_classes: int) -> np.ndarray:
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Share of rows where the predicted class equals the true class (0 for no rows)."""
+    from sklearn import metrics as skm
+
     return float(skm.accuracy_score(y_true, y_pred)) if y_true.size else 0.0
 
 
 def exact_match_accuracy(y_true: np.ndarray, pred_sets: np.ndarray) -> float:
     """Share of rows whose predicted class set is exactly {true class}: sklearn's subset
     accuracy on indicator rows, i.e. ``MLPClassifier.score`` with one-hot targets."""
+    from sklearn import metrics as skm
+
     truth = one_hot(y_true, pred_sets.shape[1])
     return float(skm.accuracy_score(truth, pred_sets)) if y_true.size else 0.0
 
@@ -64,12 +70,16 @@ def set_sizes(pred_sets: np.ndarray) -> tuple[int, int]:
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Counts (n_classes, n_classes): row = true class, column = predicted class; every
     class has its row and column, also when it never occurs."""
+    from sklearn import metrics as skm
+
     labels = np.arange(n_classes)
     return skm.confusion_matrix(y_true, y_pred, labels=labels).astype(np.int64)
 
 
 def per_class(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
     """Precision, recall, F1 and support per class index (0 where undefined)."""
+    from sklearn import metrics as skm
+
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y_true, y_pred, labels=np.arange(n_classes), zero_division=0
     )

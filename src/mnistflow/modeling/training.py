@@ -6,7 +6,8 @@ import logging
 import pickle
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from mnistflow.config import TrainConfig
+from mnistflow.data.online import EpochFeed, OnlineData
 from mnistflow.modeling.model import (
     EpochCallback,
     build_classifier,
@@ -34,6 +36,8 @@ class FitResult:
     fit_time_s: float  # wall clock: per run by nature, never in a DVC output
     losses: list[float]
     val_scores: list[float] | None
+    # seconds from the start of the fit to the end of each epoch (online mode; per run)
+    epoch_times: list[float] = field(default_factory=list)
 
     @property
     def n_iter(self) -> int:
@@ -68,6 +72,7 @@ def fit(
     y: np.ndarray,
     on_epoch: EpochCallback | None = None,
     file: IO[str] | None = None,
+    online: OnlineData | None = None,
 ) -> FitResult:
     """Build and fit a classifier from ``cfg`` with ``cfg.threads`` BLAS threads.
 
@@ -78,11 +83,16 @@ def fit(
         on_epoch: called with the 1-based epoch, the training loss and the validation score
             (None unless early stopping), e.g. to log them.
         file: where the progress bar goes (stderr by default; silent unless a terminal).
+        online: what ``cfg.online_augment`` needs (encoding, image shape, distortions);
+            required then, unused otherwise.
 
     Returns:
         The fitted model with its fit time and loss history.
     """
+    if cfg.online_augment and online is None:
+        raise ValueError("train.online_augment needs the encoding and encode.augment (online)")
     model = build_classifier(cfg)
+    epoch_times: list[float] = []
     with threadpool_limits(limits=cfg.threads), progress_bar(cfg.max_iter, "train", file) as bar:
 
         def each_epoch(epoch: int, loss: float, val_score: float | None) -> None:
@@ -97,10 +107,162 @@ def fit(
             bar.update(epoch - bar.n)
 
         start = time.perf_counter()
-        fit_with_progress(model, X, y, each_epoch)
+        if cfg.online_augment:
+            assert online is not None
+            fit_online(model, cfg, X, y, online, each_epoch, epoch_times)
+        else:
+            fit_with_progress(model, X, y, each_epoch)
         fit_time = time.perf_counter() - start
     losses, val_scores = loss_history(model)
-    return FitResult(model, fit_time, losses, val_scores)
+    return FitResult(model, fit_time, losses, val_scores, epoch_times)
+
+
+def validation_rows(n: int, cfg: TrainConfig) -> int:
+    """Rows held out for validation in online mode: the last ``validation_fraction`` of the
+    base rows when ``early_stopping`` (0 otherwise), never distorted nor trained on."""
+    if not cfg.early_stopping:
+        return 0
+    n_val = round(cfg.validation_fraction * n)
+    if n_val < 2 or n_val >= n:
+        raise ValueError(
+            f"train.validation_fraction={cfg.validation_fraction} holds out {n_val} of {n} "
+            "rows; need at least 2 and fewer than all"
+        )
+    return n_val
+
+
+def fit_online(
+    model: MLPClassifier,
+    cfg: TrainConfig,
+    X: np.ndarray,
+    y: np.ndarray,
+    online: OnlineData,
+    on_epoch: EpochCallback,
+    epoch_times: list[float],
+) -> MLPClassifier:
+    """Fit ``model`` on fresh distortions of the base rows every epoch (online augmentation).
+
+    The last :func:`validation_rows` rows are held out; the others feed an
+    :class:`EpochFeed` (the next epoch prepared on a second process). ``epoch_times`` gets
+    the seconds since the start at the end of each epoch. See :func:`train_epochs`.
+    """
+    n_val = validation_rows(len(X), cfg)
+    n_fit = len(X) - n_val
+    start = time.perf_counter()
+
+    def timed(epoch: int, loss: float, val_score: float | None) -> None:
+        epoch_times.append(time.perf_counter() - start)
+        on_epoch(epoch, loss, val_score)
+
+    waited: list[float] = []
+
+    with EpochFeed(X[:n_fit], online, cfg.max_iter) as feed:
+
+        def rows(epoch: int) -> np.ndarray:
+            before = time.perf_counter()
+            features = feed.get(epoch)
+            waited.append(time.perf_counter() - before)
+            log.debug("epoch %d: waited %.1f s for its distortions", epoch, waited[-1])
+            return features
+
+        train_epochs(model, cfg, rows, y[:n_fit], X[n_fit:], y[n_fit:], timed)
+    # How much of the fit the second process did not hide (the first epoch always waits).
+    log.info(
+        "online augmentation: waited %.1f s for distortions over %d epochs (first %.1f s)",
+        sum(waited),
+        len(waited),
+        waited[0],
+    )
+    return model
+
+
+def train_epochs(
+    model: MLPClassifier,
+    cfg: TrainConfig,
+    epoch_rows: Callable[[int], np.ndarray],
+    y: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    on_epoch: EpochCallback,
+) -> MLPClassifier:
+    """Up to ``cfg.max_iter`` epochs of ``partial_fit``, epoch ``e`` on ``epoch_rows(e)``.
+
+    It follows sklearn's ``fit``: one random stream for the initial weights and every
+    epoch's shuffle, the same stop on ``tol`` and ``n_iter_no_change``; its first epoch is
+    ``fit``'s bit for bit (the tests check it). Later epochs differ from ``fit`` on the
+    same rows only in that each shuffles ``0..n-1`` afresh where ``fit`` reshuffles the
+    previous order (the same draws, another permutation). On top of it:
+
+    - the learning rate is ``learning_rate_init * lr_decay ** (e - 1)`` in epoch ``e``;
+    - with ``early_stopping`` the score on ``X_val``/``y_val`` (sklearn's ``score``, as
+      its early stopping uses) decides when to stop, and the best epoch's weights are kept,
+      as sklearn does; partial_fit itself refuses early stopping, so it is done here.
+
+    Returns:
+        ``model``, fitted, with ``n_iter_``, ``loss_curve_`` and ``validation_scores_`` as
+        a plain fit leaves them and its own ``random_state`` and ``early_stopping`` params.
+    """
+    early = cfg.early_stopping
+    classes = np.arange(y.shape[1]) if y.ndim == 2 else np.unique(y)
+    # One RandomState for the whole run: partial_fit re-seeds an int random_state on every
+    # call, which would shuffle every epoch in the same order.
+    model.set_params(random_state=np.random.RandomState(cfg.random_state), early_stopping=False)
+    val_scores: list[float] = []
+    best_score, no_improvement = -np.inf, 0
+    best: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+    try:
+        for epoch in range(1, cfg.max_iter + 1):
+            rows = epoch_rows(epoch)
+            if epoch > 1 and cfg.lr_decay != 1.0:
+                _set_learning_rate(model, cfg.learning_rate_init * cfg.lr_decay ** (epoch - 1))
+            if early and epoch > 1:
+                # the validation score, not partial_fit's training loss, drives the optimizer
+                model._no_improvement_count = 0
+            model.partial_fit(rows, y, classes=classes)
+            model.n_iter_ = epoch  # partial_fit counts its one epoch only
+            score = None
+            if early:
+                score = float(model.score(X_val, y_val))
+                val_scores.append(score)
+                no_improvement = no_improvement + 1 if score < best_score + cfg.tol else 0
+                if score > best_score:
+                    best_score = score
+                    best = (
+                        [c.copy() for c in model.coefs_],
+                        [i.copy() for i in model.intercepts_],
+                    )
+            on_epoch(epoch, float(model.loss_), score)
+            # As sklearn's fit: after n_iter_no_change epochs without improvement the
+            # optimizer stops (sgd 'adaptive' divides its rate by 5 instead, until < 1e-6).
+            # Without early stopping partial_fit has already asked it and kept the count.
+            if early and no_improvement > cfg.n_iter_no_change:
+                if model._optimizer.trigger_stopping("validation score stalled", False):
+                    log.info("validation score stalled: stopping after epoch %d", epoch)
+                    break
+                no_improvement = 0
+            if not early and model._no_improvement_count > cfg.n_iter_no_change:
+                log.info("training loss stalled: stopping after epoch %d", epoch)
+                break
+    finally:
+        model.set_params(random_state=cfg.random_state, early_stopping=early)
+    if early:
+        assert best is not None
+        model.coefs_, model.intercepts_ = best
+        model.validation_scores_ = val_scores
+        model.best_validation_score_ = best_score
+        model.best_loss_ = None
+    return model
+
+
+def _set_learning_rate(model: MLPClassifier, rate: float) -> None:
+    """Set the step size of the next epoch on sklearn's optimizer (sklearn 1.9 internals:
+    adam derives its step from ``learning_rate_init`` at every update, sgd uses
+    ``learning_rate``, which only its 'invscaling'/'adaptive' schedules change)."""
+    optimizer = model._optimizer
+    if model.solver == "adam":
+        optimizer.learning_rate_init = rate
+    else:
+        optimizer.learning_rate = rate
 
 
 def model_bytes(model: MLPClassifier) -> bytes:

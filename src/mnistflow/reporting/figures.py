@@ -52,6 +52,43 @@ def loss_curve(
     return _save(fig, target)
 
 
+def accuracy_vs_time(
+    elapsed_s: Sequence[float],
+    val_scores: Sequence[float] | None,
+    test_time_s: float,
+    test_accuracy: float,
+    target: str | Path,
+) -> Path:
+    """Validation score at the end of each epoch against the fit's wall-clock seconds, and
+    the test accuracy, measured once, at the end of the fit (per run: a time axis)."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    if val_scores:
+        ax.plot(
+            elapsed_s[: len(val_scores)],
+            val_scores,
+            marker="o",
+            ms=3,
+            color="tab:orange",
+            label="validation (each epoch)",
+        )
+    ax.plot([test_time_s], [test_accuracy], marker="*", ms=12, ls="", color="tab:red", label="test")
+    ax.annotate(
+        f"{100 * test_accuracy:.2f}%",
+        (test_time_s, test_accuracy),
+        textcoords="offset points",
+        xytext=(-10, 8),
+        ha="right",
+    )
+    ax.set_xlabel("fit time, s (wall clock)")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("Accuracy against training time")
+    fig.tight_layout()
+    return _save(fig, target)
+
+
 def confusion_heatmap(cm: np.ndarray, class_names: Sequence[str], target: str | Path) -> Path:
     """Confusion matrix as a heatmap with the count in each cell (rows: true class)."""
     k = cm.shape[0]

@@ -12,22 +12,24 @@ from dataclasses import dataclass
 
 from mnistflow.modeling.metrics import Evaluation
 
-HEADLINE_WHY = {
-    "argmax": (
-        "With one-hot targets scikit-learn trains ten independent yes/no outputs, and its "
-        "`predict` keeps every class scoring over 0.5: a row can get no class or several. "
-        "The headline takes the class with the highest output for every row (argmax), which "
-        "always answers exactly one digit, like a person reading the image would. The "
-        "original exact-match score (the predicted set must be exactly the true digit) is "
-        "reported beside it."
-    ),
-    "exact_match": (
-        "The headline is the original exact-match score: with one-hot targets scikit-learn "
-        "predicts ten independent outputs and a row only counts as right when the set of "
-        "classes over 0.5 is exactly the true digit; rows with no class or several count as "
-        "wrong. The argmax accuracy (highest output wins) is reported beside it."
-    ),
-}
+
+def headline_why(headline: str, n_classes: int) -> str:
+    """Why the headline metric is what it is, for one-hot targets (any dataset)."""
+    if headline == "argmax":
+        return (
+            f"With one-hot targets scikit-learn trains {n_classes} independent yes/no outputs, "
+            "and its `predict` keeps every class scoring over 0.5: a row can get no class or "
+            "several. The headline takes the class with the highest output for every row "
+            "(argmax), which always answers exactly one class, like a person labelling the "
+            "image would. The original exact-match score (the predicted set must be exactly "
+            "the true class) is reported beside it."
+        )
+    return (
+        f"The headline is the original exact-match score: with one-hot targets scikit-learn "
+        f"predicts {n_classes} independent outputs and a row only counts as right when the set "
+        "of classes over 0.5 is exactly the true class; rows with no class or several count "
+        "as wrong. The argmax accuracy (highest output wins) is reported beside it."
+    )
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,9 @@ def render(
     Args:
         ev: the evaluation.
         class_names: display names, by class index.
-        baseline: the original author's accuracy (evaluate.baseline_accuracy).
+        baseline: the dataset's reference accuracy (evaluate.baseline_accuracy.<dataset>).
         labels: encode.labels of the run ("onehot" or "index").
-        dataset: the dataset name.
+        dataset: the dataset name (data.dataset), the report's only name for the data.
         n_iter: epochs run.
         ignored: warnings about ignored train settings.
         figures: title -> PNG file name relative to the report.
@@ -80,7 +82,7 @@ def render(
         "",
         f"- **Headline ({ev.headline}) accuracy: {_pct(ev.accuracy)}** on {ev.n_test} test "
         f"images; {'+' if delta >= 0 else ''}{100 * delta:.2f} points against the "
-        f"{_pct(baseline)} baseline.",
+        f"{_pct(baseline)} baseline of {dataset} (`evaluate.baseline_accuracy.{dataset}`).",
         f"- Argmax accuracy: {_pct(ev.accuracy_argmax)}; exact-match accuracy: "
         f"{_pct(ev.accuracy_exact_match)}.",
         f"- Rows with no predicted class: {ev.rows_no_class}; with several: {ev.rows_multi_class}.",
@@ -88,7 +90,7 @@ def render(
         "",
     ]
     if labels == "onehot":
-        lines += ["Why this headline: " + HEADLINE_WHY[ev.headline], ""]
+        lines += ["Why this headline: " + headline_why(ev.headline, len(class_names)), ""]
     else:
         lines += [
             "With class-index targets the model predicts exactly one class per row, so "
@@ -138,18 +140,29 @@ def render(
     return "\n".join(lines)
 
 
-def run_section(links: RunLinks, fit_time_s: float) -> str:
-    """Markdown appended to the MLflow run's copy of the report: what differs per run."""
-    return "\n".join(
-        [
-            "## This run",
+def run_section(links: RunLinks, fit_time_s: float, time_figure: str | None = None) -> str:
+    """Markdown appended to the MLflow run's copy of the report: what differs per run, with
+    the accuracy-against-time figure (``time_figure``, a PNG beside it) when there is one."""
+    lines = [
+        "## This run",
+        "",
+        f"- Run `{links.run_id}` in experiment `{links.experiment_name}` "
+        f"(id {links.experiment_id}), store `{links.tracking_uri}`.",
+        f"- Fit time: {fit_time_s:.1f} s (wall clock; not in the DVC outputs).",
+        f"- Open it: `{links.ui_command}` (or `make ui`), then {links.run_url}. The UI's "
+        "first page is a GenAI overview; the runs table is at `#/experiments/"
+        f"{links.experiment_id}/runs` (sidebar: *Model training*).",
+        "",
+    ]
+    if time_figure is not None:
+        lines += [
+            "### Accuracy against training time",
             "",
-            f"- Run `{links.run_id}` in experiment `{links.experiment_name}` "
-            f"(id {links.experiment_id}), store `{links.tracking_uri}`.",
-            f"- Fit time: {fit_time_s:.1f} s (wall clock; not in the DVC outputs).",
-            f"- Open it: `{links.ui_command}` (or `make ui`), then {links.run_url}. The UI's "
-            "first page is a GenAI overview; the runs table is at `#/experiments/"
-            f"{links.experiment_id}/runs` (sidebar: *Model training*).",
+            "Validation score after each epoch (held-out training rows; sklearn's score, "
+            "exact match for one-hot targets) and the test accuracy (headline), measured "
+            "once at the end of the fit.",
+            "",
+            f"![Accuracy against training time]({time_figure})",
             "",
         ]
-    )
+    return "\n".join(lines)

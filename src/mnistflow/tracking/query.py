@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from mnistflow.modeling.metrics import HEADLINE
 from mnistflow.tracking.provenance import EXP_NAME_TAG
 from mnistflow.util.errors import UserError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000  # runs per search request
+
+# The leaderboard's order (reporting.leaderboard.shape_table) as the store's order_by. MLflow
+# puts missing and NaN metrics last in either direction, as the leaderboard does.
+RANKING = [f"metrics.{HEADLINE} DESC", "metrics.fit_time_s ASC", "attributes.start_time ASC"]
 
 
 class LeaderboardError(UserError):
@@ -20,6 +29,21 @@ class LeaderboardError(UserError):
 
 class ExperimentRunError(UserError):
     """No finished MLflow run belongs to the named DVC experiment."""
+
+
+def experiment_id(client: MlflowClient, tracking_uri: str, experiment_name: str) -> str:
+    """The id of experiment ``experiment_name``.
+
+    Raises:
+        LeaderboardError: the experiment does not exist in the store.
+    """
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise LeaderboardError(
+            f"no MLflow experiment {experiment_name!r} (mlflow.experiment_name) in "
+            f"{tracking_uri}: run the pipeline first (dvc repro or dvc exp run)"
+        )
+    return experiment.experiment_id
 
 
 def fetch_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
@@ -40,18 +64,11 @@ def fetch_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        raise LeaderboardError(
-            f"no MLflow experiment {experiment_name!r} (mlflow.experiment_name) in "
-            f"{tracking_uri}: run the pipeline first (dvc repro or dvc exp run)"
-        )
+    experiment = experiment_id(client, tracking_uri, experiment_name)
     rows = []
     token = None
     while True:
-        page = client.search_runs(
-            [experiment.experiment_id], max_results=PAGE_SIZE, page_token=token
-        )
+        page = client.search_runs([experiment], max_results=PAGE_SIZE, page_token=token)
         for found in page:
             row = {
                 "run_id": found.info.run_id,

@@ -14,6 +14,9 @@ from mnistflow.tracking.artifacts import ENCODING_ARTIFACT
 from mnistflow.tracking.runs import flatten
 from mnistflow.util.fileio import save_npz
 
+# Stepped by epoch: training loss, validation score, seconds since the start of the fit.
+TRAIN_LOSS, VAL_SCORE, ELAPSED = "train_loss", "val_score", "elapsed_s"
+
 if TYPE_CHECKING:
     from mnistflow.modeling.training import FitResult
     from mnistflow.tracking.runs import Run
@@ -31,16 +34,28 @@ def train_params(params: Params) -> dict[str, Any]:
     )
 
 
+def evaluate_params(params: Params) -> dict[str, Any]:
+    """The ``evaluate`` settings of a run: the baseline of its own dataset only (logged as
+    ``evaluate.baseline_accuracy.<dataset>``, the params.yaml key it came from)."""
+    return {
+        **params.evaluate.as_dict(),
+        "baseline_accuracy": {params.dataset_name: params.baseline_accuracy},
+    }
+
+
 def log_epoch(run: Run, epoch: int, loss: float, val_score: float | None) -> None:
     """The stepped per-epoch metrics: ``train_loss`` (and ``val_score`` with early stopping)."""
-    run.log_metric("train_loss", loss, step=epoch)
+    run.log_metric(TRAIN_LOSS, loss, step=epoch)
     if val_score is not None:
-        run.log_metric("val_score", val_score, step=epoch)
+        run.log_metric(VAL_SCORE, val_score, step=epoch)
 
 
 def log_fit(run: Run, result: FitResult) -> None:
-    """The fit's wall-clock time and epochs (timings go to MLflow, not to DVC outputs)."""
+    """The fit's wall-clock time and epochs (timings go to MLflow, not to DVC outputs), and
+    the time at the end of each epoch as the stepped ``elapsed_s`` when measured (online)."""
     run.log_metrics({"fit_time_s": result.fit_time_s, "n_iter": result.n_iter})
+    for epoch, seconds in enumerate(result.epoch_times, start=1):
+        run.log_metric(ELAPSED, seconds, step=epoch)
 
 
 def log_encoding(run: Run, encoding: Encoding) -> None:

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from mnistflow.config import RegistryConfig
 from mnistflow.modeling.metrics import HEADLINE
-from mnistflow.reporting import leaderboard
 from mnistflow.tracking.artifacts import MODEL_ARTIFACT
-from mnistflow.tracking.query import fetch_runs
+from mnistflow.tracking.query import RANKING, experiment_id
 from mnistflow.util.errors import UserError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -39,30 +41,37 @@ class Registered:
     created: bool  # False when the run already had a version
 
 
-def best_finished(board: leaderboard.Leaderboard) -> pd.Series:
-    """The first-ranked FINISHED run of a leaderboard (pure).
+def best_finished(client: MlflowClient, experiment: str) -> Run:
+    """The leaderboard's first FINISHED run of experiment id ``experiment``.
+
+    The store filters and orders (:data:`~mnistflow.tracking.query.RANKING`) and returns one
+    run, so the cost does not grow with the number of runs.
 
     Raises:
         RegistryError: no FINISHED run has a headline accuracy.
     """
-    finished = board.ranked[board.ranked["status"] == "FINISHED"]
-    if finished.empty:
+    found = client.search_runs(
+        [experiment],
+        filter_string="attributes.status = 'FINISHED'",
+        order_by=RANKING,
+        max_results=1,
+    )
+    accuracy = found[0].data.metrics.get(HEADLINE) if found else None
+    # missing and NaN accuracies sort last: if the first has none, no run has one
+    if accuracy is None or accuracy != accuracy:
         raise RegistryError(
             f"no FINISHED run with a {HEADLINE} metric to register: run the "
             "pipeline (dvc repro) first"
         )
-    return finished.iloc[0]
+    return found[0]
 
 
-def register_best(
-    tracking_uri: str, experiment_name: str, baseline_accuracy: float, cfg: RegistryConfig
-) -> Registered:
+def register_best(tracking_uri: str, experiment_name: str, cfg: RegistryConfig) -> Registered:
     """Register the best finished run's model as ``cfg.model_name`` and point ``cfg.alias`` at it.
 
     Args:
         tracking_uri: the MLflow store (its registry is the same store).
         experiment_name: the experiment whose runs compete.
-        baseline_accuracy: only used to shape the leaderboard (deltas).
         cfg: registered model name and alias.
 
     Returns:
@@ -74,18 +83,17 @@ def register_best(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    board = leaderboard.shape_table(fetch_runs(tracking_uri, experiment_name), baseline_accuracy)
-    best = best_finished(board)
-    run_id = str(best["run_id"])
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    experiment_id = client.get_run(run_id).info.experiment_id
+    experiment = experiment_id(client, tracking_uri, experiment_name)
+    best = best_finished(client, experiment)
+    run_id, run_name = best.info.run_id, best.info.run_name or ""
     models = client.search_logged_models(
-        experiment_ids=[experiment_id],
+        experiment_ids=[experiment],
         filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_ARTIFACT}'",
     )
     if not models:
         raise RegistryError(
-            f"best run {best['run']} ({run_id}) has no logged model '{MODEL_ARTIFACT}'"
+            f"best run {run_name} ({run_id}) has no logged model '{MODEL_ARTIFACT}'"
         )
     model_id = models[0].model_id
     # The artifact location, not a models:/ URI: MLflow 3.17 resolves models:/<id> through the
@@ -117,8 +125,8 @@ def register_best(
         version=version,
         alias=cfg.alias,
         run_id=run_id,
-        run_name=str(best["run"]),
-        accuracy=float(best[HEADLINE]),
+        run_name=run_name,
+        accuracy=float(best.data.metrics[HEADLINE]),
         created=created,
     )
     log.info(

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mnistflow.reporting import report
+from mnistflow.modeling import metrics as m
+from mnistflow.reporting import figures, report
 from mnistflow.tracking import ui
+from mnistflow.tracking.record import ELAPSED, VAL_SCORE
 from mnistflow.tracking.runs import Run
 from mnistflow.util.fileio import write_text
 
@@ -26,16 +28,41 @@ def run_links(run: Run, experiment_name: str) -> report.RunLinks:
     )
 
 
+TIME_FIGURE = "accuracy_time.png"
+
+
+def time_figure(run: Run, folder: Path) -> str | None:
+    """Draw the run's accuracy against fit time into ``folder`` when the fit measured each
+    epoch's time (stepped ``elapsed_s``: online augmentation); its file name, else None."""
+    client = MlflowClient(run.uri)
+    elapsed = client.get_metric_history(run.run_id, ELAPSED)
+    metrics = client.get_run(run.run_id).data.metrics
+    if not elapsed or m.HEADLINE not in metrics:
+        return None
+    by_step = sorted((e.step, e.value) for e in elapsed)
+    scores = sorted((s.step, s.value) for s in client.get_metric_history(run.run_id, VAL_SCORE))
+    figures.accuracy_vs_time(
+        [t for _, t in by_step],
+        [v for _, v in scores] or None,
+        metrics.get("fit_time_s", by_step[-1][1]),
+        metrics[m.HEADLINE],
+        folder / TIME_FIGURE,
+    )
+    return TIME_FIGURE
+
+
 def log_report(run: Run, report_dir: Path, experiment_name: str) -> None:
     """The report folder as artifact ``report/``; its report.md gets the per-run section
-    (run id, fit time from the run's ``fit_time_s``, store and link) the committed one lacks."""
+    (run id, fit time from the run's ``fit_time_s``, store and link, and the accuracy
+    against time figure when measured) the committed one lacks."""
     fit_time = (
         MlflowClient(run.uri).get_run(run.run_id).data.metrics.get("fit_time_s", float("nan"))
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "report"
         shutil.copytree(report_dir, folder)
+        figure = time_figure(run, folder)
         text = (report_dir / "report.md").read_text(encoding="utf-8")
-        text += "\n" + report.run_section(run_links(run, experiment_name), fit_time)
+        text += "\n" + report.run_section(run_links(run, experiment_name), fit_time, figure)
         write_text(folder / "report.md", text)
         run.log_artifact(folder, "report")

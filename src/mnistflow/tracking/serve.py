@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
-from types import FrameType
 
 from mnistflow.config import RegistryConfig
 from mnistflow.tracking import ui
 from mnistflow.util.errors import UserError
-from mnistflow.util.processes import stop_group, wait_for_health
+from mnistflow.util.processes import run_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +29,6 @@ READY_TIMEOUT_S = 180.0  # ~15 s measured; the machine is shared
 
 class ServeError(UserError):
     """The model server could not be started (no champion, port taken, server died)."""
-
-
-class _StopRequestedError(Exception):
-    """SIGTERM received."""
 
 
 def champion_uri(cfg: RegistryConfig) -> str:
@@ -74,30 +68,27 @@ def serve(tracking_uri: str, model_uri: str, host: str, port: int) -> int:
     except ui.UiError as exc:
         raise ServeError(str(exc)) from exc
 
-    def on_term(signum: int, _frame: FrameType | None) -> None:
-        raise _StopRequestedError(signum)
-
-    previous = signal.signal(signal.SIGTERM, on_term)
     log.info("serving %s from %s on %s", model_uri, tracking_uri, ui.base_url(host, port))
     process = subprocess.Popen(
         serve_command(model_uri, host, port),
         env=serve_env(tracking_uri, dict(os.environ)),
         start_new_session=True,  # stopping its group stops uvicorn too
     )
-    try:
-        waited = wait_for_health(
-            ui.base_url(host, port), process, READY_TIMEOUT_S, "mlflow models serve", "/ping"
-        )
+
+    def announce(waited: float) -> None:
         log.info(
             "ready after %.1f s: POST %s/invocations (docs/experiments.md, Serving the "
             "champion). Ctrl-C stops it.",
             waited,
             ui.base_url(host, port),
         )
-        return process.wait()
-    except (KeyboardInterrupt, _StopRequestedError):
-        log.info("stopping the model server")
-        return 0
-    finally:
-        stop_group(process, STOP_TIMEOUT_S, "mlflow models serve")
-        signal.signal(signal.SIGTERM, previous)
+
+    return run_until_stopped(
+        process,
+        ui.base_url(host, port),
+        "mlflow models serve",
+        announce,
+        READY_TIMEOUT_S,
+        STOP_TIMEOUT_S,
+        path="/ping",
+    )

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnistflow.util.errors import UserError
-from mnistflow.util.processes import stop_group, wait_for_health
-from mnistflow.util.signals import Interrupted
+from mnistflow.util.processes import run_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +178,9 @@ def run_server(opts: ServerOptions, password: str) -> int:
             "starting mlflow server on %s:%d (%d worker(s))", opts.host, opts.port, opts.workers
         )
         process = subprocess.Popen(server_command(opts), env=env, start_new_session=True)
-        try:
-            url = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '::') else opts.host}"
-            waited = wait_for_health(
-                f"{url}:{opts.port}", process, READY_TIMEOUT_S, "mlflow server"
-            )
-            uri = client_uri(opts.host, opts.port)
+        uri = client_uri(opts.host, opts.port)
+
+        def announce(waited: float) -> None:
             log.info("MLflow tracking server ready after %.1f s. Clients set:", waited)
             log.info("  export MLFLOW_TRACKING_URI=%s", uri)
             log.info("  export MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password>")
@@ -193,12 +189,16 @@ def run_server(opts: ServerOptions, password: str) -> int:
                 opts.admin_username,
                 uri,
             )
-            return process.wait()
-        except (KeyboardInterrupt, Interrupted):
-            log.info("stopping the MLflow server")
-            return 0
-        finally:
-            stop_group(process, STOP_TIMEOUT_S, "mlflow server")
+
+        local = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
+        return run_until_stopped(
+            process,
+            f"http://{local}:{opts.port}",
+            "mlflow server",
+            announce,
+            READY_TIMEOUT_S,
+            STOP_TIMEOUT_S,
+        )
 
 
 def basic_auth_header(username: str, password: str) -> str:

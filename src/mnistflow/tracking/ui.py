@@ -15,15 +15,13 @@ import json
 import logging
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Sequence
-from types import FrameType
 
 from mnistflow.util.errors import UserError
-from mnistflow.util.processes import stop_group, wait_for_health
+from mnistflow.util.processes import run_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +37,6 @@ VIEW_TAGS = ("is_baseline", "dvc_exp_name")
 
 class UiError(UserError):
     """The UI could not be started."""
-
-
-class _StopRequestedError(Exception):
-    """SIGTERM received: stop the server and return."""
 
 
 def _ui_args(tracking_uri: str, host: str, port: int) -> list[str]:
@@ -168,13 +162,7 @@ def serve(tracking_uri: str, experiment_name: str, host: str, port: int) -> int:
     else:
         save_leaderboard_view(tracking_uri, exp_id)
 
-    def on_term(signum: int, _frame: FrameType | None) -> None:
-        raise _StopRequestedError(signum)
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    process = start(tracking_uri, host, port)
-    try:
-        waited = wait_for_health(base_url(host, port), process, READY_TIMEOUT_S, "mlflow ui")
+    def announce(waited: float) -> None:
         log.info(
             "MLflow UI ready after %.1f s. Runs table: %s", waited, runs_url(host, port, exp_id)
         )
@@ -188,10 +176,12 @@ def serve(tracking_uri: str, experiment_name: str, host: str, port: int) -> int:
             "(the UI's landing page is a GenAI overview: use these URLs, or the sidebar's "
             "'Model training' switch). Ctrl-C stops the UI."
         )
-        return process.wait()
-    except (KeyboardInterrupt, _StopRequestedError):
-        log.info("stopping the MLflow UI")
-        return 0
-    finally:
-        stop_group(process, STOP_TIMEOUT_S, "mlflow ui")
-        signal.signal(signal.SIGTERM, previous)
+
+    return run_until_stopped(
+        start(tracking_uri, host, port),
+        base_url(host, port),
+        "mlflow ui",
+        announce,
+        READY_TIMEOUT_S,
+        STOP_TIMEOUT_S,
+    )

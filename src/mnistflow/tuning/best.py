@@ -55,7 +55,7 @@ def run_best(
     counts: dict[str, int] = {}
     for trial in study.get_trials(deepcopy=False):
         counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-    baseline = params.evaluate.baseline_accuracy
+    baseline = params.baseline_accuracy  # of the configured dataset
     out_dir = root / out_dir
     report.history_figure(
         [t.number for t in complete], [float(t.value) for t in complete], baseline,

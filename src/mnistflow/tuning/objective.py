@@ -17,12 +17,14 @@ from threadpoolctl import threadpool_limits
 
 from mnistflow.config import EncodeConfig, ParamsError, TrainConfig
 from mnistflow.data.encode import encode_splits
+from mnistflow.data.online import OnlineData
 from mnistflow.modeling.model import (
     build_classifier,
     decode_argmax,
     fit_with_progress,
     predict_scores,
 )
+from mnistflow.modeling.training import fit_online
 from mnistflow.util.errors import UserError
 from mnistflow.util.fileio import load_npz
 
@@ -53,6 +55,7 @@ class Split:
     X_val: np.ndarray
     labels_val: np.ndarray  # class indices of the validation rows
     n_classes: int
+    online: OnlineData  # what train.online_augment needs to distort the fit rows each epoch
 
 
 def load_training_images(arrays_path: str | Path) -> TrainingImages:
@@ -98,8 +101,14 @@ def split_and_encode(
         cfg,
         n_classes,
     )
+    online = OnlineData(encoded.encoding, images.x.shape[1:], cfg.augment)
     return Split(
-        encoded.X_train, encoded.y_train, encoded.X_test, np.asarray(images.y[cut:]), n_classes
+        encoded.X_train,
+        encoded.y_train,
+        encoded.X_test,
+        np.asarray(images.y[cut:]),
+        n_classes,
+        online,
     )
 
 
@@ -121,7 +130,10 @@ def fit_and_score(cfg: TrainConfig, split: Split, on_epoch: EpochScore | None = 
             on_epoch(epoch, loss, accuracy(model, split.X_val, split.labels_val, split.n_classes))
 
     with threadpool_limits(limits=cfg.threads):
-        fit_with_progress(model, split.X_fit, split.y_fit, each_epoch)
+        if cfg.online_augment:  # fresh distortions of the fit rows every epoch, as in train
+            fit_online(model, cfg, split.X_fit, split.y_fit, split.online, each_epoch, [])
+        else:
+            fit_with_progress(model, split.X_fit, split.y_fit, each_epoch)
         return accuracy(model, split.X_val, split.labels_val, split.n_classes)
 
 

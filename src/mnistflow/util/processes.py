@@ -1,5 +1,5 @@
 """Child servers (the MLflow UI, the tracking server, a model server): wait until they answer,
-stop them with their whole process group."""
+run them until the user stops us, stop them with their whole process group."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 from mnistflow.util.errors import UserError
+from mnistflow.util.signals import Interrupted, raise_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +62,29 @@ def stop_group(process: subprocess.Popen, timeout: float, what: str) -> None:
         log.warning("%s ignored SIGTERM for %.0f s; killing it", what, timeout)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def run_until_stopped(
+    process: subprocess.Popen,
+    url: str,
+    what: str,
+    on_ready: Callable[[float], None],
+    ready_timeout: float,
+    stop_timeout: float,
+    path: str = "/health",
+) -> int:
+    """Wait until ``process`` answers at ``url``, call ``on_ready(seconds waited)``, then wait
+    until it exits or we get Ctrl-C/SIGTERM; the process group is stopped in every case.
+
+    Returns:
+        0 after a stop by the user, else the server's own exit code.
+    """
+    try:
+        with raise_on_signals():
+            on_ready(wait_for_health(url, process, ready_timeout, what, path))
+            return process.wait()
+    except Interrupted:
+        log.info("stopping %s", what)
+        return 0
+    finally:
+        stop_group(process, stop_timeout, what)
