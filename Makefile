@@ -32,7 +32,7 @@ endif
 STAMP := $(VENV)/.installed-pyc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup services lint format test test-fast repro bench bench-best bench-online bench-queue bench-store bench-tune best \
+.PHONY: help setup services lint format test test-fast repro bench bench-best bench-online bench-queue bench-store bench-team bench-tune best \
         ui leaderboard sweep tune register predict reproduce serve server push pull lock lock-upgrade lock-check clean
 
 help: ## list the targets
@@ -98,6 +98,9 @@ bench-online: setup ## the online-augmentation preset (issue 12, not yet measure
 
 bench-store: setup services ## leaderboard/register/UI at 10/100/1000 runs; dvc exp show/queue status at 10/50/100 exps
 	$(BIN)/python benchmarks/store_growth.py
+
+bench-team: setup services ## team server vs sqlite: logging overhead, 8 concurrent runs, sync of 100 runs
+	$(BIN)/python benchmarks/team.py
 
 bench-queue: setup ## queue throughput: 4 experiments on -j 2 against -j 1
 	$(BIN)/python benchmarks/queue_throughput.py

@@ -8,6 +8,7 @@ honest.
 
 from __future__ import annotations
 
+import platform
 import subprocess
 from pathlib import Path
 
@@ -22,6 +23,12 @@ def tier(item: pytest.Item) -> str | None:
     """The test's tier marker, or None when it has none or several (refused at collection)."""
     tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
     return tiers.pop() if len(tiers) == 1 else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Fill platform's cache now: importing mlflow calls ``platform.processor()``, which runs
+    ``uname -p`` once per process, and would fail whichever unit test first imports mlflow."""
+    platform.uname().processor  # noqa: B018  (the attribute access runs and caches it)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

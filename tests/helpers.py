@@ -10,6 +10,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,6 +93,29 @@ def run(
             f"\n--- stderr\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def start_queue(repo: Path, env: dict[str, str], jobs: int) -> None:
+    """``dvc queue start -j jobs``: starts detached workers and returns.
+
+    Not through :func:`run`: the workers inherit the command's stdout and stderr, so with
+    captured pipes ``run`` would wait until the last worker exits, idle ones included (seen:
+    15 minutes). A temporary file takes the output instead.
+    """
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.run(
+            ["dvc", "queue", "start", "-j", str(jobs)],
+            cwd=repo,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+            check=False,
+        )
+        out.seek(0)
+        text = out.read()
+    if proc.returncode != 0:
+        raise AssertionError(f"dvc queue start exited {proc.returncode}\n{text[-6000:]}")
 
 
 def workspace_env(mirror: Path | None = None) -> dict[str, str]:

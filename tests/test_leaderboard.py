@@ -16,7 +16,12 @@ from mnistflow.reporting.leaderboard import (
     to_markdown,
     write_leaderboard,
 )
-from mnistflow.tracking.query import LeaderboardError, fetch_runs
+from mnistflow.tracking.query import (
+    ExperimentRunError,
+    LeaderboardError,
+    experiment_run,
+    fetch_runs,
+)
 from tests.mlflow_fixtures import EXPERIMENT, Store, shared_store
 
 pytestmark = pytest.mark.unit
@@ -122,6 +127,17 @@ def test_fetch_runs_reads_every_run_through_mlflow(store: Store) -> None:
 def test_fetch_runs_unknown_experiment_is_a_clear_error(store: Store) -> None:
     with pytest.raises(LeaderboardError, match="no MLflow experiment 'nope'"):
         fetch_runs(store.uri, "nope")
+
+
+def test_experiment_run_finds_the_run_of_a_dvc_experiment_name(store: Store) -> None:
+    assert experiment_run(store.uri, EXPERIMENT, "wide-alpha") == store.runs["wide-alpha"].run_id
+    assert experiment_run(store.uri, EXPERIMENT, "small-net") == store.runs["small"].run_id
+    with pytest.raises(ExperimentRunError, match=r"crashed-exp.*FAILED"):
+        experiment_run(store.uri, EXPERIMENT, "crashed-exp")  # no FINISHED run
+    with pytest.raises(ExperimentRunError, match="no run"):
+        experiment_run(store.uri, EXPERIMENT, "never-ran")
+    with pytest.raises(ExperimentRunError, match="no run"):
+        experiment_run(store.uri, "nope", "wide-alpha")
 
 
 def test_leaderboard_from_a_real_store(store: Store, tmp_path: Path) -> None:

@@ -110,9 +110,11 @@ def test_settings_leave_out_the_model_config_params_mlflow_logs() -> None:
 def test_compare_metrics() -> None:
     logged = {"test_accuracy": 0.9, "n_iter": 5.0, "fit_time_s": 3.0, "train_loss": 0.25}
     logged |= {f"f1_class_{k}": 0.5 for k in range(10)}
-    same = compare_metrics(logged, {**logged, "fit_time_s": 9.0})
+    machine = {"system/cpu_utilization_percentage": 40.0, "system/disk_usage_megabytes": 9.5}
+    same = compare_metrics({**logged, **machine}, {**logged, "fit_time_s": 9.0})
     assert all(r.identical for r in same)
     assert "fit_time_s" not in {r.name for r in same}  # wall-clock time is not compared
+    assert not {r.name for r in same} & set(machine)  # nor the machine's system metrics
     assert "f1_class_* (10)" in {r.name for r in same}  # folded
 
     rerun = {**logged, "train_loss": math.nextafter(0.25, 1.0), "f1_class_3": 0.4}

@@ -17,7 +17,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import run, tiny_repo_after_repro
+from tests.helpers import run, start_queue, tiny_repo_after_repro
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +77,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
         env,
     ).stdout
     bad = run(["dvc", "exp", "run", "--queue", "-S", "train.alpha=-1"], repo, env).stdout
-    run(["dvc", "queue", "start", "-j", "2"], repo, env)
+    start_queue(repo, env, 2)
     wait = run(
         [MNISTFLOW, "wait-queue", "--poll", "2", "--timeout", "1500"], repo, env, check=False
     )

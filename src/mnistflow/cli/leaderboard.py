@@ -11,7 +11,7 @@ from mnistflow.modeling.metrics import HEADLINE
 from mnistflow.reporting.leaderboard import shape_table, write_leaderboard
 from mnistflow.tracking.liveness import sweep
 from mnistflow.tracking.query import fetch_runs
-from mnistflow.tracking.store import store_settings
+from mnistflow.tracking.store import check_server, store_settings
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ def command(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     out = config(params, "leaderboard", LeaderboardConfig)
     store = store_settings(params)
+    check_server(store.tracking_uri)  # a refused password: one line, exit 4, nothing written
     sweep(store.tracking_uri, store.experiment_name)  # no dead run ranked as RUNNING
     board = shape_table(
         fetch_runs(store.tracking_uri, store.experiment_name),

@@ -10,7 +10,7 @@ from pathlib import Path
 from mnistflow.config import MlflowConfig, RegistryConfig, config, load_params
 from mnistflow.data.preprocess import read_grayscale
 from mnistflow.tracking.predict import load_run_model, predict_files, resolve_model
-from mnistflow.tracking.store import resolve_tracking_uri
+from mnistflow.tracking.store import check_server, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ def command(args: argparse.Namespace) -> int:
     for path in args.images:
         read_grayscale(path)
     uri = resolve_tracking_uri(mlflow_cfg, Path.cwd())
+    check_server(uri)
     model_uri, _ = resolve_model(uri, cfg, args.run)
     model = load_run_model(uri, model_uri)
     for result in predict_files(model, args.images):

@@ -9,7 +9,7 @@ import sys
 from mnistflow.config import RegistryConfig, config, load_params
 from mnistflow.modeling.metrics import HEADLINE
 from mnistflow.tracking.registry import register_best
-from mnistflow.tracking.store import store_settings
+from mnistflow.tracking.store import check_server, store_settings
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ def command(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     cfg = config(params, "registry", RegistryConfig)
     store = store_settings(params)
+    check_server(store.tracking_uri)
     result = register_best(store.tracking_uri, store.experiment_name, cfg)
     # The result on stdout, for scripts: models:/<name>@<alias> and what it points at.
     sys.stdout.write(

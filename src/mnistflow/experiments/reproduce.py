@@ -3,12 +3,14 @@
 The run's logged params are written back into the params.yaml of the commit it was made
 with, in a temporary git worktree of that commit that shares this repository's DVC cache
 (so the data need not be fetched again). There the data stages run (restored from DVC's run
-cache when possible), the data hash is checked against the run's ``dataset_sha256`` tag, and
-train and evaluate run for real (``--force --no-run-cache``), logging a new run to the same
-MLflow store tagged ``reproduces=<run-id>`` (the BLAS thread count, which changes the last
-digits of a fit, is the param ``train.threads`` and so restored with the others). Exit 0 if
-every logged metric (wall-clock times aside) is identical, 1 if not, 2 if the run cannot be
-looked up or reproduced.
+cache when possible; download, whose output persists and so is never run-cached, takes this
+clone's raw files as its mirror when no other is set), the data hash is checked against the
+run's ``dataset_sha256`` tag, and train and evaluate run for real (``--force
+--no-run-cache``), logging a new run to the same MLflow store tagged ``reproduces=<run-id>``
+(the BLAS thread count, which changes the last digits of a fit, is the param
+``train.threads`` and so restored with the others). Exit 0 if every logged metric
+(wall-clock times aside) is identical, 1 if not, 2 if the run cannot be looked up or
+reproduced.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import yaml
 
 from mnistflow.config import SECTIONS, ParamsError, Paths, config, dataset_spec, load_params
+from mnistflow.data.download import MIRROR_ENV, MIRROR_ENV_ALIAS
 from mnistflow.tracking.provenance import REPRODUCES_ENV, REPRODUCES_TAG
 from mnistflow.tracking.store import absolute_uri
 from mnistflow.util import fileio
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 EXIT_IDENTICAL, EXIT_DIFFERENT = 0, 1
 # Wall-clock measurements differ between any two runs; they say nothing about the model.
 TIMING_METRIC = re.compile(r"(_time_s|_seconds)$")
+# MLflow's system metrics (CPU, memory, disk, network) describe the machine, not the model.
+SYSTEM_METRIC_PREFIX = "system/"
 PER_CLASS_METRIC = re.compile(r"^(?P<group>.+_class_)\d+$")
 # Variables describing the *calling* DVC run; the rerun must not look like an experiment.
 DVC_RUN_ENV = ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE")
@@ -200,12 +205,15 @@ def validate(params: Mapping[str, Any], sections: set[str]) -> None:
 
 
 def compare_metrics(logged: Mapping[str, float], rerun: Mapping[str, float]) -> list[MetricRow]:
-    """Compare every logged metric (timings aside) with the rerun's; equal means equal floats.
+    """Compare every logged metric (timings and system metrics aside) with the rerun's; equal
+    means equal floats.
 
     Per-class metrics (``f1_class_0`` ... ``f1_class_9``) are folded into one row per group
     when all are identical; a group with a difference lists each member.
     """
-    keys = sorted(k for k in logged if not TIMING_METRIC.search(k))
+    keys = sorted(
+        k for k in logged if not TIMING_METRIC.search(k) and not k.startswith(SYSTEM_METRIC_PREFIX)
+    )
     rows: list[MetricRow] = []
     groups: dict[str, list[MetricRow]] = {}
     for key in keys:
@@ -338,6 +346,13 @@ def reproduce(run_id: str, cwd: Path, uri: str, keep: bool) -> int:
             )
         dvc(["cache", "dir", "--local", cache_dir], work, env)
         paths = config(params, "paths", Paths)
+        raw = repo / paths.raw_dir
+        if not (env.get(MIRROR_ENV) or env.get(MIRROR_ENV_ALIAS)) and raw.is_dir():
+            # DVC's run cache skips download (its output persists), so the worktree would
+            # fetch the files again; this clone's copies (pulled from the DVC remote) serve
+            # as a mirror: download checks each file's sha256 as for any mirror.
+            env[MIRROR_ENV] = str(raw)
+            log.info("download: this clone's %s serves as the mirror", paths.raw_dir)
 
         # The data: restored from the shared cache / run cache where DVC can.
         dvc(["repro", "encode"], work, env)

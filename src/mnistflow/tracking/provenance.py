@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 # Set by `mnistflow reproduce` for the rerun's stages: train tags its run `reproduces=<id>`.
 REPRODUCES_ENV = "MNISTFLOW_REPRODUCES"
 REPRODUCES_TAG = "reproduces"
+EXP_NAME_TAG = "dvc_exp_name"  # the DVC experiment a run belongs to (DVC_EXP_NAME)
 
 
 def git_tags(cwd: Path, outputs: list[str]) -> dict[str, str]:
@@ -98,7 +99,7 @@ def train_tags(
         **git_tags(cwd, outputs),
     }
     if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+        tags[EXP_NAME_TAG] = os.environ["DVC_EXP_NAME"]
     if os.environ.get(REPRODUCES_ENV):
         tags[REPRODUCES_TAG] = os.environ[REPRODUCES_ENV]
     return tags

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from mnistflow.modeling.metrics import HEADLINE
+from mnistflow.tracking.provenance import EXP_NAME_TAG
 from mnistflow.util.errors import UserError
 
 if TYPE_CHECKING:
@@ -24,6 +25,10 @@ RANKING = [f"metrics.{HEADLINE} DESC", "metrics.fit_time_s ASC", "attributes.sta
 
 class LeaderboardError(UserError):
     """The store holds nothing to rank (no such experiment)."""
+
+
+class ExperimentRunError(UserError):
+    """No finished MLflow run belongs to the named DVC experiment."""
 
 
 def experiment_id(client: MlflowClient, tracking_uri: str, experiment_name: str) -> str:
@@ -80,3 +85,38 @@ def fetch_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
             break
     log.info("%d runs in experiment %r", len(rows), experiment_name)
     return pd.DataFrame(rows)
+
+
+def experiment_run(tracking_uri: str, experiment_name: str, exp_name: str) -> str:
+    """The id of the MLflow run of DVC experiment ``exp_name`` (e.g. from ``dvc exp show``).
+
+    Train tags its run ``dvc_exp_name=<DVC_EXP_NAME>``; a name can have several runs (an
+    experiment rerun with ``dvc exp run -f``): the newest FINISHED one is returned.
+
+    Raises:
+        ExperimentRunError: no such experiment, or none of its runs finished.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    quoted = exp_name.replace("'", "")  # git refs (DVC names) cannot hold quotes anyway
+    found = (
+        []
+        if experiment is None
+        else client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.{EXP_NAME_TAG} = '{quoted}'",
+            order_by=["attributes.start_time DESC"],
+        )
+    )
+    finished = [r for r in found if r.info.status == "FINISHED"]
+    if not finished:
+        statuses = ", ".join(f"{r.info.run_id} {r.info.status}" for r in found) or "no run"
+        raise ExperimentRunError(
+            f"no FINISHED MLflow run of DVC experiment {exp_name!r} in experiment "
+            f"{experiment_name!r} at {tracking_uri} ({statuses})"
+        )
+    if len(finished) > 1:
+        log.info("%d finished runs of %s; taking the newest", len(finished), exp_name)
+    return finished[0].info.run_id

@@ -359,6 +359,18 @@ def check_store(uri: str) -> None:
     if urlparse(uri).scheme == "sqlite":
         check_sqlite_store(uri)
         return
+    check_server(uri)
+
+
+def check_server(uri: str) -> None:
+    """The ``http(s)://`` half of :func:`check_store`; nothing for other URIs.
+
+    The read-side commands (leaderboard, register, predict, reproduce) call this one: a local
+    sqlite store needs no write lock to be read.
+
+    Raises:
+        TrackingError: no server, an unhealthy server, or refused credentials.
+    """
     if urlparse(uri).scheme not in ("http", "https"):
         return
     shown = redact(uri)

@@ -44,6 +44,12 @@ def run_main(main: Callable[[], int | None], name: str, log_level: str | None = 
     # MLflow 3 sends usage telemetry unless told not to; these machines are offline and the
     # runs are nobody else's business. An explicit setting in the environment still wins.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # While logging a model, MLflow patches os.environ to record which variables are read,
+    # into a set it then sorts; our heartbeat and system-metrics threads read variables
+    # (the server's credentials) meanwhile, and the sort failed with "Set changed size during
+    # iteration" (1 of 8 concurrent runs against the server, benchmarks/team.py). The record
+    # lists API keys of GenAI models; ours need none.
+    os.environ.setdefault("MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING", "false")
     try:
         with raise_on_signals():
             return int(main() or 0)
