@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 SUPERUSER = "mnistflow"
 OS_USER = "postgres"  # who runs the server when we are root
 START_TIMEOUT_S = 60
+MAX_CONNECTIONS = 400  # PostgreSQL's default is 100; see Cluster.start
 
 
 class PostgresError(UserError):
@@ -140,7 +141,13 @@ class Cluster:
     def start(self, port: int | None = None) -> None:
         """``pg_ctl start`` on 127.0.0.1:``port`` (a free one by default); waits until ready."""
         self.port = port or free_port()
-        options = f"-p {self.port} -k {self.folder / 'socket'} -c listen_addresses=127.0.0.1"
+        # every mlflow server worker keeps SQLAlchemy pools (up to 15 connections each) for the
+        # tracking, registry and auth stores, and every tune worker and trial one more: the
+        # default 100 ran out in CI with two tune clones beside the team tests
+        options = (
+            f"-p {self.port} -k {self.folder / 'socket'} -c listen_addresses=127.0.0.1"
+            f" -c max_connections={MAX_CONNECTIONS}"
+        )
         log.info("starting PostgreSQL on 127.0.0.1:%d", self.port)
         self._run(
             as_server_user(
