@@ -13,7 +13,7 @@ queues N more (`dvc exp run --queue`), timing `dvc exp show` and `dvc queue stat
 Prints both tables and writes a log-log figure.
 
 Usage: python benchmarks/store_growth.py [--sizes 10 100 1000] [--exp-sizes 10 50 100]
-       [--figure docs/store_growth.png] [--no-ui] [--no-store] [--no-dvc]
+       [--figure reports/benchmarks/store_growth.png] [--no-ui] [--no-store] [--no-dvc]
 """
 
 from __future__ import annotations
@@ -319,6 +319,7 @@ def figure(path: Path, store: list[dict[str, float]], exps: list[dict[str, float
         ax.legend(fontsize=8)
     fig.suptitle("read-side cost against size (2 shared cores; CPU seconds where marked)")
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     sys.stdout.write(f"figure: {path}\n")
 
@@ -328,7 +329,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--exp-sizes", type=int, nargs="+", default=[10, 50, 100])
-    parser.add_argument("--figure", type=Path, default=REPO / "docs" / "store_growth.png")
+    parser.add_argument(
+        "--figure", type=Path, default=REPO / "reports" / "benchmarks" / "store_growth.png"
+    )
     parser.add_argument("--no-ui", action="store_true", help="skip the browser measurement")
     parser.add_argument("--no-store", action="store_true", help="skip the MLflow store part")
     parser.add_argument("--no-dvc", action="store_true", help="skip the DVC experiments part")
