@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,6 +109,24 @@ def test_feed_on_a_second_process_gives_the_same_epochs_and_stops_its_child() ->
         with pytest.raises(ValueError, match="expected epoch 4"):
             feed.get(3)  # asked again: refused, instead of waiting for ever
     assert set(children()) == before
+
+
+@pytest.mark.e2e
+def test_the_caller_distorts_the_chunks_a_slow_child_has_not_taken() -> None:
+    X = base(3 * aug.CHUNK) / np.float32(255)
+    data = online_data(Encoding("divide255"), background=True)
+    before = set(children())
+    with EpochFeed(X, data, epochs=1) as feed:
+        (child,) = set(children()) - before
+        os.kill(child.pid, signal.SIGSTOP)  # at most its first chunk taken
+        resume = threading.Timer(1.0, os.kill, (child.pid, signal.SIGCONT))
+        resume.start()
+        try:
+            features = feed.get(1).copy()
+        finally:
+            resume.join()
+        assert feed.helped >= 2
+    assert np.array_equal(features, epoch_features(X, data, 1))
 
 
 @pytest.mark.e2e

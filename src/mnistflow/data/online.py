@@ -5,7 +5,10 @@ prepared one epoch ahead on a second process.
 encoding, ``encode.augment`` and ``e`` only (:func:`mnistflow.data.augment.epoch_seeds`), so
 a run is reproducible bit for bit wherever they are computed. :class:`EpochFeed` computes
 epoch ``e + 1`` in a forked child, into the second of two shared buffers, while the caller
-trains on epoch ``e``: nothing beyond these two epochs is ever materialised.
+trains on epoch ``e``: nothing beyond these two epochs is ever materialised. When the caller
+asks for epoch ``e + 1`` before the child has finished it, the caller distorts the chunks the
+child has not yet taken (a shared chunk counter), so both cores work while distortion is the
+slower half. Which process computes a chunk does not change its values.
 """
 
 from __future__ import annotations
@@ -79,14 +82,53 @@ def epoch_features(
         out = np.empty(X.shape, dtype=np.float32)
     if out.shape != X.shape or out.dtype != np.float32:
         raise ValueError(f"epoch_features: out is {out.dtype} {out.shape}; expected {X.shape}")
-    n = len(X)
-    for j, seed in enumerate(augment.epoch_seeds(data.augment.seed, epoch, n)):
-        start = j * augment.CHUNK
-        rows = X[start : start + augment.CHUNK]
-        images = data.encoding.unscale(rows).reshape(len(rows), h, w)
-        distorted = augment.distort(images, data.augment, seed)
-        out[start : start + len(rows)] = data.encoding.scale(flatten(distorted))
+    seeds = augment.epoch_seeds(data.augment.seed, epoch, len(X))
+    for j in range(len(seeds)):
+        _write_chunk(X, data, seeds, j, out)
     return out
+
+
+def _write_chunk(
+    X: np.ndarray, data: OnlineData, seeds: list[np.random.SeedSequence], j: int, out: np.ndarray
+) -> None:
+    """Chunk ``j`` of an epoch (``seeds``: its streams) into ``out``: unscale, distort, scale."""
+    h, w = data.image_shape
+    start = j * augment.CHUNK
+    rows = X[start : start + augment.CHUNK]
+    images = data.encoding.unscale(rows).reshape(len(rows), h, w)
+    distorted = augment.distort(images, data.augment, seeds[j])
+    out[start : start + len(rows)] = data.encoding.scale(flatten(distorted))
+
+
+class _Chunks:
+    """The chunk counter both processes take an epoch's chunks from (shared memory, made
+    before the fork): each chunk is computed exactly once, by whichever process takes it."""
+
+    def __init__(self, context: multiprocessing.context.BaseContext) -> None:
+        self._next = context.Value(ctypes.c_int, 0)
+
+    def reset(self) -> None:
+        """Start a new epoch (only while no process is taking chunks)."""
+        with self._next.get_lock():
+            self._next.value = 0
+
+    def take(self, total: int) -> int | None:
+        """The next chunk index, or None when all ``total`` have been taken."""
+        with self._next.get_lock():
+            j = self._next.value
+            if j >= total:
+                return None
+            self._next.value = j + 1
+            return j
+
+    def fill(self, X: np.ndarray, data: OnlineData, epoch: int, out: np.ndarray) -> int:
+        """Compute chunks of ``epoch`` into ``out`` until none is left; how many it did."""
+        seeds = augment.epoch_seeds(data.augment.seed, epoch, len(X))
+        done = 0
+        while (j := self.take(len(seeds))) is not None:
+            _write_chunk(X, data, seeds, j, out)
+            done += 1
+        return done
 
 
 def _die_with_parent(parent: int) -> None:
@@ -104,10 +146,16 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _serve(
-    conn: Connection, parent: int, X: np.ndarray, data: OnlineData, slots: list[np.ndarray]
+    conn: Connection,
+    parent: int,
+    X: np.ndarray,
+    data: OnlineData,
+    slots: list[np.ndarray],
+    chunks: _Chunks,
 ) -> None:
-    """The child: for each ``(epoch, slot)`` received, write the epoch's features into the
-    slot and answer ``("done", epoch)``; stop when the parent hangs up (or stops it)."""
+    """The child: for each ``(epoch, slot)`` received, take the epoch's chunks into the slot
+    until none is left and answer ``("done", epoch)``; stop when the parent hangs up (or
+    stops it)."""
     # The parent decides about interruptions: Ctrl-C reaches the whole process group, and
     # the parent then stops this child with SIGTERM (the default action: exit at once).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -120,7 +168,7 @@ def _serve(
             return
         epoch, slot = request
         try:
-            epoch_features(X, data, epoch, out=slots[slot])
+            chunks.fill(X, data, epoch, slots[slot])
         except Exception:  # sent to the parent, which raises it: nothing is swallowed
             conn.send(("error", traceback.format_exc()))
             return
@@ -143,6 +191,8 @@ class EpochFeed:
         self._conn: Connection | None = None
         self._requested = 0  # the last epoch asked of the child
         self._received = 0  # the last epoch it delivered
+        self._chunks: _Chunks | None = None
+        self.helped = 0  # chunks this process computed because the child was behind
 
     def __enter__(self) -> EpochFeed:
         if not self._data.background:
@@ -158,10 +208,11 @@ class EpochFeed:
         ]
         # fork: the child shares the base rows copy-on-write instead of receiving a pickle.
         context = multiprocessing.get_context("fork")
+        self._chunks = _Chunks(context)
         self._conn, child_conn = context.Pipe()
         self._process = context.Process(
             target=_serve,
-            args=(child_conn, os.getpid(), self._X, self._data, self._slots),
+            args=(child_conn, os.getpid(), self._X, self._data, self._slots, self._chunks),
             name="mnistflow-augment",
             daemon=True,
         )
@@ -173,6 +224,8 @@ class EpochFeed:
 
     def _request(self, epoch: int) -> None:
         assert self._conn is not None
+        assert self._chunks is not None
+        self._chunks.reset()  # the child is idle: it answered for the previous epoch
         self._conn.send((epoch, (epoch - 1) % 2))
         self._requested = epoch
 
@@ -206,6 +259,9 @@ class EpochFeed:
             return epoch_features(self._X, self._data, epoch)
         if epoch != self._received + 1 or epoch != self._requested:
             raise ValueError(f"EpochFeed.get({epoch}): expected epoch {self._received + 1}")
+        assert self._chunks is not None
+        # The chunks the child has not taken yet: this core is idle until they are done.
+        self.helped += self._chunks.fill(self._X, self._data, epoch, self._slots[(epoch - 1) % 2])
         self._wait(epoch)
         self._received = epoch
         if epoch < self._epochs:
@@ -225,6 +281,7 @@ class EpochFeed:
         """Stop the child (politely when idle, SIGTERM when busy) and wait for it."""
         process, conn = self._process, self._conn
         self._process = self._conn = None
+        self._chunks = None
         self._slots = []  # the shared buffers go once the caller drops the last array
         if process is None or conn is None:
             return

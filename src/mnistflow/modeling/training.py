@@ -199,16 +199,19 @@ def fit_online(
             before = time.perf_counter()
             features = feed.get(epoch)
             waited.append(time.perf_counter() - before)
-            log.debug("epoch %d: waited %.1f s for its distortions", epoch, waited[-1])
+            log.debug("epoch %d: %.1f s on its distortions", epoch, waited[-1])
             return features
 
         train_epochs(model, cfg, rows, y[:n_fit], X[n_fit:], y[n_fit:], timed)
-    # How much of the fit the second process did not hide (the first epoch always waits).
+    # How much of the fit the second process did not hide (the first epoch always waits):
+    # time this process spent distorting the chunks the child had not reached, or waiting.
     log.info(
-        "online augmentation: waited %.1f s for distortions over %d epochs (first %.1f s)",
+        "online augmentation: %.1f s between epochs on distortions over %d epochs (first "
+        "%.1f s; %d chunks distorted here)",
         sum(waited),
         len(waited),
         waited[0],
+        feed.helped,
     )
     return model
 
