@@ -1,6 +1,6 @@
 """Sparing short commands the cyclic garbage collector's walks over MLflow's objects.
 
-A full collection walks every tracked object. After ``import mlflow`` that is ~300,000
+A full collection walks every tracked object. Once MLflow has opened a store that is ~270,000
 objects, and reading 1,000 runs from the store adds ~50,000 ORM objects, so the collector runs
 again and again over the same modules while the command works (~1 of the leaderboard's ~4 CPU
 s), and the interpreter's shutdown collects everything once more (~0.7 s): see
