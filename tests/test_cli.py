@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import socket
 import subprocess
@@ -104,6 +105,7 @@ def test_leaderboard_register_predict_end_to_end(
 ) -> None:
     monkeypatch.chdir(work)
     assert cli.main(["leaderboard"]) == 0
+    assert gc.isenabled()  # paused for the command only (util/collector.py)
     text = (work / "reports" / "leaderboard.md").read_text()
     assert "**Best:** `wide-alpha`" in text
     assert (work / "reports" / "leaderboard.png").stat().st_size > 10_000
