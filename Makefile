@@ -32,7 +32,7 @@ endif
 STAMP := $(VENV)/.installed-pyc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup services lint format test test-fast repro bench bench-best bench-online bench-queue bench-store bench-team bench-tune best \
+.PHONY: help setup services lint format test test-fast repro bench bench-best bench-queue bench-store bench-team bench-tune best \
         ui leaderboard sweep tune register predict reproduce serve server push pull lock lock-upgrade lock-check clean
 
 help: ## list the targets
@@ -90,11 +90,8 @@ repro: setup ## set up and run the pipeline on params.yaml (dvc repro)
 bench: setup ## benchmark: cold/no-op/param-change repro vs a bare script, peak memory
 	$(BIN)/python benchmarks/pipeline.py
 
-bench-best: setup ## run the documented best configuration and print accuracy, time, memory
+bench-best: setup ## the best preset (presets/best.yaml), cold: accuracy, pipeline time, peak memory
 	$(BIN)/python benchmarks/best.py
-
-bench-online: setup ## the online-augmentation preset (issue 12, not yet measured): accuracy, time, memory
-	$(BIN)/python benchmarks/best.py --preset online
 
 bench-store: setup services ## leaderboard/register/UI at 10/100/1000 runs; dvc exp show/queue status at 10/50/100 exps
 	$(BIN)/python benchmarks/store_growth.py

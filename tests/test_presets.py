@@ -18,26 +18,26 @@ BEST = REPO_ROOT / "presets" / "best.yaml"
 def test_best_preset_applies_and_validates() -> None:
     params = load_params(REPO_ROOT / "params.yaml")
     best = apply_preset(params, load_preset(BEST))
-    encode = config(best, "encode", EncodeConfig)
     train = config(best, "train", TrainConfig)
-    assert encode.deskew is True
-    assert encode.augment.copies == 5
-    assert train.hidden_layer_sizes == (800,)
-    # the defaults stay the original baseline
-    assert config(params, "train", TrainConfig).hidden_layer_sizes == (100, 50, 25)
-    assert params["encode"]["deskew"] is False
-
-
-def test_online_preset_applies_and_validates() -> None:
-    params = load_params(REPO_ROOT / "params.yaml")
-    online = apply_preset(params, load_preset(REPO_ROOT / "presets" / "online.yaml"))
-    train = config(online, "train", TrainConfig)
     assert train.online_augment is True
     assert train.lr_decay < 1
     assert train.hidden_layer_sizes == (800,)
-    assert config(online, "encode", EncodeConfig).augment.copies == 0
-    # the baseline stays off
+    # every training row is fitted: the configuration was chosen on a validation split before
+    assert train.early_stopping is False
+    encode = config(best, "encode", EncodeConfig)
+    assert encode.deskew is True
+    assert encode.augment.copies == 0
+    # the defaults stay the original baseline
+    assert config(params, "train", TrainConfig).hidden_layer_sizes == (100, 50, 25)
     assert config(params, "train", TrainConfig).online_augment is False
+    assert params["encode"]["deskew"] is False
+
+
+def test_fixed_copies_preset_applies_and_validates() -> None:
+    params = load_params(REPO_ROOT / "params.yaml")
+    copies = apply_preset(params, load_preset(REPO_ROOT / "presets" / "copies.yaml"))
+    assert config(copies, "encode", EncodeConfig).augment.copies == 5
+    assert config(copies, "train", TrainConfig).online_augment is False
 
 
 def test_flags_round_trip_through_yaml() -> None:

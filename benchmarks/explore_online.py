@@ -1,0 +1,163 @@
+"""Explore online augmentation (issue 12) on the validation split, through the train stage's
+own code (:func:`mnistflow.modeling.training.fit` with ``train.online_augment``).
+
+The last 10,000 training images are the validation set (deskewed when the trial deskews,
+never distorted); every epoch trains on fresh distortions of the first 50,000, prepared on a
+second process. Validation accuracy is recorded after every epoch, so one trial of E epochs
+also shows what fewer epochs reached (with the same learning-rate schedule). A trial is a
+preset (``presets/<name>.yaml``) plus ``--set key=value`` overrides; nothing reads the test set.
+
+Usage (from the repository root)::
+
+    python benchmarks/explore_online.py --set train.max_iter=30 --name e30
+    python benchmarks/explore_online.py --table docs/explore_online.md
+
+Each trial is one JSON line in ``--log``; ``--table`` renders them as markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from explore_best import N_VAL, load_split  # benchmarks/explore_best.py
+
+from mnistflow.config import load_params, validate
+from mnistflow.data import augment as aug
+from mnistflow.data.encode import Encoding, flatten
+from mnistflow.data.online import OnlineData
+from mnistflow.experiments.presets import apply_preset, load_preset
+from mnistflow.modeling.training import Validation, fit
+from mnistflow.util.logs import configure
+
+log = logging.getLogger("explore_online")
+REPO = Path(__file__).resolve().parents[1]
+# The settings a trial row shows (dotted params keys).
+SHOWN = (
+    "train.hidden_layer_sizes",
+    "train.max_iter",
+    "train.learning_rate_init",
+    "train.lr_decay",
+    "train.batch_size",
+    "train.alpha",
+    "encode.labels",
+    "encode.augment.max_shift",
+    "encode.augment.max_rotation",
+    "encode.augment.elastic_alpha",
+    "encode.augment.elastic_sigma",
+)
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs, values parsed as YAML (as ``dvc exp run -S`` does)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def run_trial(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Fit on fresh distortions of 50k images every epoch; validation accuracy per epoch."""
+    params = apply_preset(load_params(REPO / "params.yaml"), overrides)
+    cfg = validate(params)
+    train = cfg.train.model_copy(update={"early_stopping": False})  # validation is ours
+    x, y = load_split("train")
+    t0 = time.perf_counter()
+    if cfg.encode.deskew:
+        x = aug.deskew(x, cfg.encode.workers)
+    deskew_s = time.perf_counter() - t0
+    x_fit, y_fit, x_val, y_val = x[:-N_VAL], y[:-N_VAL], x[-N_VAL:], y[-N_VAL:]
+    encoding = Encoding.fit(flatten(x_fit), cfg.encode.scaling, cfg.encode.deskew)
+    X, X_val = encoding.scale(flatten(x_fit)), encoding.scale(flatten(x_val))
+    onehot = cfg.encode.labels == "onehot"
+    target = np.eye(10, dtype=np.float32)[y_fit] if onehot else y_fit.astype(np.int64)
+    online = OnlineData(encoding, x.shape[1:], cfg.encode.augment)
+    result = fit(
+        train, X, target, online=online, validation=Validation(X_val, y_val.astype(int), 10)
+    )
+    assert result.val_accuracy is not None
+    return {
+        "val_accuracy": result.val_accuracy,
+        "epoch_times": result.epoch_times,
+        "deskew_s": deskew_s,
+        "fit_s": result.fit_time_s,
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per trial, best and last validation accuracy and time per epoch."""
+    lines = [
+        "| trial | settings | best val (epoch) | last val | epochs | s/epoch | fit s | load |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        acc = r["val_accuracy"]
+        best = int(np.argmax(acc))
+        settings = ", ".join(f"{k.split('.')[-1]}={r['settings'][k]}" for k in SHOWN)
+        lines.append(
+            f"| {r['name']} | {settings} | {100 * acc[best]:.2f}% ({best + 1}) | "
+            f"{100 * acc[-1]:.2f}% | {len(acc)} | {r['fit_s'] / len(acc):.1f} | "
+            f"{r['fit_s']:.0f} | {r['load1']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Command line: run one trial and append it to the log, or render the table."""
+    configure()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="best")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--name", help="trial name in the log (default: the overrides)")
+    parser.add_argument("--log", type=Path, default=Path("/tmp/explore_online/trials.jsonl"))
+    parser.add_argument("--table", type=Path, help="write the markdown table of the log here")
+    args = parser.parse_args()
+    if args.table is None:
+        overrides = {**load_preset(REPO / "presets" / f"{args.preset}.yaml"), **parse_set(args.set)}
+        row = run_trial(overrides)
+        params = apply_preset(load_params(REPO / "params.yaml"), overrides)
+        shown = {}
+        for key in SHOWN:
+            node: Any = params
+            for part in key.split("."):
+                node = node[part]
+            shown[key] = node
+        row = {
+            "name": args.name or " ".join(args.set) or args.preset,
+            "settings": shown,
+            **row,
+            "load1": os.getloadavg()[0],
+            "when": time.strftime("%Y-%m-%d %H:%M"),
+        }
+        acc = row["val_accuracy"]
+        log.info(
+            "%s: best val %.4f at epoch %d, last %.4f, fit %.0f s, maxrss %.0f MB",
+            row["name"],
+            max(acc),
+            int(np.argmax(acc)) + 1,
+            acc[-1],
+            row["fit_s"],
+            row["maxrss_mb"],
+        )
+        args.log.parent.mkdir(parents=True, exist_ok=True)
+        with args.log.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    else:
+        rows = [json.loads(line) for line in args.log.read_text().splitlines() if line]
+        args.table.write_text(table(rows) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
