@@ -96,20 +96,35 @@ def run_trial(overrides: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def describe(s: dict[str, Any]) -> str:
+    """Short text of a trial's settings (dotted keys as in :data:`SHOWN`)."""
+    a = "encode.augment."
+    parts = [
+        "x".join(map(str, s["train.hidden_layer_sizes"])),
+        f"shift ±{s[a + 'max_shift']}, rot ±{s[a + 'max_rotation']:g}°, "
+        f"elastic α={s[a + 'elastic_alpha']:g} σ={s[a + 'elastic_sigma']:g}",
+        f"lr {s['train.learning_rate_init']:g} × {s['train.lr_decay']:g}/epoch",
+        f"batch {s['train.batch_size']}, L2 {s['train.alpha']:g}",
+        f"{s['encode.labels']} targets",
+    ]
+    return "; ".join(parts)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per trial, best and last validation accuracy and time per epoch."""
     lines = [
-        "| trial | settings | best val (epoch) | last val | epochs | s/epoch | fit s | load |",
+        "| trial | settings | val at epoch 20 | best val (epoch) | last val | epochs | "
+        "s/epoch | load |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         acc = r["val_accuracy"]
         best = int(np.argmax(acc))
-        settings = ", ".join(f"{k.split('.')[-1]}={r['settings'][k]}" for k in SHOWN)
+        at20 = f"{100 * acc[19]:.2f}%" if len(acc) >= 20 else ""
         lines.append(
-            f"| {r['name']} | {settings} | {100 * acc[best]:.2f}% ({best + 1}) | "
-            f"{100 * acc[-1]:.2f}% | {len(acc)} | {r['fit_s'] / len(acc):.1f} | "
-            f"{r['fit_s']:.0f} | {r['load1']:.1f} |"
+            f"| {r['name']} | {describe(r['settings'])} | {at20} | "
+            f"{100 * acc[best]:.2f}% ({best + 1}) | {100 * acc[-1]:.2f}% | {len(acc)} | "
+            f"{r['fit_s'] / len(acc):.1f} | {r['load1']:.1f} |"
         )
     return "\n".join(lines)
 
