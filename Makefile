@@ -114,9 +114,12 @@ ui: setup ## MLflow UI on the project's store, http://127.0.0.1:5000
 leaderboard: setup ## write reports/leaderboard.md from the MLflow store
 	$(BIN)/mnistflow leaderboard
 
+# The larger net first: DVC queues the grid's product in order (first -S outermost) and a
+# worker takes the next when it is free, so 2 long fits then 2 short ones keep both workers
+# busy to the end; short, long, short, long left one idle for a whole long fit.
 sweep: setup ## queue the README's example grid and run it on two workers
-	$(BIN)/dvc exp run --queue -S 'train.alpha=0.0001,0.001' \
-	  -S 'train.hidden_layer_sizes=[100,50,25],[256,128]'
+	$(BIN)/dvc exp run --queue -S 'train.hidden_layer_sizes=[256,128],[100,50,25]' \
+	  -S 'train.alpha=0.0001,0.001'
 	$(BIN)/dvc queue start -j 2
 	$(BIN)/mnistflow wait-queue
 	$(BIN)/mnistflow leaderboard

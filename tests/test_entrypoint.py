@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from mnistflow.util.entrypoint import run_main
@@ -20,3 +24,22 @@ def test_run_main_turns_off_mlflows_recording_of_env_vars(monkeypatch: pytest.Mo
 
     assert run_main(main, "test") == 0
     assert seen == {"record": False}
+
+
+@pytest.mark.e2e
+def test_importing_mnistflow_before_mlflow_keeps_mlflows_telemetry_off() -> None:
+    """The train stage imports MLflow at module level, before run_main: MLflow starts its
+    telemetry client on import (a remote config fetch, flushed at exit) unless the opt-out is
+    already set, so importing mnistflow must set it."""
+    # MLflow also stays off under pytest (PYTEST_CURRENT_TEST) or CI: not what a stage sees
+    hidden = {"MLFLOW_DISABLE_TELEMETRY", "PYTEST_CURRENT_TEST", "CI", "DO_NOT_TRACK"}
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
+    code = (
+        "import mnistflow.tracking.runs\n"
+        "from mlflow.telemetry.client import get_telemetry_client\n"
+        "print(get_telemetry_client())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "None"

@@ -42,7 +42,8 @@ def run_main(main: Callable[[], int | None], name: str, log_level: str | None = 
     """
     logs.configure(log_level)
     # MLflow 3 sends usage telemetry unless told not to; these machines are offline and the
-    # runs are nobody else's business. An explicit setting in the environment still wins.
+    # runs are nobody else's business. Set again here for a caller that cleared it after
+    # importing mnistflow (whose __init__ sets it before MLflow can be imported).
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # While logging a model, MLflow patches os.environ to record which variables are read,
     # into a set it then sorts; our heartbeat and system-metrics threads read variables
