@@ -102,8 +102,8 @@ def describe(s: dict[str, Any]) -> str:
     parts = [
         "x".join(map(str, s["train.hidden_layer_sizes"])),
         f"shift ±{s[a + 'max_shift']}, rot ±{s[a + 'max_rotation']:g}°, "
-        f"elastic α={s[a + 'elastic_alpha']:g} σ={s[a + 'elastic_sigma']:g}",
-        f"lr {s['train.learning_rate_init']:g} × {s['train.lr_decay']:g}/epoch",
+        f"elastic alpha={s[a + 'elastic_alpha']:g} sigma={s[a + 'elastic_sigma']:g}",
+        f"lr {s['train.learning_rate_init']:g} x {s['train.lr_decay']:g}/epoch",
         f"batch {s['train.batch_size']}, L2 {s['train.alpha']:g}",
         f"{s['encode.labels']} targets",
     ]
