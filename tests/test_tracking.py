@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from mnistflow.modeling.serving import PIXEL_COLUMNS, pixel_frame
 from mnistflow.tracking import models, provenance, runs
 from mnistflow.tracking import store as store_mod
 from mnistflow.tracking.digit_model import load_estimator
-from mnistflow.util.signals import Interrupted
+from mnistflow.util.signals import Interrupted, raise_on_signals
 from tests.helpers import (
     REPO_ROOT,
     copy_repo,
@@ -265,6 +266,35 @@ def test_run_ends_failed_or_killed_never_running(
     ((run_id, during),) = seen
     assert during == "RUNNING"
     assert runs.run_status(uri, run_id) == status
+    assert mlflow.active_run() is None
+
+
+@pytest.mark.e2e
+def test_a_signal_during_a_metric_write_still_ends_the_run_killed(
+    store: tuple[str, str, Path],
+) -> None:
+    # A real SIGINT to this process while the main thread writes metrics in a loop (as the
+    # fit's epoch callback does): it nearly always lands inside a sqlite commit. Raised there,
+    # it used to leave the store locked and end_run failed with "database is locked" (seen
+    # in CI as a flaky test_signal_during_train_stage...).
+    uri, exp_id, _ = store
+    seen: list[str] = []
+    sender = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    deadline = time.monotonic() + 30
+
+    def log_until_interrupted() -> None:
+        with raise_on_signals(), runs.mlflow_run(uri, exp_id) as run:
+            seen.append(run.run_id)
+            sender.start()
+            step = 0
+            while time.monotonic() < deadline:  # the signal ends it after ~0.5 s
+                run.log_metric("train_loss", 1.0 / (step + 1), step=step)
+                step += 1
+
+    with pytest.raises(Interrupted):
+        log_until_interrupted()
+    sender.join()
+    assert runs.run_status(uri, seen[0]) == "KILLED"
     assert mlflow.active_run() is None
 
 

@@ -12,6 +12,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from mnistflow.util.signals import signals_deferred
+
 log = logging.getLogger(__name__)
 
 DIGEST_CHARS = 36  # width of MLflow's datasets.digest column
@@ -49,7 +51,8 @@ def log_dataset(
     """Log the dataset as an input of the active run (inside ``runs.mlflow_run``)."""
     import mlflow
 
-    mlflow.log_input(
-        meta_dataset(name, sha256, source, shape), context=context, tags={SHA_TAG: sha256}
-    )
+    with signals_deferred():  # as runs.Run's writes: no commit cut in half
+        mlflow.log_input(
+            meta_dataset(name, sha256, source, shape), context=context, tags={SHA_TAG: sha256}
+        )
     log.info("logged dataset %s (digest %s) as %s input", name, dataset_digest(sha256), context)

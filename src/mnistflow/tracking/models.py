@@ -29,6 +29,7 @@ from mnistflow.tracking.artifacts import (
     MODEL_N_CLASSES,
 )
 from mnistflow.util.fileio import save_npz
+from mnistflow.util.signals import signals_deferred
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +74,17 @@ def log_model(estimator: Any, encoding: Encoding, examples: np.ndarray, n_classe
             pip_requirements=_requirements(),
         )
         stats = save_npz(Path(tmp) / "stats.npz", **encoding.to_arrays())
-        mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=digit_model.__file__,
-            artifacts={MODEL_ESTIMATOR: str(sk_folder), MODEL_ENCODING: str(stats)},
-            model_config={MODEL_N_CLASSES: n_classes},
-            signature=signature(n_classes),
-            input_example=pixel_frame(examples),
-            pip_requirements=_requirements(),
-        )
+        # ~1 s of writes to the store: held signals, as runs.Run's writes (no commit cut in half)
+        with signals_deferred():
+            mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=digit_model.__file__,
+                artifacts={MODEL_ESTIMATOR: str(sk_folder), MODEL_ENCODING: str(stats)},
+                model_config={MODEL_N_CLASSES: n_classes},
+                signature=signature(n_classes),
+                input_example=pixel_frame(examples),
+                pip_requirements=_requirements(),
+            )
 
 
 def _requirements() -> list[str]:

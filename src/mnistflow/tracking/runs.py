@@ -31,7 +31,13 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class Run:
-    """Logging into one active MLflow run (use through :func:`mlflow_run`)."""
+    """Logging into one active MLflow run (use through :func:`mlflow_run`).
+
+    Each write holds SIGINT/SIGTERM until it is done: an :class:`Interrupted` raised inside
+    SQLAlchemy's commit would skip its rollback (it is a BaseException) and leave the sqlite
+    store locked, so that ending the run KILLED then fails with "database is locked". The
+    writes are short; the signal is delivered right after.
+    """
 
     def __init__(self, run_id: str, experiment_id: str, uri: str) -> None:
         self.run_id = run_id
@@ -59,29 +65,35 @@ class Run:
                     text,
                     key,
                 )
-                mlflow.set_tag(f"changed.{key}", text)
+                with signals_deferred():
+                    mlflow.set_tag(f"changed.{key}", text)
         if new:
-            mlflow.log_params(new)
+            with signals_deferred():
+                mlflow.log_params(new)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set tags."""
-        mlflow.set_tags(dict(tags))
+        with signals_deferred():
+            mlflow.set_tags(dict(tags))
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
         """Log one metric, optionally at a step (e.g. the epoch)."""
-        mlflow.log_metric(key, float(value), step=step)
+        with signals_deferred():
+            mlflow.log_metric(key, float(value), step=step)
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         """Log several unstepped metrics."""
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        with signals_deferred():
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy a file or a folder's files into the run's artifacts."""
         path = Path(path)
-        if path.is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
-        else:
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        with signals_deferred():
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+            else:
+                mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
 @contextmanager
@@ -123,7 +135,8 @@ def mlflow_run(
     interval = liveness.heartbeat_interval()
     heartbeat = liveness.Heartbeat(uri, active.info.run_id, interval)
     try:
-        mlflow.set_tags(liveness.owner_tags(interval))
+        with signals_deferred():
+            mlflow.set_tags(liveness.owner_tags(interval))
         heartbeat.start()
         yield Run(active.info.run_id, experiment_id, uri)
         status = "FINISHED"
