@@ -33,10 +33,11 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class Run:
     """Logging into one active MLflow run (use through :func:`mlflow_run`).
 
-    Each write holds SIGINT/SIGTERM until it is done: an :class:`Interrupted` raised inside
-    SQLAlchemy's commit would skip its rollback (it is a BaseException) and leave the sqlite
-    store locked, so that ending the run KILLED then fails with "database is locked". The
-    writes are short; the signal is delivered right after.
+    Each write method holds SIGINT/SIGTERM until it is done (``signals_deferred`` as a
+    decorator): an :class:`Interrupted` raised inside SQLAlchemy's commit would skip its
+    rollback (it is a BaseException) and leave the sqlite store locked, so that ending the
+    run KILLED then fails with "database is locked". The writes are short; the signal is
+    delivered right after.
     """
 
     def __init__(self, run_id: str, experiment_id: str, uri: str) -> None:
@@ -44,6 +45,7 @@ class Run:
         self.experiment_id = experiment_id
         self.uri = uri
 
+    @signals_deferred()
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log flat params; values already logged with the same value are skipped.
 
@@ -65,35 +67,33 @@ class Run:
                     text,
                     key,
                 )
-                with signals_deferred():
-                    mlflow.set_tag(f"changed.{key}", text)
+                mlflow.set_tag(f"changed.{key}", text)
         if new:
-            with signals_deferred():
-                mlflow.log_params(new)
+            mlflow.log_params(new)
 
+    @signals_deferred()
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set tags."""
-        with signals_deferred():
-            mlflow.set_tags(dict(tags))
+        mlflow.set_tags(dict(tags))
 
+    @signals_deferred()
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
         """Log one metric, optionally at a step (e.g. the epoch)."""
-        with signals_deferred():
-            mlflow.log_metric(key, float(value), step=step)
+        mlflow.log_metric(key, float(value), step=step)
 
+    @signals_deferred()
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         """Log several unstepped metrics."""
-        with signals_deferred():
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
 
+    @signals_deferred()
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy a file or a folder's files into the run's artifacts."""
         path = Path(path)
-        with signals_deferred():
-            if path.is_dir():
-                mlflow.log_artifacts(str(path), artifact_path=artifact_path)
-            else:
-                mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        else:
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
 @contextmanager
