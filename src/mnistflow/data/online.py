@@ -131,6 +131,11 @@ class _Chunks:
         return done
 
 
+def _slot(epoch: int) -> int:
+    """Which of the two shared buffers holds ``epoch`` (1-based): they alternate."""
+    return (epoch - 1) % 2
+
+
 def _die_with_parent(parent: int) -> None:
     """Have Linux SIGKILL this child when its parent dies (even by SIGKILL): no orphan.
 
@@ -226,7 +231,7 @@ class EpochFeed:
         assert self._conn is not None
         assert self._chunks is not None
         self._chunks.reset()  # the child is idle: it answered for the previous epoch
-        self._conn.send((epoch, (epoch - 1) % 2))
+        self._conn.send((epoch, _slot(epoch)))
         self._requested = epoch
 
     def _wait(self, epoch: int) -> None:
@@ -260,14 +265,15 @@ class EpochFeed:
         if epoch != self._received + 1 or epoch != self._requested:
             raise ValueError(f"EpochFeed.get({epoch}): expected epoch {self._received + 1}")
         assert self._chunks is not None
+        features = self._slots[_slot(epoch)]
         # The chunks the child has not taken yet: this core is idle until they are done.
-        self.helped += self._chunks.fill(self._X, self._data, epoch, self._slots[(epoch - 1) % 2])
+        self.helped += self._chunks.fill(self._X, self._data, epoch, features)
         self._wait(epoch)
         self._received = epoch
         if epoch < self._epochs:
             # The other slot held epoch - 1, which the caller has finished training on.
             self._request(epoch + 1)
-        return self._slots[(epoch - 1) % 2]
+        return features
 
     def __exit__(
         self,
