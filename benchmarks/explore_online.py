@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import resource
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,9 @@ import numpy as np
 import yaml
 from explore_best import N_VAL, load_split  # benchmarks/explore_best.py
 
-from mnistflow.config import load_params, validate
+from mnistflow.config import load_params, section, validate
 from mnistflow.data import augment as aug
-from mnistflow.data.encode import Encoding, flatten
+from mnistflow.data.encode import Encoding, encode_labels, flatten
 from mnistflow.data.online import OnlineData
 from mnistflow.experiments.presets import apply_preset, load_preset
 from mnistflow.modeling.training import Validation, fit
@@ -40,6 +41,8 @@ from mnistflow.util.logs import configure
 
 log = logging.getLogger("explore_online")
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_LOG = Path(tempfile.gettempdir()) / "explore_online" / "trials.jsonl"
+N_CLASSES = 10  # MNIST: the trials read ../shared/mnist (explore_best.load_split)
 # The settings a trial row shows (dotted params keys).
 SHOWN = (
     "train.hidden_layer_sizes",
@@ -67,9 +70,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def run_trial(overrides: dict[str, Any]) -> dict[str, Any]:
+def run_trial(params: dict[str, Any]) -> dict[str, Any]:
     """Fit on fresh distortions of 50k images every epoch; validation accuracy per epoch."""
-    params = apply_preset(load_params(REPO / "params.yaml"), overrides)
     cfg = validate(params)
     train = cfg.train.model_copy(update={"early_stopping": False})  # validation is ours
     x, y = load_split("train")
@@ -80,12 +82,10 @@ def run_trial(overrides: dict[str, Any]) -> dict[str, Any]:
     x_fit, y_fit, x_val, y_val = x[:-N_VAL], y[:-N_VAL], x[-N_VAL:], y[-N_VAL:]
     encoding = Encoding.fit(flatten(x_fit), cfg.encode.scaling, cfg.encode.deskew)
     X, X_val = encoding.scale(flatten(x_fit)), encoding.scale(flatten(x_val))
-    onehot = cfg.encode.labels == "onehot"
-    target = np.eye(10, dtype=np.float32)[y_fit] if onehot else y_fit.astype(np.int64)
+    target = encode_labels(y_fit, cfg.encode.labels, N_CLASSES)
     online = OnlineData(encoding, x.shape[1:], cfg.encode.augment)
-    result = fit(
-        train, X, target, online=online, validation=Validation(X_val, y_val.astype(int), 10)
-    )
+    validation = Validation(X_val, y_val.astype(np.int64), N_CLASSES)
+    result = fit(train, X, target, online=online, validation=validation)
     assert result.val_accuracy is not None
     return {
         "val_accuracy": result.val_accuracy,
@@ -136,23 +136,16 @@ def main() -> None:
     parser.add_argument("--preset", default="best")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--name", help="trial name in the log (default: the overrides)")
-    parser.add_argument("--log", type=Path, default=Path("/tmp/explore_online/trials.jsonl"))
+    parser.add_argument("--log", type=Path, default=DEFAULT_LOG)
     parser.add_argument("--table", type=Path, help="write the markdown table of the log here")
     args = parser.parse_args()
     if args.table is None:
         overrides = {**load_preset(REPO / "presets" / f"{args.preset}.yaml"), **parse_set(args.set)}
-        row = run_trial(overrides)
         params = apply_preset(load_params(REPO / "params.yaml"), overrides)
-        shown = {}
-        for key in SHOWN:
-            node: Any = params
-            for part in key.split("."):
-                node = node[part]
-            shown[key] = node
         row = {
             "name": args.name or " ".join(args.set) or args.preset,
-            "settings": shown,
-            **row,
+            "settings": {key: section(params, key) for key in SHOWN},
+            **run_trial(params),
             "load1": os.getloadavg()[0],
             "when": time.strftime("%Y-%m-%d %H:%M"),
         }
