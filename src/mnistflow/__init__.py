@@ -4,7 +4,8 @@ import os
 
 __version__ = "0.1.0"
 
-# MLflow 3 starts its usage telemetry when `mlflow` is first imported (a thread fetching a
+# MLflow 3 sends usage telemetry unless told not to; these machines are offline and the runs
+# are nobody else's business. It starts when `mlflow` is first imported (a thread fetching a
 # remote config, flushed at exit: ~2 s of wall time per train stage on an offline machine).
 # The stages import MLflow at module level, before util.entrypoint.run_main runs, so the
 # opt-out must already be in the environment when any mnistflow module is imported. An

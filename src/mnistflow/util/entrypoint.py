@@ -41,10 +41,7 @@ def run_main(main: Callable[[], int | None], name: str, log_level: str | None = 
         log_level: overrides ``MNISTFLOW_LOG``.
     """
     logs.configure(log_level)
-    # MLflow 3 sends usage telemetry unless told not to; these machines are offline and the
-    # runs are nobody else's business. Set again here for a caller that cleared it after
-    # importing mnistflow (whose __init__ sets it before MLflow can be imported).
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow's telemetry opt-out is set by `import mnistflow` (before MLflow can be imported).
     # While logging a model, MLflow patches os.environ to record which variables are read,
     # into a set it then sorts; our heartbeat and system-metrics threads read variables
     # (the server's credentials) meanwhile, and the sort failed with "Set changed size during
