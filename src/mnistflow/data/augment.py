@@ -17,7 +17,6 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 from tqdm import tqdm
 
 from mnistflow.config import AugmentConfig
@@ -53,6 +52,10 @@ def _resample(images: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndar
     Returns:
         A new float32 (m, h, w) array clipped to [0, 255].
     """
+    # Imported here: scipy.ndimage costs ~0.2 s to import, and train, evaluate and encode import
+    # this module on every run, most of them with neither deskew nor augmentation.
+    from scipy import ndimage
+
     source = images.astype(np.float32, copy=False)
     out = np.empty(images.shape, dtype=np.float32)
     coords = np.empty((2, *images.shape[1:]), dtype=np.float64)
@@ -153,6 +156,8 @@ def distort(images: np.ndarray, cfg: AugmentConfig, seed: np.random.SeedSequence
         # Simard et al. (2003): a per-pixel uniform(-1, 1) displacement field, smoothed by a
         # gaussian (sigma in pixels, images kept separate) and scaled by alpha.
         field = rng.uniform(-1.0, 1.0, size=(2, m, h, w))
+        from scipy import ndimage  # see _resample
+
         ndimage.gaussian_filter(
             field,
             sigma=(0, 0, cfg.elastic_sigma, cfg.elastic_sigma),
