@@ -55,6 +55,28 @@ def test_gallery_draws_the_images(tmp_path: Path) -> None:
     assert empty.stat().st_size > 0
 
 
+def test_tile_places_each_image_in_its_cell_below_the_caption_band() -> None:
+    images = np.arange(1, 8, dtype=np.uint8)[:, None, None] * np.ones((7, 3, 2), np.uint8)
+    canvas = figures.tile(images, cols=3, top=4, pad=2)
+    cell_h, cell_w = 4 + 3 + 2, 2 + 2
+    assert canvas.shape == (3 * cell_h, 3 * cell_w)  # 7 images: 3 rows of 3
+    for i in range(7):
+        r, c = divmod(i, 3)
+        y, x = r * cell_h + 4, c * cell_w + 1
+        assert (canvas[y : y + 3, x : x + 2] == i + 1).all()
+    assert canvas.sum() == images.sum()  # nothing else drawn: bands and gaps stay blank
+
+
+def test_gallery_wraps_long_captions_into_a_taller_band(tmp_path: Path) -> None:
+    images, _ = synthetic_digits(6, seed=0)
+    short = figures.gallery(images, ["#1 4→9 (0.51)"] * 6, tmp_path / "short.png")
+    long = ["#1 Ankle boot→T-shirt/top (0.51)\nset: Ankle boot+Sneaker+Sandal"] * 6
+    tall = figures.gallery(images, long, tmp_path / "long.png")
+    with Image.open(short) as a, Image.open(tall) as b:
+        assert a.size[0] == b.size[0]  # same columns, same width
+        assert b.size[1] > a.size[1]  # the wrapped captions got more room above the images
+
+
 def test_report_figures_writes_three_pngs_and_titles_them(tmp_path: Path) -> None:
     images, _ = synthetic_digits(3, seed=0)
     shown = figures.report_figures(

@@ -7,6 +7,7 @@ no display needed.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from matplotlib.figure import Figure
 from mnistflow.util import fileio
 
 DPI = 100
+GALLERY_COLS = 6
+GALLERY_TILE_IN = 1.3  # inches per image in the gallery
+CAPTION_PT = 7.0
 
 
 def _save(fig: Figure, target: str | Path) -> Path:
@@ -120,22 +124,58 @@ def confusion_heatmap(cm: np.ndarray, class_names: Sequence[str], target: str | 
     return _save(fig, target)
 
 
-def gallery(images: np.ndarray, captions: Sequence[str], target: str | Path) -> Path:
-    """A grid of uint8 images (n, h, w) with one caption each; a note if there are none."""
-    n = len(images)
-    cols = max(1, min(6, n))
+def tile(images: np.ndarray, cols: int, top: int, pad: int) -> np.ndarray:
+    """Images (n, h, w) laid out row by row in ``cols`` columns on a zero canvas.
+
+    Each cell is ``top`` blank rows (room for a caption) over the image, with ``pad`` blank
+    columns split around it and ``pad`` blank rows below; cell ``i`` starts at row
+    ``(i // cols) * (top + h + pad)``, column ``(i % cols) * (w + pad)``.
+    """
+    n, h, w = images.shape
     rows = max(1, math.ceil(n / cols))
-    fig = Figure(figsize=(1.6 * cols, 1.8 * rows))
+    cell_h, cell_w = top + h + pad, w + pad
+    canvas = np.zeros((rows * cell_h, cols * cell_w), dtype=images.dtype)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        y, x = r * cell_h + top, c * cell_w + pad // 2
+        canvas[y : y + h, x : x + w] = image
+    return canvas
+
+
+def gallery(images: np.ndarray, captions: Sequence[str], target: str | Path) -> Path:
+    """A grid of uint8 images (n, h, w) with one caption each; a note if there are none.
+
+    Drawn as one image with text over it, not one subplot per image: 36 subplots and
+    ``tight_layout`` cost ~0.8 CPU s per evaluate, this ~0.2 s. Captions are wrapped to the
+    tile's width and the band above each row is as tall as the longest caption.
+    """
+    n = len(images)
     if n == 0:
-        ax = fig.add_subplot()
+        fig = Figure(figsize=(4, 1))
+        ax = fig.add_axes((0, 0, 1, 1))
         ax.axis("off")
         ax.text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
-    for i in range(n):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
-        ax.set_title(captions[i], fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
+        return _save(fig, target)
+    cols = min(GALLERY_COLS, n)
+    w = images.shape[2]
+    per_px = GALLERY_TILE_IN / w  # inches per image pixel
+    chars = int(GALLERY_TILE_IN * 72 / (0.6 * CAPTION_PT))  # ~0.6 em per character
+    wrapped = [
+        "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in c.split("\n"))
+        for c in captions
+    ]
+    lines = max(text.count("\n") + 1 for text in wrapped)
+    top = math.ceil(lines * CAPTION_PT * 1.2 / 72 / per_px) + 1
+    canvas = tile(images, cols, top, pad=max(2, w // 7))
+    fig = Figure(figsize=(canvas.shape[1] * per_px, canvas.shape[0] * per_px))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.axis("off")
+    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+    cell_h, cell_w = canvas.shape[0] // math.ceil(n / cols), canvas.shape[1] // cols
+    for i, text in enumerate(wrapped):
+        r, c = divmod(i, cols)
+        x, y = c * cell_w + (cell_w - 1) / 2, r * cell_h + top - 1
+        ax.text(x, y, text, ha="center", va="bottom", fontsize=CAPTION_PT, linespacing=1.1)
     return _save(fig, target)
 
 
