@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from sklearn.neural_network import MLPClassifier
-
 from mnistflow.data.idx import IMAGES_MAGIC, LABELS_MAGIC, gunzip, parse_idx
 from mnistflow.util.logs import configure
+
+import numpy as np
+from sklearn.neural_network import MLPClassifier
 
 logger = logging.getLogger("bare")
 

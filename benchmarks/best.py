@@ -17,14 +17,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-from mlflow.tracking import MlflowClient
-from pipeline import REPO, bench_env, measure  # benchmarks/pipeline.py
-
 from mnistflow.config import load_params
 from mnistflow.experiments.presets import apply_preset, load_preset
 from mnistflow.tracking.record import ELAPSED, VAL_SCORE
 from mnistflow.util.workspace import copy_working_tree
+from pipeline import REPO, bench_env, measure  # benchmarks/pipeline.py
+
+import yaml
+from mlflow.tracking import MlflowClient
 
 # preset -> (accuracy, cold pipeline time, peak RSS) targets: issue 12 for best (online
 # augmentation), issue 5 for the fixed copies it replaced

@@ -28,15 +28,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.neural_network import MLPClassifier
-from threadpoolctl import threadpool_limits
-
 from mnistflow.config import AugmentConfig
 from mnistflow.data import augment as aug
 from mnistflow.data.idx import IMAGES_MAGIC, LABELS_MAGIC, gunzip, parse_idx
 from mnistflow.util.logs import configure
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+from threadpoolctl import threadpool_limits
 
 log = logging.getLogger("explore_best")
 

@@ -27,10 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import yaml
 from explore_best import N_VAL, load_split  # benchmarks/explore_best.py
-
 from mnistflow.config import load_params, section, validate
 from mnistflow.data import augment as aug
 from mnistflow.data.encode import Encoding, encode_labels, flatten
@@ -38,6 +35,9 @@ from mnistflow.data.online import OnlineData
 from mnistflow.experiments.presets import apply_preset, load_preset
 from mnistflow.modeling.training import Validation, fit
 from mnistflow.util.logs import configure
+
+import numpy as np
+import yaml
 
 log = logging.getLogger("explore_online")
 REPO = Path(__file__).resolve().parents[1]

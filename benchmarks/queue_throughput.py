@@ -25,9 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import REPO, bench_env, measure  # benchmarks/pipeline.py
-
 from mnistflow.util.workspace import copy_working_tree
+from pipeline import REPO, bench_env, measure  # benchmarks/pipeline.py
 
 N_EXPERIMENTS = 4
 # The README's grid, the larger net first (as `make sweep` queues it): DVC runs the product

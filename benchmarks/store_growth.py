@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import mnistflow  # noqa: F401  (pins the floating-point environment, see benchmarks/ruff.toml)
+
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]

@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.helpers: the tiny dataset and repo copies of the tests
 
 from mnistflow.tracking import postgres, server, store  # noqa: E402
+
 from tests.helpers import copy_repo, use_tiny_dataset, workspace_env, write_idx_dataset  # noqa: E402
 
 BIN = Path(sys.executable).parent

@@ -28,10 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import yaml
-from pipeline import REPO, bench_env, measure  # benchmarks/pipeline.py
-
 from mnistflow.config import (
     EncodeConfig,
     TrainConfig,
@@ -48,6 +44,10 @@ from mnistflow.modeling.training import Validation, fit
 from mnistflow.tuning import space
 from mnistflow.util.git import git
 from mnistflow.util.workspace import copy_working_tree
+from pipeline import REPO, bench_env, measure  # benchmarks/pipeline.py
+
+import numpy as np
+import yaml
 
 FILES = {
     "train_images": ("train-images-idx3-ubyte.gz", 2051),

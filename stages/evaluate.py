@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from mnistflow import numerics
 from mnistflow.config import Paths, load_config
 from mnistflow.reporting import misclassified, tables
 from mnistflow.util import fileio
@@ -92,6 +93,7 @@ def main() -> None:
         paths.misclassified,
         paths.run_info,
         run_info["experiment_name"],
+        numerics.describe(run_info["numerics"]),
     )
     fileio.write_text(report_dir / "report.md", text)
 

@@ -21,6 +21,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from mnistflow import numerics
 from mnistflow.config import load_config
 from mnistflow.data.encode import Encoding, features
 from mnistflow.data.online import OnlineData
@@ -77,7 +78,9 @@ def main() -> None:
     with mlflow_run(uri, experiment_id, run_name=run_name, log_system_metrics=True) as run:
         # Every pipeline path: DVC rewrites outputs mid-run, so they do not make the tree dirty.
         outputs = list(paths.as_dict().values())
-        run.set_tags(provenance.train_tags(params.raw, info, ignored, cwd, outputs))
+        observed = numerics.observe()
+        run.set_tags(provenance.train_tags(params.raw, info, ignored, cwd, outputs, observed))
+        log.info("numerics: %s", numerics.describe(observed))
         if trial:
             run.set_tags(trial.tags(run_name or ""))
             trial.attach(run.run_id)
@@ -109,7 +112,15 @@ def main() -> None:
         # The model and run info last: an interruption while logging leaves no model.
         fileio.write_bytes(paths.model, model_bytes(result.model))
         fileio.write_json(paths.train_metrics, result.summary())
-        fileio.write_json(paths.run_info, record.run_info(run, mlflow_cfg.experiment_name, ignored))
+        fileio.write_json(
+            paths.run_info,
+            record.run_info(
+                run,
+                mlflow_cfg.experiment_name,
+                ignored,
+                numerics.summary(observed),
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -66,12 +66,13 @@ def test_epochs_evaluation_and_run_info(fake: Any) -> None:
     record.log_evaluation(fake, ev, baseline=0.5)
     assert fake.tags == {"headline_metric": "test_accuracy_argmax"}
     assert fake.metrics == m.mlflow_metrics(ev, 0.5)
-    info = record.run_info(fake, "mnist-mlp", ["w"])
+    info = record.run_info(fake, "mnist-mlp", ["w"], {"pinned": "true", "fingerprint": "f"})
     assert info == {
         "run_id": "r1",
         "experiment_id": "7",
         "experiment_name": "mnist-mlp",
         "ignored_settings": ["w"],
+        "numerics": {"pinned": "true", "fingerprint": "f"},
     }  # no tracking URI: nothing machine-specific
 
 

@@ -45,6 +45,7 @@ def render(
         misclassified_csv="outputs/evaluate/misclassified.csv",
         run_info="outputs/train/run.json",
         experiment_name="mnist-mlp",
+        numerics="pinned to x86-64-v3, fingerprint `abc`",
     )
 
 

@@ -2,6 +2,8 @@
 
 import os
 
+from mnistflow import numerics
+
 __version__ = "0.1.0"
 
 # MLflow 3 sends usage telemetry unless told not to; these machines are offline and the runs
@@ -11,3 +13,8 @@ __version__ = "0.1.0"
 # opt-out must already be in the environment when any mnistflow module is imported. An
 # explicit setting in the environment still wins.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+# The pinned floating-point environment must be in force before numpy loads, and every entry
+# point (stages, `mnistflow`, tune workers, benchmarks) imports this package before any module
+# of it imports numpy: see mnistflow.numerics.
+numerics.install()

@@ -60,6 +60,7 @@ def render(
     misclassified_csv: str,
     run_info: str,
     experiment_name: str,
+    numerics: str,
 ) -> str:
     """Markdown for one evaluated run.
 
@@ -75,6 +76,8 @@ def render(
         misclassified_csv: path of the full table of misclassified images.
         run_info: path of the file naming the MLflow run (paths.run_info).
         experiment_name: the MLflow experiment.
+        numerics: the floating-point environment of the fit, one sentence
+            (``mnistflow.numerics.describe``).
     """
     delta = ev.accuracy - baseline
     lines = [
@@ -87,6 +90,7 @@ def render(
         f"{_pct(ev.accuracy_exact_match)}.",
         f"- Rows with no predicted class: {ev.rows_no_class}; with several: {ev.rows_multi_class}.",
         f"- Training: {n_iter} epochs; targets: {labels}.",
+        f"- Numerics: {numerics}.",
         "",
     ]
     if labels == "onehot":

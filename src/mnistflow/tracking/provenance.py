@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from mnistflow import numerics
 from mnistflow.config import EncodeConfig, ParamsError, TrainConfig, config, section
 from mnistflow.util.git import git_or_none
 
@@ -80,8 +81,10 @@ def train_tags(
     ignored: list[str],
     cwd: Path,
     outputs: list[str],
+    observed: Mapping[str, str],
 ) -> dict[str, str]:
-    """The tags of a training run: data identity, code identity, DVC experiment, baseline.
+    """The tags of a training run: data identity, code identity, floating-point environment
+    (``numerics.*``), DVC experiment, baseline.
 
     Args:
         params: the whole params mapping (for the baseline comparison).
@@ -89,6 +92,7 @@ def train_tags(
         ignored: settings sklearn ignores with these params (``model.ignored_settings``).
         cwd: the workspace.
         outputs: pipeline output paths, which do not make the tree dirty.
+        observed: the floating-point environment in force (``numerics.observe``).
     """
     tags = {
         "mnistflow.stage": "train",
@@ -97,6 +101,7 @@ def train_tags(
         "is_baseline": is_baseline(params, cwd),
         "ignored_settings": "; ".join(ignored) if ignored else "none",
         **git_tags(cwd, outputs),
+        **numerics.tags(observed),
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags[EXP_NAME_TAG] = os.environ["DVC_EXP_NAME"]

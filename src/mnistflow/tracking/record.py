@@ -78,17 +78,21 @@ def log_evaluation(run: Run, ev: m.Evaluation, baseline: float) -> None:
     run.log_metrics(m.mlflow_metrics(ev, baseline))
 
 
-def run_info(run: Run, experiment_name: str, ignored: list[str]) -> dict[str, Any]:
+def run_info(
+    run: Run, experiment_name: str, ignored: list[str], numerics: dict[str, str]
+) -> dict[str, Any]:
     """Content of paths.run_info: the MLflow run train opened, which evaluate continues.
 
     This is the pipeline's one per-run file (a new run id on every fit, so `git status`
     shows it after a rerun); everything in it is the same on every machine but the run
-    id. It holds no tracking URI (a machine path): evaluate resolves the store the way
-    train did (mlflow.tracking_uri / MLFLOW_TRACKING_URI).
+    id (``numerics``, the fit's floating-point environment, is too under the pin). It
+    holds no tracking URI (a machine path): evaluate resolves the store the way train did
+    (mlflow.tracking_uri / MLFLOW_TRACKING_URI).
     """
     return {
         "run_id": run.run_id,
         "experiment_id": run.experiment_id,
         "experiment_name": experiment_name,
         "ignored_settings": ignored,
+        "numerics": numerics,
     }

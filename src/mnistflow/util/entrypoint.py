@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 
+from mnistflow import numerics
 from mnistflow.util import logs
 from mnistflow.util.errors import UserError
 from mnistflow.util.signals import Interrupted, raise_on_signals
@@ -49,6 +50,7 @@ def run_main(main: Callable[[], int | None], name: str, log_level: str | None = 
     # lists API keys of GenAI models; ours need none.
     os.environ.setdefault("MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING", "false")
     try:
+        numerics.check()  # a bad MNISTFLOW_NUMERICS, or a CPU the pin cannot serve: one line
         with raise_on_signals():
             return int(main() or 0)
     except Interrupted as exc:
