@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mnistflow import numerics
 from mnistflow.config import load_params
 from mnistflow.experiments.reproduce import (
     ReproduceError,
@@ -212,3 +214,84 @@ def test_reproduce_unknown_commit(logged_run: tuple[Path, dict, str]) -> None:
     assert proc.returncode == 2
     assert f"commit {'f' * 40}" in proc.stderr
     assert "does not have" in proc.stderr
+
+
+# --- another CPU, simulated -----------------------------------------------------------------
+# What an AVX-only CPU would select by itself: OpenBLAS's Sandy Bridge kernels (no FMA) and
+# numpy's loops without AVX2. A real second CPU type is not at hand; these presets make this
+# machine compute the way such a CPU does.
+ANOTHER_CPU = {"OPENBLAS_CORETYPE": "SandyBridge", "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4"}
+
+
+@pytest.fixture(scope="module")
+def canonical_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    """Like ``logged_run``, but a run no test alters: (repo, env, run id)."""
+    repo, env = tiny_repo_after_repro(tmp_path_factory.mktemp("canonical"))
+    return repo, env, json.loads((repo / "outputs/train/run.json").read_text())["run_id"]
+
+
+def as_another_cpu(env: dict[str, str], mode: str) -> dict[str, str]:
+    """``env`` as a user on that CPU has it: the presets, no pin inherited from this process."""
+    out = {k: v for k, v in env.items() if k not in (*numerics.PINNED, numerics.PRESET_ENV)}
+    return {**out, **ANOTHER_CPU, numerics.MODE_ENV: mode}
+
+
+def train_outputs(ws: Path, env: dict[str, str]) -> tuple[bytes, str, str, dict[str, str]]:
+    """Run the train stage in ``ws``: model bytes, train metrics, loss curve, the run's tags."""
+    run([sys.executable, "stages/train.py"], ws, {**env, "PYTHONPATH": "src"})
+    run_id = json.loads((ws / "outputs/train/run.json").read_text())["run_id"]
+    return (
+        (ws / "models/model.pkl").read_bytes(),
+        (ws / "outputs/train/metrics.json").read_text(),
+        (ws / "outputs/train/loss.csv").read_text(),
+        client(ws).get_run(run_id).data.tags,
+    )
+
+
+@pytest.mark.e2e
+def test_another_cpu_trains_the_canonical_model_under_the_pin(
+    canonical_run: tuple[Path, dict, str], tmp_path: Path
+) -> None:
+    repo, env, run_id = canonical_run
+    canonical = client(repo).get_run(run_id).data.tags
+    model = (repo / "models/model.pkl").read_bytes()
+    metrics = (repo / "outputs/train/metrics.json").read_text()
+    loss = (repo / "outputs/train/loss.csv").read_text()
+    ws = shutil.copytree(repo, tmp_path / "ws", symlinks=True)
+
+    pinned = train_outputs(ws, as_another_cpu(env, "pinned"))
+    assert pinned[:3] == (model, metrics, loss)  # byte for byte
+    assert pinned[3]["numerics.pinned"] == "true"
+    assert pinned[3]["numerics.fingerprint"] == canonical["numerics.fingerprint"]
+    assert "OPENBLAS_CORETYPE=SandyBridge" in pinned[3]["numerics.preset"]
+
+    # The escape hatch runs the presets' kernels: the test can see a difference.
+    native = train_outputs(ws, as_another_cpu(env, "native"))
+    assert native[0] != model
+    assert native[2] != loss
+    assert native[3]["numerics.pinned"] == "false"
+    assert "Sandybridge" in native[3]["numerics.blas"]  # threadpoolctl's spelling
+    assert native[3]["numerics.fingerprint"] != canonical["numerics.fingerprint"]
+
+
+@pytest.mark.e2e
+def test_reproduce_tells_another_cpu_from_a_real_difference(
+    canonical_run: tuple[Path, dict, str],
+) -> None:
+    repo, env, run_id = canonical_run
+    logged_fp = client(repo).get_run(run_id).data.tags["numerics.fingerprint"]
+
+    proc = run([MNISTFLOW, "reproduce", run_id], repo, as_another_cpu(env, "pinned"))
+    assert "result: identical" in proc.stdout, proc.stdout + proc.stderr
+
+    proc = run([MNISTFLOW, "reproduce", run_id], repo, as_another_cpu(env, "native"), check=False)
+    assert proc.returncode == 7, proc.stdout + proc.stderr
+    rerun_id = re.search(r"reproduced as run (\w+)", proc.stdout)[1]
+    rerun_fp = client(repo).get_run(rerun_id).data.tags["numerics.fingerprint"]
+    assert rerun_fp != logged_fp
+    verdict = proc.stdout.splitlines()[-1]
+    assert verdict.startswith("result: NOT identical: metrics differ")
+    assert "another floating-point environment" in verdict
+    assert logged_fp in verdict
+    assert rerun_fp in verdict
+    assert re.search(r"train_loss .* [+-]\d", proc.stdout)  # each differing metric's delta

@@ -8,9 +8,15 @@ clone's raw files as its mirror when no other is set), the data hash is checked 
 run's ``dataset_sha256`` tag, and train and evaluate run for real (``--force
 --no-run-cache``), logging a new run to the same MLflow store tagged ``reproduces=<run-id>``
 (the BLAS thread count, which changes the last digits of a fit, is the param
-``train.threads`` and so restored with the others). Exit 0 if every logged metric
-(wall-clock times aside) is identical, 1 if not, 2 if the run cannot be looked up or
-reproduced.
+``train.threads`` and so restored with the others). Both runs carry the fingerprint of
+their floating-point environment (:mod:`mnistflow.numerics`), which tells a real difference
+from another CPU's kernels.
+
+Exit 0 if every logged metric (wall-clock times aside) is identical; 1 if something differs
+under the same numerics fingerprint (a real difference: code, data, params, a bug), or the
+rerun failed, or its params or data differ; 7 if only metrics differ and the two runs were
+made under different fingerprints (or the logged run has none); 2 if the run cannot be looked
+up or reproduced.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from mnistflow import numerics
 from mnistflow.config import SECTIONS, ParamsError, Paths, config, dataset_spec, load_params
 from mnistflow.data.download import MIRROR_ENV, MIRROR_ENV_ALIAS
 from mnistflow.tracking.provenance import REPRODUCES_ENV, REPRODUCES_TAG
@@ -42,7 +49,7 @@ from mnistflow.util.workspace import find_root
 
 log = logging.getLogger(__name__)
 
-EXIT_IDENTICAL, EXIT_DIFFERENT = 0, 1
+EXIT_IDENTICAL, EXIT_DIFFERENT, EXIT_OTHER_NUMERICS = 0, 1, 7
 # Wall-clock measurements differ between any two runs; they say nothing about the model.
 TIMING_METRIC = re.compile(r"(_time_s|_seconds)$")
 # MLflow's system metrics (CPU, memory, disk, network) describe the machine, not the model.
@@ -240,14 +247,19 @@ def format_table(rows: list[MetricRow]) -> str:
     def cell(value: float | None) -> str:
         return "-" if value is None else repr(float(value))
 
-    lines = [("metric", "logged", "rerun", "")]
+    def delta(row: MetricRow) -> str:
+        if row.identical or row.logged is None or row.rerun is None:
+            return ""
+        return f"{row.rerun - row.logged:+.3g}"
+
+    lines = [("metric", "logged", "rerun", "delta", "")]
     for row in rows:
         if row.count > 1:
-            lines.append((row.name, "(all)", "(all)", "identical"))
+            lines.append((row.name, "(all)", "(all)", "", "identical"))
         else:
             verdict = "identical" if row.identical else "DIFFERENT"
-            lines.append((row.name, cell(row.logged), cell(row.rerun), verdict))
-    widths = [max(len(line[i]) for line in lines) for i in range(4)]
+            lines.append((row.name, cell(row.logged), cell(row.rerun), delta(row), verdict))
+    widths = [max(len(line[i]) for line in lines) for i in range(5)]
     return "\n".join(
         "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
         for line in lines
@@ -392,14 +404,32 @@ def reproduce(run_id: str, cwd: Path, uri: str, keep: bool) -> int:
     if mismatched_params:
         problems.append(f"params differ: {', '.join(mismatched_params)}")
     rows = compare_metrics(run.metrics, rerun.metrics)
-    different = [r.name for r in rows if not r.identical]
-    if different:
-        problems.append(f"metrics differ: {', '.join(different)}")
-
-    verdict = "identical" if not problems else "NOT identical: " + "; ".join(problems)
+    code, verdict = judge(problems, [r.name for r in rows if not r.identical], run, rerun)
     sys.stdout.write(
         f"run {run_id} (commit {commit[:12]}) reproduced as run {new_id}\n"
         f"{format_table(rows)}\n"
         f"result: {verdict}\n"
     )
-    return EXIT_IDENTICAL if not problems else EXIT_DIFFERENT
+    return code
+
+
+def judge(
+    problems: list[str], different: list[str], run: LoggedRun, rerun: LoggedRun
+) -> tuple[int, str]:
+    """The exit code and the one-line verdict of a reproduction.
+
+    Args:
+        problems: differences that are not metrics (status, params, data).
+        different: the metrics whose values differ.
+        run, rerun: the two runs (their ``numerics.*`` tags say where they were computed).
+    """
+    if not problems and not different:
+        return EXIT_IDENTICAL, "identical"
+    if different:
+        problems = [*problems, f"metrics differ: {', '.join(different)}"]
+    text = "NOT identical: " + "; ".join(problems)
+    if len(problems) == 1 and different:  # numbers alone: the environment may explain them
+        cause = numerics.difference_cause(run.tags, rerun.tags)
+        code = EXIT_DIFFERENT if numerics.same_environment(run.tags, rerun.tags) else None
+        return (code if code is not None else EXIT_OTHER_NUMERICS), f"{text}; {cause}"
+    return EXIT_DIFFERENT, text

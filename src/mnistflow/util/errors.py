@@ -12,6 +12,8 @@ traceback. Exit codes (also in docs/faults.md):
 4     the MLflow tracking store cannot be used (unreachable, locked, credentials, no such run)
 5     an external tool failed (git, dvc)
 6     no room to write an output (disk full, quota, file-size limit); earlier outputs stay
+7     a comparison came out different and the two runs were computed under different
+      floating-point environments (``mnistflow reproduce``; mnistflow.numerics)
 130   interrupted by SIGINT (Ctrl-C); 143: by SIGTERM
 ====  ==========================================================
 """
