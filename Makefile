@@ -32,7 +32,7 @@ endif
 STAMP := $(VENV)/.installed-pyc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup services lint format test test-fast repro bench bench-best bench-queue bench-store bench-team bench-tune best \
+.PHONY: help setup services lint format test test-fast repro bench bench-best bench-queue bench-store bench-team bench-tune bench-numerics best \
         ui leaderboard sweep tune register predict reproduce serve server push pull lock lock-upgrade lock-check clean
 
 help: ## list the targets
@@ -89,6 +89,9 @@ repro: setup ## set up and run the pipeline on params.yaml (dvc repro)
 
 bench: setup ## benchmark: cold/no-op/param-change repro vs a bare script, peak memory
 	$(BIN)/python benchmarks/pipeline.py
+
+bench-numerics: setup ## the pinned floating-point environment's cost: fit time pinned vs native (~4 min)
+	$(BIN)/python benchmarks/numerics.py
 
 bench-best: setup ## the best preset (presets/best.yaml), cold: accuracy, pipeline time, peak memory
 	$(BIN)/python benchmarks/best.py
