@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.neural_network import MLPClassifier
 
 from mnistflow.util.fileio import read_json
-from tests.helpers import copy_repo, run, use_tiny_dataset, workspace_env
+from tests.helpers import REPO_ROOT, copy_repo, run, use_tiny_dataset, workspace_env
 
 
 def outputs_state(ws: Path) -> dict[str, bytes]:
@@ -158,3 +158,15 @@ def test_default_params_on_real_mnist_reach_the_baseline(
     assert r.data.tags["dataset"] == "mnist"
     assert r.data.tags["is_baseline"] == "true"
     assert (ws / "models/model.pkl").stat().st_size > 0
+    # The committed outputs are the pinned numbers: any x86-64-v3 machine makes them byte
+    # for byte (docs/pipeline.md, "The same numbers on every machine").
+    if r.data.tags["numerics.pinned"] != "true":
+        pytest.skip(f"this CPU is below x86-64-v3: {r.data.tags['numerics.note']}")
+    for committed in (
+        "outputs/train/metrics.json",
+        "outputs/train/loss.csv",
+        "outputs/evaluate/metrics.json",
+        "outputs/evaluate/confusion.csv",
+        "reports/latest/report.md",
+    ):
+        assert (ws / committed).read_bytes() == (REPO_ROOT / committed).read_bytes(), committed
