@@ -299,8 +299,9 @@ def check_study(study, runs: list, n_trials: int, uri: str) -> None:
 
 
 def running_at_once(url: str, proc: subprocess.Popen, deadline_s: float = 600) -> set[str]:
-    """Poll the Optuna storage until two trials of different workers are RUNNING at the same
-    moment; return those workers (the storage, not the workers' logs, is the oracle)."""
+    """Poll the Optuna storage until two trials of different workers are RUNNING, mid-fit
+    (an epoch reported), at the same moment; return those workers (the storage, not the
+    workers' logs, is the oracle)."""
     import optuna
     from optuna.trial import TrialState
     from sqlalchemy.exc import SQLAlchemyError
@@ -314,7 +315,9 @@ def running_at_once(url: str, proc: subprocess.Popen, deadline_s: float = 600) -
             continue
         while proc.poll() is None:
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            owners = {t.user_attrs.get(worker.ATTR_WORKER) for t in running} - {None}
+            owners = {
+                t.user_attrs.get(worker.ATTR_WORKER) for t in running if t.intermediate_values
+            }
             if len(owners) >= 2:
                 return owners
             time.sleep(0.05)
@@ -389,6 +392,32 @@ def test_two_workers_run_trials_at_once_then_promote_and_best(tmp_path: Path) ->
         metrics["test_accuracy"], abs=1e-6
     )
     assert parent.data.metrics["best_val_accuracy"] == best_trial.value
+
+
+@pytest.mark.e2e
+def test_a_stopped_pool_leaves_no_trial_and_no_run_running(tmp_path: Path) -> None:
+    """SIGTERM to `mnistflow tune --workers 2` mid-fit: it stops its workers and exits 143;
+    both trials are FAIL in the storage, their MLflow runs KILLED."""
+    import optuna
+    from optuna.trial import TrialState
+
+    repo, env = tiny_tune_repo(tmp_path, "repo", max_iter=5000, pruner="none")
+    url = f"sqlite:///{repo}/optuna.db"
+    proc = subprocess.Popen(
+        [MNISTFLOW, "tune", "--workers", "2"], cwd=repo, env=env, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    both = running_at_once(url, proc)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    assert len(both) == 2, err[-3000:]
+    assert proc.returncode == 143, err[-3000:]
+    trials = optuna.load_study(study_name="mnist-mlp-tune", storage=url).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2, err[-3000:]
+    runs = trial_runs(f"sqlite:///{repo}/mlflow.db", "mnist-mlp-tune")
+    by_id = {r.info.run_id: r.info.status for r in runs}
+    assert [by_id[t.user_attrs[worker.ATTR_RUN]] for t in trials] == ["KILLED"] * 2
+    assert "RUNNING" not in by_id.values()
 
 
 @pytest.mark.e2e
@@ -496,7 +525,7 @@ def test_two_clones_share_a_postgres_study_and_survive_a_killed_worker(
         mp.setenv("MLFLOW_TRACKING_USERNAME", team_server.user)
         mp.setenv("MLFLOW_TRACKING_PASSWORD", team_server.password)
         runs = trial_runs(team_server.uri, "mnist-mlp-tune")
-    check_study(study, runs, 6, team_server.uri)  # also: no run left RUNNING
+        check_study(study, runs, 6, team_server.uri)  # also: no run left RUNNING
     # the killed trial's run died with its worker: the survivor's liveness sweep ended it
     (dead,) = [r for r in runs if r.data.tags.get(worker.TAG_TRIAL) == str(killed_trial)]
     assert dead.info.status in ("FAILED", "KILLED")
