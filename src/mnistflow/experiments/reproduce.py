@@ -295,9 +295,18 @@ def check_run(run: LoggedRun, repo: Path) -> str:
     """Check the run can be reproduced here; return its commit.
 
     Raises:
-        ReproduceError: not finished, no commit or data hash tag, or a commit this
-            repository does not have.
+        ReproduceError: not finished, a tuning trial, no commit or data hash tag, or a
+            commit this repository does not have.
     """
+    from mnistflow.tuning.worker import TAG_STUDY, TAG_TRIAL
+
+    if TAG_TRIAL in run.tags:
+        number = run.tags[TAG_TRIAL]
+        raise ReproduceError(
+            f"run {run.run_id} is trial #{number} of the study {run.tags.get(TAG_STUDY)!r}, "
+            "fitted in a tuning worker, not by the pipeline: run it as a DVC experiment with "
+            f"`mnistflow tune --promote {number}`"
+        )
     if run.status != "FINISHED":
         raise ReproduceError(f"run {run.run_id} is {run.status}; only FINISHED runs have metrics")
     missing = [t for t in ("git_commit", "dataset_sha256") if not run.tags.get(t)]
