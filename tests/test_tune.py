@@ -216,6 +216,25 @@ def test_storage_url_precedence(params: dict, monkeypatch: pytest.MonkeyPatch) -
     assert storage.storage_url(cfg, Path("/r"), "sqlite:////x.db") == "sqlite:////x.db"
 
 
+@pytest.mark.unit
+def test_worker_count_from_the_option_the_environment_or_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mnistflow.cli.tune import WORKERS_ENV, workers_wanted
+    from mnistflow.util.errors import UserError
+
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert workers_wanted(None) == len(os.sched_getaffinity(0))
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert workers_wanted(None) == 3
+    assert workers_wanted(5) == 5
+    with pytest.raises(UserError, match=r"--workers must be a positive number.*0"):
+        workers_wanted(0)
+    monkeypatch.setenv(WORKERS_ENV, "many")
+    with pytest.raises(UserError, match=rf"\${WORKERS_ENV} must be .*'many'"):
+        workers_wanted(None)
+
+
 # --- e2e: real studies ---------------------------------------------------------------------------
 
 

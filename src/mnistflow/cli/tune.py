@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from mnistflow.config import load_config
+from mnistflow.util.errors import UserError
 from mnistflow.util.workspace import find_root
 
 log = logging.getLogger(__name__)
@@ -58,10 +60,7 @@ def workers_wanted(given: int | None) -> int:
     Raises:
         UserError: not a positive number.
     """
-    import os
-
     from mnistflow.tuning.worker import default_workers
-    from mnistflow.util.errors import UserError
 
     raw = given if given is not None else os.environ.get(WORKERS_ENV, "").strip() or None
     if raw is None:
