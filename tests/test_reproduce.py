@@ -13,9 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from mnistflow.config import load_params
 from mnistflow.experiments.reproduce import (
-    LoggedRun,
     ReproduceError,
-    check_run,
     compare_metrics,
     format_table,
     parse_logged_value,
@@ -106,17 +104,6 @@ def test_settings_leave_out_the_model_config_params_mlflow_logs() -> None:
     assert settings(logged) == {"train.alpha": "0.001", "data.dataset": "mnist"}
     base = load_params(REPO_ROOT / "params.yaml")
     assert restore_params(base, settings(logged))["train"]["alpha"] == 0.001
-
-
-@pytest.mark.unit
-def test_a_tuning_trial_is_not_reproduced_but_pointed_to_promote() -> None:
-    """A trial's run was fitted by a tuning worker, not the pipeline: a rerun of the pipeline
-    with its params would train on other rows, so reproduce refuses and names --promote."""
-    tags = {"git_commit": "0" * 40, "dataset_sha256": "a" * 64, "mnistflow.trial": "7",
-            "mnistflow.study": "s"}  # fmt: skip
-    trial = LoggedRun("r1", "FINISHED", "1", {}, {}, tags)
-    with pytest.raises(ReproduceError, match=r"trial #7 of the study 's'.*--promote 7"):
-        check_run(trial, REPO_ROOT)
 
 
 @pytest.mark.unit

@@ -110,6 +110,15 @@ def test_trial_values_map_to_overrides_and_dvc_flags(params: dict) -> None:
 
 
 @pytest.mark.unit
+def test_a_runs_flags_give_back_the_trials_overrides(params: dict) -> None:
+    from mnistflow.tuning.rerun import overrides_from_flags
+
+    over = {"train.alpha": 1.5e-05, "train.hidden_layer_sizes": [256, 128],
+            "encode.scaling": "standardize", "train.batch_size": 64}  # fmt: skip
+    assert overrides_from_flags(" ".join(space.set_flags(over))) == over
+
+
+@pytest.mark.unit
 def test_in_memory_study_suggests_within_the_space_and_records_overrides(params: dict) -> None:
     import optuna
 
@@ -373,8 +382,16 @@ def test_two_workers_run_trials_at_once_then_promote_and_best(tmp_path: Path) ->
     third = run([MNISTFLOW, "tune", "--workers", "1"], repo, env)
     assert "already has" in third.stderr
 
-    # --promote: any trial (here not the best) as a real experiment with its params
+    # a trial reruns in-process with identical metrics, a pruned one to its epoch
     best_trial = study.best_trial
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    for t in [best_trial, *pruned[:1]]:
+        again = run([MNISTFLOW, "reproduce", t.user_attrs[worker.ATTR_RUN]], repo, env)
+        assert "result: identical" in again.stdout, again.stdout + again.stderr[-3000:]
+        assert f"val_accuracy of each of {len(t.intermediate_values)} epochs" in again.stdout
+    print(f"pruned trials: {len(pruned)}")
+
+    # --promote: any trial (here not the best) as a real experiment with its params
     other = next(t for t in study.trials if t.number != best_trial.number and t.params)
     run([MNISTFLOW, "tune", "--promote", str(other.number)], repo, env)
     assert f"mnist-mlp-tune-t{other.number}" in dvc_experiments(repo, env)

@@ -295,18 +295,9 @@ def check_run(run: LoggedRun, repo: Path) -> str:
     """Check the run can be reproduced here; return its commit.
 
     Raises:
-        ReproduceError: not finished, a tuning trial, no commit or data hash tag, or a
-            commit this repository does not have.
+        ReproduceError: not finished, no commit or data hash tag, or a commit this
+            repository does not have.
     """
-    from mnistflow.tuning.worker import TAG_STUDY, TAG_TRIAL
-
-    if TAG_TRIAL in run.tags:
-        number = run.tags[TAG_TRIAL]
-        raise ReproduceError(
-            f"run {run.run_id} is trial #{number} of the study {run.tags.get(TAG_STUDY)!r}, "
-            "fitted in a tuning worker, not by the pipeline: run it as a DVC experiment with "
-            f"`mnistflow tune --promote {number}`"
-        )
     if run.status != "FINISHED":
         raise ReproduceError(f"run {run.run_id} is {run.status}; only FINISHED runs have metrics")
     missing = [t for t in ("git_commit", "dataset_sha256") if not run.tags.get(t)]
@@ -339,9 +330,14 @@ def reproduce(run_id: str, cwd: Path, uri: str, keep: bool) -> int:
     Raises:
         UserError: lookup or setup failure (ReproduceError, TrackingError, GitError...).
     """
+    from mnistflow.tuning.rerun import reproduce_trial
+    from mnistflow.tuning.worker import TAG_TRIAL
+
     repo = find_root(cwd)
     uri = absolute_uri(uri, cwd)
     run = fetch_run(uri, run_id)
+    if TAG_TRIAL in run.tags:  # fitted by a tuning worker: rerun the way it ran
+        return reproduce_trial(run, repo, uri)
     commit = check_run(run, repo)
     cache_dir = dvc(["cache", "dir"], repo, capture=True).stdout.strip()
     env = rerun_env(uri, run_id)

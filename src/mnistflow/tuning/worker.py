@@ -133,6 +133,18 @@ def run_provenance(params: Params, root: Path) -> dict[str, str]:
     }
 
 
+def trial_run_params(chosen: Params, experiment: str, flags: str, study: str) -> dict[str, Any]:
+    """A trial run's params: every param a pipeline run with the trial's values logs (its
+    ``mlflow.experiment_name`` the tune experiment the run is in) and the trial's set-up."""
+    return {
+        **record.train_params(chosen),
+        "mlflow.experiment_name": experiment,
+        PARAM_OVERRIDES: flags,
+        "tune.study": study,
+        "tune.validation_size": chosen.tune.validation_size,
+    }
+
+
 class Objective:
     """The Optuna objective of one worker: a trial's values -> in-process fit -> the last
     epoch's validation accuracy, recorded as one MLflow run nested under the study's."""
@@ -163,7 +175,7 @@ class Objective:
         with mlflow_run(t.uri, t.experiment_id, run_name=f"{self.study}-t{trial.number}") as run:
             trial.set_user_attr(ATTR_RUN, run.run_id)
             run.set_tags(self.run_tags(trial.number, flags))
-            run.log_params(self.run_params(chosen, flags))
+            run.log_params(trial_run_params(chosen, t.experiment_name, flags, self.study))
             encoded = self.splits.get(chosen.encode)
             datasets.log_dataset(chosen.dataset_name, self.tags["dataset_sha256"],
                                  self.splits.source, encoded.X_train.shape)  # fmt: skip
@@ -199,16 +211,6 @@ class Objective:
             TAG_TRIAL: str(number),
             TAG_WORKER: socket.gethostname(),
             TAG_FLAGS: flags,
-        }
-
-    def run_params(self, chosen: Params, flags: str) -> dict[str, Any]:
-        """Every param a pipeline run with these overrides logs, and the trial's set-up."""
-        return {
-            **record.train_params(chosen),
-            "mlflow.experiment_name": self.tracking.experiment_name,  # where this run is
-            PARAM_OVERRIDES: flags,
-            "tune.study": self.study,
-            "tune.validation_size": self.params.tune.validation_size,
         }
 
 
