@@ -1,14 +1,20 @@
-"""Tuning benchmark (`make bench-tune`): trials as DVC experiments, and TPE against a grid.
+"""Tuning benchmark (`make bench-tune`): in-process trials on 1 and 2 workers, and TPE
+against a grid.
 
-On a reduced real MNIST (the first --train training images, the first --test test images,
-written as a dataset of their own into a throw-away copy of this working tree):
+On real MNIST (the first --train training images, the first --test test images, written as a
+dataset of their own into a throw-away copy of this working tree; by default all of them,
+--validation of the training rows held out), --epochs epochs per fit, no pruning:
 
-1. Throughput: `mnistflow tune` with 1 worker (--trials-1 trials) and then 2 workers in the
-   same clone (--trials-2 trials); each trial is a `dvc exp run --temp`. Trials per hour from
-   the wall time of the whole command (worker start-up included).
-2. Fixed overhead per trial: each 1-worker trial's duration in Optuna minus the bare fit of
-   the same params (in this process: encode the same rows, fit, score the validation rows).
-3. Search quality, in-process (no DVC, the same validation split and code as a trial): best
+1. Throughput: `mnistflow tune --workers 1` (--trials-1 trials), then `--workers 2`
+   (--trials-2 trials in all). Trials per hour from the study (first trial's start to the
+   last one's end) and from the wall time of the whole command (start-up and data load
+   included).
+2. Fixed overhead per trial: each 1-worker trial's duration in Optuna minus its own fit time
+   (``fit_time_s`` of its MLflow run, which includes scoring and reporting each epoch), and
+   minus the bare fit of the same params in this process (encode unless the worker had that
+   encoding cached, fit, score the validation rows: the same library calls, without Optuna
+   and MLflow; measured later, so on a busy machine the load differs between the two).
+3. Search quality, in-process (the same validation split and code as a trial): best
    validation accuracy of --budget TPE trials over the shipped tune.space against --budget
    points of the README's grid (train.alpha x train.hidden_layer_sizes (100,50,25)/(256,128),
    the alpha axis refined to budget/2 log-spaced values over tune.space's alpha range).
@@ -22,26 +28,14 @@ import argparse
 import gzip
 import hashlib
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from mnistflow.config import (
-    EncodeConfig,
-    TrainConfig,
-    config,
-    load_params,
-    tune_space,
-    validate,
-    with_overrides,
-)
-from mnistflow.data.encode import encode_splits, split_validation
+from mnistflow.config import Params, load_params, tune_space, validate
 from mnistflow.data.idx import encode_idx, gunzip, parse_idx
-from mnistflow.modeling.metrics import true_classes
-from mnistflow.modeling.training import Validation, fit
-from mnistflow.tuning import space
+from mnistflow.tuning import objective, space
 from mnistflow.util.git import git
 from mnistflow.util.workspace import copy_working_tree
 from pipeline import REPO, bench_env, measure  # benchmarks/pipeline.py
@@ -79,6 +73,7 @@ def workspace(base: Path, files: dict, args: argparse.Namespace) -> Path:
         "files": files,
     }
     params["data"]["dataset"] = "mnist-small"
+    params["evaluate"]["baseline_accuracy"]["mnist-small"] = 0.97  # every dataset has one
     params["unpack"]["write_png"] = False
     params["train"]["max_iter"] = args.epochs
     params["tune"].update({"validation_size": args.validation, "pruner": "none"})
@@ -94,17 +89,20 @@ def study_trials(ws: Path, study: str) -> list:
     return [t for t in loaded.trials if t.state.name == "COMPLETE"]
 
 
-def bare_fit(params: dict, overrides: dict, arrays: dict, validation: int) -> tuple[float, float]:
-    """Seconds and validation accuracy of encode + fit + score of one configuration in-process
-    (what a trial's stages compute, without DVC, MLflow or process start-up)."""
-    edited = with_overrides(params, overrides)
-    train_cfg = config(edited, "train", TrainConfig)
-    encode_cfg = config(edited, "encode", EncodeConfig)
+def bare_fit(
+    params: Params, overrides: dict, splits: objective.EncodedSplits
+) -> tuple[float, float]:
+    """Seconds and validation accuracy of one configuration in-process: encode (unless
+    ``splits`` has it cached), fit, score: a trial's computation without Optuna or MLflow."""
     start = time.perf_counter()
-    encoded = encode_splits(split_validation(arrays, validation), encode_cfg, 10)
-    held = Validation(encoded.X_test, true_classes(encoded.y_test), 10)
-    result = fit(train_cfg, encoded.X_train, encoded.y_train, validation=held)
+    result = objective.fit_trial(objective.trial_params(params, overrides), splits)
     return time.perf_counter() - start, result.val_accuracy[-1]
+
+
+def fresh_splits(params: Params, ws: Path) -> objective.EncodedSplits:
+    """A worker's view of the data: the training rows, nothing encoded yet."""
+    rows = objective.load_training_rows(ws / params.paths.arrays)
+    return objective.EncodedSplits(rows, params.tune.validation_size, len(params.dataset.classes))
 
 
 def out(line: str = "") -> None:
@@ -117,15 +115,15 @@ def main() -> None:
     """Run the three parts and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mirror", default=str(REPO.parent / "shared/mnist"))
-    parser.add_argument("--train", type=int, default=6000, help="training images used")
-    parser.add_argument("--test", type=int, default=1000, help="test images used")
-    parser.add_argument("--validation", type=int, default=1000, help="tune.validation_size")
+    parser.add_argument("--train", type=int, default=60000, help="training images used")
+    parser.add_argument("--test", type=int, default=10000, help="test images used")
+    parser.add_argument("--validation", type=int, default=10000, help="tune.validation_size")
     parser.add_argument("--epochs", type=int, default=10, help="train.max_iter")
-    parser.add_argument("--trials-1", type=int, default=3, help="trials of the 1-worker study")
-    parser.add_argument("--trials-2", type=int, default=4, help="trials of the 2-worker study")
+    parser.add_argument("--trials-1", type=int, default=4, help="trials of the 1-worker study")
+    parser.add_argument("--trials-2", type=int, default=8, help="trials of the 2-worker study")
     parser.add_argument("--budget", type=int, default=20, help="TPE trials = grid points")
-    parser.add_argument("--search-only", action="store_true", help="part 3 only (no DVC)")
-    parser.add_argument("--dvc-only", action="store_true", help="parts 1 and 2 only")
+    parser.add_argument("--search-only", action="store_true", help="part 3 only")
+    parser.add_argument("--workers-only", action="store_true", help="parts 1 and 2 only")
     args = parser.parse_args()
     env, dvc = bench_env(None)
     mnistflow = str(Path(sys.executable).parent / "mnistflow")
@@ -136,63 +134,69 @@ def main() -> None:
     env["MNISTFLOW_MIRROR"] = str(base / "mirror")  # the small dataset's files, nothing else
     ws = workspace(base, files, args)
     measure([*dvc, "repro", "unpack"], ws, env)
-    params = load_params(ws / "params.yaml")
-    validate(params)
-
-    from mnistflow.util.fileio import load_npz
-
-    arrays = load_npz(ws / "data/unpacked/arrays.npz")
+    params = validate(load_params(ws / "params.yaml"))
     if not args.search_only:
-        dvc_parts(ws, env, mnistflow, params, arrays, args)
-    if not args.dvc_only:
-        search(params, arrays, args)
+        worker_parts(ws, env, mnistflow, params, args)
+    if not args.workers_only:
+        search(params, ws, args)
     out(f"\nload average after: {os.getloadavg()}; workspace {base} (remove by hand)")
 
 
-def dvc_parts(ws: Path, env: dict, mnistflow: str, params: dict, arrays: dict, args) -> None:
-    """Parts 1 and 2: trials as DVC experiments on 1 and 2 workers, overhead per trial."""
-    n1, n2 = args.trials_1, args.trials_2
-    one = measure([mnistflow, "tune", "--study", "w1", "--trials", str(n1)], ws, env).seconds
-    load_one = os.getloadavg()[0]
-    cmd = [mnistflow, "tune", "--study", "w2"]
-    start = time.perf_counter()
-    pair = [
-        subprocess.Popen([*cmd, "--trials", str(n2 // 2)], cwd=ws, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(2)
-    ]  # fmt: skip
-    codes = [p.wait() for p in pair]
-    two = time.perf_counter() - start
-    load_two = os.getloadavg()[0]
-    if codes != [0, 0]:
-        raise SystemExit(f"2-worker study failed: {codes}")
+def study_span(trials: list) -> float:
+    """Seconds from the first trial's start to the last trial's end."""
+    start = min(t.datetime_start for t in trials)
+    return (max(t.datetime_complete for t in trials) - start).total_seconds()
 
-    # 2. overhead per trial against the bare fit of the same params
-    rows = []
-    for t in study_trials(ws, "w1"):
+
+def worker_parts(ws: Path, env: dict, mnistflow: str, params: Params, args) -> None:
+    """Parts 1 and 2: in-process trials on 1 and 2 workers, overhead per trial."""
+    rows_out = []
+    for study, workers, trials in (("w1", 1, args.trials_1), ("w2", 2, args.trials_2)):
+        cmd = [mnistflow, "tune", "--study", study, "--workers", str(workers),
+               "--trials", str(trials // workers)]  # fmt: skip
+        wall = measure(cmd, ws, env).seconds
+        done = study_trials(ws, study)
+        span = study_span(done)
+        rows_out.append((workers, len(done), span, wall, os.getloadavg()[0]))
+
+    # 2. overhead per trial: outside the fit (the trial's own fit_time_s, measured in the
+    # same process at the same moment), and against the bare fit of the same params in the
+    # worker's order (so the same encodings are cached)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{ws}/mlflow.db")
+    splits = fresh_splits(params, ws)
+    overheads = []
+    for t in sorted(study_trials(ws, "w1"), key=lambda t: t.number):
         took = (t.datetime_complete - t.datetime_start).total_seconds()
-        bare, acc = bare_fit(params, t.user_attrs["overrides"], arrays, args.validation)
-        rows.append((t.number, took, bare, took - bare, t.value, acc))
+        fitted = client.get_run(t.user_attrs["mlflow_run_id"]).data.metrics["fit_time_s"]
+        bare, acc = bare_fit(params, t.user_attrs["overrides"], splits)
+        overheads.append((t.number, took, fitted, took - fitted, bare, took - bare, t.value, acc))
 
-    out(f"\n## Trials as DVC experiments ({args.train} train rows, {args.validation} held out, "
-          f"{args.epochs} epochs)\n")  # fmt: skip
-    out("| workers | trials | wall s | trials/hour | load avg (1 min) after |")
-    out("|---|---|---|---|---|")
-    out(f"| 1 | {n1} | {one:.1f} | {n1 / one * 3600:.0f} | {load_one:.2f} |")
-    out(f"| 2 | {n2} | {two:.1f} | {n2 / two * 3600:.0f} | {load_two:.2f} |")
-    out("\n| trial | trial s | bare fit s | overhead s | trial val_acc | bare val_acc |")
-    out("|---|---|---|---|---|---|")
-    for number, took, bare, over, value, acc in rows:
-        out(f"| {number} | {took:.1f} | {bare:.1f} | {over:.1f} | {value:.4f} | {acc:.4f} |")
+    out(f"\n## In-process trials ({args.train} train rows, {args.validation} held out, "
+        f"{args.epochs} epochs, no pruning)\n")  # fmt: skip
+    out("| workers | trials | study s | trials/hour (study) | wall s | trials/hour (wall) "
+        "| load avg (1 min) after |")  # fmt: skip
+    out("|---|---|---|---|---|---|---|")
+    for workers, n, span, wall, load in rows_out:
+        out(f"| {workers} | {n} | {span:.1f} | {n / span * 3600:.0f} | {wall:.1f} | "
+            f"{n / wall * 3600:.0f} | {load:.2f} |")  # fmt: skip
+    out("\n| trial | trial s | its fit s | outside the fit s | bare fit s | trial - bare s "
+        "| trial val_acc | bare val_acc |")  # fmt: skip
+    out("|---|---|---|---|---|---|---|---|")
+    for number, took, fitted, outside, bare, over, value, acc in overheads:
+        out(f"| {number} | {took:.1f} | {fitted:.1f} | {outside:.2f} | {bare:.1f} | {over:.2f} "
+            f"| {value:.4f} | {acc:.4f} |")  # fmt: skip
 
 
-def search(params: dict, arrays: dict, args: argparse.Namespace) -> None:
+def search(params: Params, ws: Path, args: argparse.Namespace) -> None:
     """Part 3: TPE against the README's grid, same budget, in-process."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    dims = tune_space(params)
-    alpha = params["tune"]["space"]["train.alpha"]
+    dims = tune_space(params.raw)
+    splits = fresh_splits(params, ws)
+    alpha = params.raw["tune"]["space"]["train.alpha"]
     alphas = np.geomspace(alpha["low"], alpha["high"], args.budget // 2)
     grid = [
         {"train.alpha": float(a), "train.hidden_layer_sizes": layers}
@@ -200,14 +204,14 @@ def search(params: dict, arrays: dict, args: argparse.Namespace) -> None:
         for layers in ([100, 50, 25], [256, 128])
     ]
     start = time.perf_counter()
-    grid_scores = [bare_fit(params, g, arrays, args.validation)[1] for g in grid]
+    grid_scores = [bare_fit(params, g, splits)[1] for g in grid]
     grid_s = time.perf_counter() - start
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
     start = time.perf_counter()
     for _ in range(args.budget):
         trial = study.ask()
         over = space.suggest(trial, dims)
-        study.tell(trial, bare_fit(params, over, arrays, args.validation)[1])
+        study.tell(trial, bare_fit(params, over, splits)[1])
     tpe_s = time.perf_counter() - start
     best_grid = int(np.argmax(grid_scores))
     out(f"\n## Search, {args.budget} configurations each (in-process fits, same split)\n")

@@ -3,9 +3,6 @@
 Continues the MLflow run train started (paths.run_info) and ends it again.
 Outputs: paths.metrics, paths.confusion, paths.misclassified, paths.report_dir (all
 deterministic: the per-run details go to the MLflow run's copy of the report only).
-
-In a tuning trial (encode.validation_rows > 0) the test set was not encoded: this stage
-writes outputs that say so, reads no test data and leaves the MLflow run alone.
 """
 
 from __future__ import annotations
@@ -15,8 +12,14 @@ import sys
 from pathlib import Path
 
 from mnistflow import numerics
-from mnistflow.config import Paths, load_config
-from mnistflow.reporting import misclassified, tables
+from mnistflow.config import load_config
+from mnistflow.data.encode import features
+from mnistflow.modeling import metrics as m
+from mnistflow.modeling.model import decode_sets, loss_history, predict_scores
+from mnistflow.modeling.training import model_from_bytes
+from mnistflow.reporting import figures, misclassified, report, tables
+from mnistflow.tracking import record, reports, store
+from mnistflow.tracking.runs import flatten, mlflow_run
 from mnistflow.util import fileio
 from mnistflow.util.entrypoint import run_main
 
@@ -27,19 +30,6 @@ def main() -> None:
     """Evaluate and report."""
     params = load_config()
     paths, cfg, classes = params.paths, params.evaluate, list(params.dataset.classes)
-    if params.encode.validation_rows > 0:
-        not_evaluated(paths, params.encode.validation_rows)
-        return
-    # Imported here, after the trial check: MLflow and matplotlib take seconds to import,
-    # which every tuning trial would pay for writing "not evaluated".
-    from mnistflow.data.encode import features
-    from mnistflow.modeling import metrics as m
-    from mnistflow.modeling.model import decode_sets, loss_history, predict_scores
-    from mnistflow.modeling.training import model_from_bytes
-    from mnistflow.reporting import figures, report
-    from mnistflow.tracking import record, reports, store
-    from mnistflow.tracking.runs import flatten, mlflow_run
-
     baseline = params.baseline_accuracy  # of this dataset
     run_info, info = fileio.read_json(paths.run_info), fileio.read_json(paths.encode_info)
     model = model_from_bytes(paths.path("model").read_bytes(), paths.model)
@@ -107,19 +97,6 @@ def main() -> None:
             run.log_artifact(path, "evaluate")
         run.set_tags({"mnistflow.stage": "evaluated"})
     log.info("report: %s", report_dir / "report.md")
-
-
-def not_evaluated(paths: Paths, validation_rows: int) -> None:
-    """A tuning trial's outputs: no test metrics (its score is train's val_accuracy)."""
-    why = (
-        f"tuning trial (encode.validation_rows={validation_rows}): the test set is not "
-        "encoded; the trial's score is val_accuracy in " + paths.train_metrics
-    )
-    fileio.write_json(paths.metrics, {"test_set": "not evaluated"})
-    fileio.write_text(paths.confusion, tables.confusion_csv([], [], []))
-    fileio.write_text(paths.misclassified, misclassified.to_csv([]))
-    fileio.write_text(paths.path("report_dir") / "report.md", f"# Not evaluated\n\n{why}\n")
-    log.info("not evaluated: %s", why)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,6 @@ from params.yaml): paths.model (pickle), paths.loss_curve (csv, DVC plot), paths
 (json, deterministic), paths.run_info (the MLflow run evaluate continues; the one per-run
 file). Timings go to MLflow only. Ctrl-C or SIGTERM stops the fit, ends the MLflow run KILLED
 and writes no output.
-
-With validation rows (paths.val_features, non-empty in a tuning trial: encode.validation_rows)
-each epoch's validation accuracy is logged and written to paths.train_metrics, and the run
-logs no served model (trials are compared, not served). Inside a ``mnistflow tune`` worker
-(:mod:`mnistflow.tuning.trial`) the scores also go to the Optuna trial, which may prune it.
 """
 
 from __future__ import annotations
@@ -25,13 +20,11 @@ from mnistflow import numerics
 from mnistflow.config import load_config
 from mnistflow.data.encode import Encoding, features
 from mnistflow.data.online import OnlineData
-from mnistflow.modeling.metrics import true_classes
 from mnistflow.modeling.model import ignored_settings
-from mnistflow.modeling.training import Validation, fit, model_bytes
+from mnistflow.modeling.training import fit, model_bytes
 from mnistflow.reporting.tables import loss_csv
 from mnistflow.tracking import datasets, liveness, models, provenance, record, store
 from mnistflow.tracking.runs import mlflow_run
-from mnistflow.tuning.trial import TAG_STATE, StageTrial, TrialLink
 from mnistflow.util import fileio
 from mnistflow.util.entrypoint import run_main
 
@@ -51,19 +44,9 @@ def main() -> None:
     info = fileio.read_json(paths.encode_info)
     X, y = features(fileio.load_npz(paths.train_features), paths.train_features)
     encoding = Encoding.from_arrays(fileio.load_npz(paths.encode_stats), paths.encode_stats)
-    X_val, y_val = features(fileio.load_npz(paths.val_features), paths.val_features)
     n_classes = int(info["n_classes"])
-    # two raw images: the logged model's input example and the image shape; a tuning trial
-    # (validation rows, no served model) takes them from the training images: it reads no
-    # test data at all
-    raw = "x_train" if len(X_val) else "x_test"
-    examples = fileio.load_npz(paths.arrays, [raw])[raw][:2]
-    link = TrialLink.from_env() if len(X_val) else None  # set by a `mnistflow tune` worker
-    trial = StageTrial.open(link, params.tune) if link else None
-    validation = None
-    if len(X_val):
-        on_score = trial.on_score if trial else None
-        validation = Validation(X_val, true_classes(y_val), n_classes, on_score)
+    # two raw test images: the logged model's input example and the image shape
+    examples = fileio.load_npz(paths.arrays, ["x_test"])["x_test"][:2]
     log.info(
         "training on %d rows x %d features (%s targets), %d BLAS threads",
         X.shape[0],
@@ -81,17 +64,12 @@ def main() -> None:
         observed = numerics.observe()
         run.set_tags(provenance.train_tags(params.raw, info, ignored, cwd, outputs, observed))
         log.info("numerics: %s", numerics.describe(observed))
-        if trial:
-            run.set_tags(trial.tags(run_name or ""))
-            trial.attach(run.run_id)
         run.log_params(record.train_params(params))
         datasets.log_dataset(
             params.dataset_name, info["dataset_sha256"], paths.train_features, X.shape
         )
         online = OnlineData(encoding, examples.shape[1:], params.encode.augment)
-        result = fit(
-            cfg, X, y, partial(record.log_epoch, run), validation=validation, online=online
-        )
+        result = fit(cfg, X, y, partial(record.log_epoch, run), online=online)
         log.info(
             "fitted in %.1f s, %d epochs, final loss %.5f",
             result.fit_time_s,
@@ -102,12 +80,7 @@ def main() -> None:
         record.log_fit(run, result)
         record.log_encoding(run, encoding)
         run.log_artifact(paths.loss_curve, "train")
-        if result.val_accuracy:
-            record.log_validation(run, result.val_accuracy)
-        else:
-            models.log_model(result.model, encoding, examples, n_classes)
-        if trial:
-            run.set_tags({TAG_STATE: trial.state})
+        models.log_model(result.model, encoding, examples, n_classes)
         run.set_tags({"mnistflow.stage": "trained"})
         # The model and run info last: an interruption while logging leaves no model.
         fileio.write_bytes(paths.model, model_bytes(result.model))

@@ -206,10 +206,6 @@ def write_encoded(ws: Path, n_train: int, n_test: int) -> None:
     for name, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
         X = x.reshape(len(x), -1).astype(np.float32) / 255
         fileio.save_npz(ws / f"data/encoded/{name}.npz", X=X, y=eye[y])
-    # encode always writes val.npz: empty unless a tuning trial holds rows out
-    fileio.save_npz(
-        ws / "data/encoded/val.npz", X=np.zeros((0, 784), np.float32), y=np.zeros((0, 10))
-    )
     fileio.save_npz(ws / "data/encoded/stats.npz", **Encoding("divide255").to_arrays())
     fileio.write_json(
         ws / "data/encoded/info.json",

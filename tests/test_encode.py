@@ -208,7 +208,6 @@ def _encode_cfg(**overrides: object) -> EncodeConfig:
         "deskew": True,
         "augment": augment,
         "workers": 1,
-        "validation_rows": 0,
         **overrides,
     }
     return EncodeConfig.from_section(raw, "encode")
@@ -253,5 +252,5 @@ def test_split_validation_holds_out_the_last_training_rows_and_drops_the_test_se
     assert split["x_train"].shape == (15, 28, 28)
     assert list(split["y_test"]) == list(y[15:])  # encode_splits' held-out side: validation
     assert (split["x_test"] == x[15:]).all()  # not the real test images
-    with pytest.raises(ParamsError, match=r"encode\.validation_rows"):
+    with pytest.raises(ParamsError, match=r"tune\.validation_size"):
         split_validation(arrays, 11)

@@ -1,8 +1,8 @@
-"""``mnistflow tune``: the search space (schema, trial -> overrides -> experiment flags), the
-train stage's side of a trial (validation scores, pruning, a dead worker), and real studies
-whose trials are DVC experiments: two processes on one sqlite file (then ``--best`` as a real
-experiment and ``mnistflow reproduce`` of a trial), two clones against PostgreSQL with a worker
-SIGKILLed mid-trial, and bad params refused before any work."""
+"""``mnistflow tune``: the search space (schema, trial -> overrides -> experiment flags), a
+trial in-process (the training rows only, encodings cached, validation scores, pruning), and
+real studies: two worker processes of one command running trials at the same moment (then
+``--promote`` and ``--best`` as real DVC experiments), two clones against PostgreSQL with a
+worker SIGKILLed mid-trial, and bad params refused before any work."""
 
 from __future__ import annotations
 
@@ -18,22 +18,19 @@ import numpy as np
 import pytest
 
 from mnistflow.config import (
-    TRIAL_KEY,
     CategoricalDim,
-    EncodeConfig,
     ParamsError,
-    TrainConfig,
     load_params,
     tune_space,
     validate,
 )
-from mnistflow.modeling.training import Validation, fit
-from mnistflow.tuning import space, storage, trial, worker
+from mnistflow.tuning import objective, space, storage, worker
 from mnistflow.util import fileio
 from tests.helpers import (
     REPO_ROOT,
     copy_repo,
     run,
+    synthetic_digits,
     use_tiny_dataset,
     workspace_env,
     write_idx_dataset,
@@ -74,7 +71,6 @@ def test_shipped_space_parses_into_dimensions(params: dict) -> None:
         ("train.alpha", {"type": "float", "low": 1.0, "high": 0.1}, "needs low < high"),
         ("train.alpha", {"type": "float", "low": 0.1, "hihg": 1.0}, "unknown key"),
         ("train.activation", {"type": "categorical", "choices": ["relu", "gelu"]}, "one of"),
-        (TRIAL_KEY, {"type": "int", "low": 10, "high": 20}, "set by `mnistflow tune`"),
     ],
 )
 def test_bad_space_entries_name_the_key(params: dict, key: str, entry: dict, message: str) -> None:
@@ -111,14 +107,15 @@ def test_trial_values_map_to_overrides_and_dvc_flags(params: dict) -> None:
         "-S", "train.hidden_layer_sizes=[256, 128]",
         "-S", "encode.scaling=standardize",
     ]  # fmt: skip
-    flags = worker.trial_flags(validate(params), over)
-    # every trial holds out the validation rows (so it never encodes the test set) and logs
-    # its run into the tune experiment
-    assert flags[-4:] == [
-        "-S", f"{TRIAL_KEY}={params['tune']['validation_size']}",
-        "-S", f"mlflow.experiment_name={params['tune']['mlflow_experiment']}",
-    ]  # fmt: skip
-    assert worker.exp_name("s", 7) == "s-t7"
+
+
+@pytest.mark.unit
+def test_a_runs_flags_give_back_the_trials_overrides(params: dict) -> None:
+    from mnistflow.tuning.rerun import overrides_from_flags
+
+    over = {"train.alpha": 1.5e-05, "train.hidden_layer_sizes": [256, 128],
+            "encode.scaling": "standardize", "train.batch_size": 64}  # fmt: skip
+    assert overrides_from_flags(" ".join(space.set_flags(over))) == over
 
 
 @pytest.mark.unit
@@ -138,7 +135,7 @@ def test_in_memory_study_suggests_within_the_space_and_records_overrides(params:
     )
 
 
-# --- unit: the train stage's side of a trial ---------------------------------------------------
+# --- unit: a trial in-process -------------------------------------------------------------------
 
 
 class _PruneAtEpoch2:
@@ -148,88 +145,74 @@ class _PruneAtEpoch2:
         return trial.last_step is not None and trial.last_step >= 2
 
 
-def _fit_data(n: int = 60) -> tuple[np.ndarray, np.ndarray]:
-    X = np.random.default_rng(0).random((n, 784), dtype=np.float32)
-    return X, np.eye(10, dtype=np.float32)[np.arange(n) % 10]
+def _rows(tmp_path: Path, n: int = 60) -> objective.TrainingRows:
+    """Training arrays in an npz file that holds no test arrays at all, loaded."""
+    x, y = synthetic_digits(n, seed=3)
+    path = fileio.save_npz(tmp_path / "arrays.npz", x_train=x, y_train=y)
+    return objective.load_training_rows(path)
+
+
+def _small(params: dict, **train: object) -> dict:
+    params["train"].update({"hidden_layer_sizes": [8], "max_iter": 6, **train})
+    params["encode"]["workers"] = 1
+    return params
 
 
 @pytest.mark.unit
-def test_a_pruned_trial_stops_the_fit_at_its_epoch(params: dict) -> None:
+def test_a_worker_reads_only_the_training_rows_and_encodes_once_per_setting(
+    params: dict, tmp_path: Path
+) -> None:
+    rows = _rows(tmp_path)  # the file has no x_test/y_test: the worker never needs them
+    splits = objective.EncodedSplits(rows, 20, 10)
+    base = objective.trial_params(validate(_small(params)), {})
+    first = splits.get(base.encode)
+    assert first.X_train.shape == (40, 784)
+    # the held-out side is the last 20 training rows, encoded with the fit rows' encoding
+    np.testing.assert_array_equal(first.X_test, first.encoding.apply(rows.x[40:]))
+    assert list(first.y_test.argmax(axis=1)) == list(rows.y[40:])
+    again = objective.trial_params(validate(_small(params)), {"train.alpha": 0.5})
+    assert splits.get(again.encode) is first  # another train value: the same encoded arrays
+    other = objective.trial_params(validate(_small(params)), {"encode.scaling": "standardize"})
+    assert splits.get(other.encode) is not first
+    with pytest.raises(ParamsError, match=r"tune\.validation_size"):
+        objective.EncodedSplits(rows, 31, 10)
+    with pytest.raises(objective.TuneDataError, match="dvc repro unpack"):
+        objective.load_training_rows(tmp_path / "missing.npz")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("online", [False, True])
+def test_an_in_process_trial_scores_every_epoch_and_stops_when_pruned(
+    params: dict, tmp_path: Path, online: bool
+) -> None:
+    """Each epoch's score is the argmax accuracy of the model on the held-out rows (checked
+    with sklearn's own predict_proba); a pruned trial stops at its epoch, with or without
+    train.online_augment."""
     import optuna
 
+    rows = _rows(tmp_path)
+    splits = objective.EncodedSplits(rows, 20, 10)
+    chosen = objective.trial_params(
+        validate(_small(params, online_augment=online)), {"train.alpha": 0.001}
+    )
+    full = objective.fit_trial(chosen, splits)
+    assert full.n_iter == 6
+    assert len(full.val_accuracy) == 6
+    encoded = splits.get(chosen.encode)
+    expected = np.mean(full.model.predict_proba(encoded.X_test).argmax(axis=1) == rows.y[40:])
+    assert full.val_accuracy[-1] == pytest.approx(expected)
+
     study = optuna.create_study(direction="maximize", pruner=_PruneAtEpoch2())
-    asked = study.ask()
-    link = trial.TrialLink(
-        "sqlite://", study.study_name, asked._trial_id, asked.number, "p", os.getpid()
-    )
-    stage = trial.StageTrial(link, asked)
-    cfg = TrainConfig.from_section(
-        {**params["train"], "hidden_layer_sizes": [8], "max_iter": 10}, "train"
-    )
-    X, y = _fit_data()
-    result = fit(
-        cfg,
-        X[:40],
-        y[:40],
-        validation=Validation(X[40:], np.arange(40, 60) % 10, 10, stage.on_score),
-    )
-    assert result.n_iter == 2  # of 10
-    assert stage.state == "PRUNED"
-    assert len(result.val_accuracy) == 2
-    assert result.summary()["val_accuracy"] == round(result.val_accuracy[-1], 8)
+    trial = study.ask()
+
+    def on_score(epoch: int, accuracy: float) -> bool:
+        trial.report(accuracy, epoch)
+        return trial.should_prune()
+
+    pruned = objective.fit_trial(chosen, splits, on_score=on_score)
+    assert pruned.n_iter == 2  # of 6
     assert sorted(study.trials[0].intermediate_values) == [1, 2]
-    assert stage.tags("s-t0")[trial.TAG_EXP] == "s-t0"
-
-
-@pytest.mark.unit
-def test_without_a_trial_validation_only_scores_and_the_fit_runs_to_the_end(params: dict) -> None:
-    cfg = TrainConfig.from_section(
-        {**params["train"], "hidden_layer_sizes": [8], "max_iter": 4}, "train"
-    )
-    X, y = _fit_data()
-    plain = fit(cfg, X[:40], y[:40])
-    scored = fit(cfg, X[:40], y[:40], validation=Validation(X[40:], np.arange(40, 60) % 10, 10))
-    assert scored.n_iter == 4
-    assert "val_accuracy" not in plain.summary()
-    assert plain.losses == scored.losses  # scoring does not change the fit
-    assert trial.TrialLink.from_env({}) is None
-
-
-@pytest.mark.unit
-def test_a_trial_whose_worker_is_gone_stops(params: dict) -> None:
-    import optuna
-
-    study = optuna.create_study(direction="maximize")
-    asked = study.ask()
-    gone = 2**22 + 12345  # above Linux's largest pid_max: no such process
-    link = trial.TrialLink("sqlite://", study.study_name, asked._trial_id, 0, "p", gone)
-    with pytest.raises(trial.TrialAbandoned, match="worker pid"):
-        trial.StageTrial(link, asked).on_score(1, 0.5)
-    assert trial.TrialLink.from_env({trial.TRIAL_ENV: link.to_env()}) == link
-
-
-@pytest.mark.unit
-def test_a_pruned_trial_with_online_augmentation_stops_at_its_epoch(params: dict) -> None:
-    """Trials run the train stage, so train.online_augment is honoured as in any run; the
-    online loop stops when the trial is pruned too."""
-    import optuna
-
-    from mnistflow.data.encode import Encoding
-    from mnistflow.data.online import OnlineData
-
-    study = optuna.create_study(direction="maximize", pruner=_PruneAtEpoch2())
-    asked = study.ask()
-    link = trial.TrialLink("sqlite://", study.study_name, asked._trial_id, 0, "p", os.getpid())
-    stage = trial.StageTrial(link, asked)
-    raw = params["train"] | {"hidden_layer_sizes": [8], "max_iter": 6, "online_augment": True}
-    cfg = TrainConfig.from_section(raw, "train")
-    augment = EncodeConfig.from_section(params["encode"], "encode").augment
-    online = OnlineData(Encoding("divide255"), (28, 28), augment, background=False)  # unit
-    X, y = _fit_data()
-    held = Validation(X[40:], np.arange(40, 60) % 10, 10, stage.on_score)
-    result = fit(cfg, X[:40], y[:40], validation=held, online=online)
-    assert result.n_iter == 2  # of 6
-    assert stage.state == "PRUNED"
+    assert pruned.val_accuracy == full.val_accuracy[:2]  # the same fit, stopped early
 
 
 @pytest.mark.unit
@@ -242,20 +225,41 @@ def test_storage_url_precedence(params: dict, monkeypatch: pytest.MonkeyPatch) -
     assert storage.storage_url(cfg, Path("/r"), "sqlite:////x.db") == "sqlite:////x.db"
 
 
+@pytest.mark.unit
+def test_worker_count_from_the_option_the_environment_or_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mnistflow.cli.tune import WORKERS_ENV, workers_wanted
+    from mnistflow.util.errors import UserError
+
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert workers_wanted(None) == len(os.sched_getaffinity(0))
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert workers_wanted(None) == 3
+    assert workers_wanted(5) == 5
+    with pytest.raises(UserError, match=r"--workers must be a positive number.*0"):
+        workers_wanted(0)
+    monkeypatch.setenv(WORKERS_ENV, "many")
+    with pytest.raises(UserError, match=rf"\${WORKERS_ENV} must be .*'many'"):
+        workers_wanted(None)
+
+
 # --- e2e: real studies ---------------------------------------------------------------------------
 
 
 def tiny_tune_repo(
     base: Path, name: str, max_iter: int = 25, **tune: object
 ) -> tuple[Path, dict[str, str]]:
-    """A repo copy on tiny data with a two-key space, after `dvc repro unpack`."""
+    """A repo copy on tiny data with a two-key space, after `dvc repro unpack`. The training
+    loss never counts as stalled (``tol`` 0), so every fit runs ``max_iter`` epochs."""
     mirror = base / "tiny-mirror"
     files = write_idx_dataset(mirror, n_train=600, n_test=100) if not mirror.exists() else None
     files = files or fileio.read_json(base / "files.json")
     fileio.write_json(base / "files.json", files)
 
     def edit(p: dict) -> None:
-        use_tiny_dataset(files, train={"hidden_layer_sizes": [16], "max_iter": max_iter})(p)
+        train = {"hidden_layer_sizes": [16], "max_iter": max_iter, "tol": 0.0}
+        use_tiny_dataset(files, train=train)(p)
         space = {
             "train.alpha": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
             "train.hidden_layer_sizes": {"type": "categorical", "choices": [[16], [32, 16]]},
@@ -284,80 +288,133 @@ def dvc_experiments(repo: Path, env: dict[str, str]) -> list[str]:
     return run(["dvc", "exp", "list", "--name-only"], repo, env).stdout.split()
 
 
-def check_study(study, runs: list, n_trials: int, experiments: list[str]) -> None:
+def check_study(study, runs: list, n_trials: int, uri: str) -> None:
     """Unique trial numbers, enough finished trials; each finished trial has exactly one
-    FINISHED run and one DVC experiment, no other trial has an experiment; no test metric in
-    any trial run; no run RUNNING."""
+    FINISHED run, nested under the study's parent, whose params are the trial's values,
+    whose overrides reproduce them, with the dataset digest and one ``val_accuracy`` per
+    epoch the trial reported to Optuna; no test metric in any trial run; no run RUNNING."""
+    from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
 
+    client = MlflowClient(uri)
     trials = study.get_trials(deepcopy=False)
     assert len({t.number for t in trials}) == len(trials)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) >= n_trials
+    (parent,) = [r for r in runs if worker.TAG_PARENT_OF in r.data.tags]
     by_trial: dict[str, list] = {}
     for r in runs:
         if worker.TAG_TRIAL in r.data.tags:
             by_trial.setdefault(r.data.tags[worker.TAG_TRIAL], []).append(r)
     for t in finished:
-        finished_runs = [r for r in by_trial[str(t.number)] if r.info.status == "FINISHED"]
-        (r,) = finished_runs
+        (r,) = [r for r in by_trial[str(t.number)] if r.info.status == "FINISHED"]
         assert r.info.run_id == t.user_attrs[worker.ATTR_RUN]
         assert r.data.tags[worker.TAG_STATE] == t.state.name
-        assert r.data.tags[worker.TAG_FLAGS].startswith("-S train.alpha=")
-        assert r.data.tags[worker.PARENT_TAG]
-        assert r.data.tags[worker.TAG_EXP] == t.user_attrs[worker.ATTR_EXP]
-        assert r.data.params[TRIAL_KEY] == "200"
-        assert "val_accuracy" in r.data.metrics
+        assert r.data.tags[worker.PARENT_TAG] == parent.info.run_id
+        for key, value in t.params.items():  # Optuna's record of the values: the oracle
+            assert r.data.params[key] == str(value)
+            assert f"-S {key}=" in r.data.tags[worker.TAG_FLAGS]
+        assert r.data.params[worker.PARAM_OVERRIDES] == r.data.tags[worker.TAG_FLAGS]
+        assert r.data.params["tune.validation_size"] == "200"
+        assert "encode.scaling" in r.data.params
+        assert "data.dataset" in r.data.params
+        (dataset,) = r.inputs.dataset_inputs
+        assert dataset.dataset.digest == r.data.tags["dataset_sha256"][:36]
+        history = client.get_metric_history(r.info.run_id, "val_accuracy")
+        assert {m.step: m.value for m in history} == t.intermediate_values
         assert not [k for k in r.data.metrics if "test" in k], r.data.metrics
-    trial_exps = sorted(e for e in experiments if not e.endswith("-best"))
-    assert trial_exps == sorted(t.user_attrs[worker.ATTR_EXP] for t in finished)
     assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
 
 
+def running_at_once(url: str, proc: subprocess.Popen, deadline_s: float = 600) -> set[str]:
+    """Poll the Optuna storage until two trials of different workers are RUNNING, mid-fit
+    (an epoch reported), at the same moment; return those workers (the storage, not the
+    workers' logs, is the oracle)."""
+    import optuna
+    from optuna.trial import TrialState
+    from sqlalchemy.exc import SQLAlchemyError
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            study = optuna.load_study(study_name="mnist-mlp-tune", storage=url)
+        except (KeyError, SQLAlchemyError):  # the study or its tables do not exist yet
+            time.sleep(0.2)
+            continue
+        while proc.poll() is None:
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            owners = {
+                t.user_attrs.get(worker.ATTR_WORKER) for t in running if t.intermediate_values
+            }
+            if len(owners) >= 2:
+                return owners
+            time.sleep(0.05)
+    return set()
+
+
 @pytest.mark.e2e
-def test_two_processes_share_a_study_of_dvc_experiments_then_best_and_reproduce(
-    tmp_path: Path,
-) -> None:
-    """Two workers in one clone (sqlite); then `--best` as a real experiment evaluated once on
-    the test set, `mnistflow reproduce` of a trial, `dvc exp apply` of a trial."""
+def test_two_workers_run_trials_at_once_then_promote_and_best(tmp_path: Path) -> None:
+    """`mnistflow tune --workers 2` in one clone (sqlite): both workers have a RUNNING trial
+    at the same moment; every trial is one MLflow run; then `--promote N` and `--best` as
+    real `dvc exp run`s, evaluated once on the test set."""
     import optuna
     from mlflow.tracking import MlflowClient
 
-    repo, env = tiny_tune_repo(tmp_path, "repo")
+    repo, env = tiny_tune_repo(tmp_path, "repo", max_iter=60)
+    url = f"sqlite:///{repo}/optuna.db"
     start = time.perf_counter()
-    procs = [
-        subprocess.Popen([MNISTFLOW, "tune"], cwd=repo, env=env, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    errs = [p.communicate(timeout=1200)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
-    print(f"6 trials (DVC experiments) on 2 local workers: {time.perf_counter() - start:.1f} s")
-    study = optuna.load_study(study_name="mnist-mlp-tune", storage=f"sqlite:///{repo}/optuna.db")
+    proc = subprocess.Popen(
+        [MNISTFLOW, "tune", "--workers", "2"], cwd=repo, env=env, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    both = running_at_once(url, proc)
+    err = proc.communicate(timeout=1200)[1]
+    assert proc.returncode == 0, err[-3000:]
+    assert len(both) == 2, err[-3000:]
+    print(f"6 trials on 2 local workers: {time.perf_counter() - start:.1f} s")
+    study = optuna.load_study(study_name="mnist-mlp-tune", storage=url)
     workers = {t.user_attrs.get(worker.ATTR_WORKER) for t in study.trials}
-    assert len(workers) == 2, workers
+    assert workers == both
     uri = f"sqlite:///{repo}/mlflow.db"
-    check_study(study, trial_runs(uri, "mnist-mlp-tune"), 6, dvc_experiments(repo, env))
-    # a third worker finds the study complete and runs nothing
-    third = run([MNISTFLOW, "tune"], repo, env)
+    check_study(study, trial_runs(uri, "mnist-mlp-tune"), 6, uri)
+    assert dvc_experiments(repo, env) == []  # trials are runs, not experiments
+    # another worker finds the study complete and runs nothing
+    third = run([MNISTFLOW, "tune", "--workers", "1"], repo, env)
     assert "already has" in third.stderr
 
-    # a trial's run reruns with identical metrics (train on the same rows, val_accuracy)
+    # a trial reruns in-process with identical metrics, a pruned one to its epoch
     best_trial = study.best_trial
-    trial_run = best_trial.user_attrs[worker.ATTR_RUN]
-    again = run([MNISTFLOW, "reproduce", trial_run], repo, env)
-    assert "result: identical" in again.stdout, again.stdout + again.stderr[-3000:]
-    assert "val_accuracy" in again.stdout
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    for t in [best_trial, *pruned[:1]]:
+        again = run([MNISTFLOW, "reproduce", t.user_attrs[worker.ATTR_RUN]], repo, env)
+        assert "result: identical" in again.stdout, again.stdout + again.stderr[-3000:]
+        assert f"val_accuracy of each of {len(t.intermediate_values)} epochs" in again.stdout
+    print(f"pruned trials: {len(pruned)}")
+
+    # --promote: any trial (here not the best) as a real experiment with its params
+    other = next(t for t in study.trials if t.number != best_trial.number and t.params)
+    run([MNISTFLOW, "tune", "--promote", str(other.number)], repo, env)
+    assert f"mnist-mlp-tune-t{other.number}" in dvc_experiments(repo, env)
+    promoted = load_params(repo / "params.yaml")  # `dvc exp run` leaves them in the workspace
+    assert promoted["train"]["alpha"] == other.params["train.alpha"]
+    assert str(promoted["train"]["hidden_layer_sizes"]).replace(" ", "") == other.params[
+        "train.hidden_layer_sizes"
+    ].replace(" ", "")
+    assert "test_accuracy" in fileio.read_json(repo / "outputs/evaluate/metrics.json")
+    missing = run([MNISTFLOW, "tune", "--promote", "999"], repo, env, check=False)
+    assert missing.returncode == storage.StudyError.exit_code
+    assert "no trial #999" in missing.stderr
 
     # --best: a named experiment on the full training set, evaluated once on the test set
     run([MNISTFLOW, "tune", "--best"], repo, env)
     assert "mnist-mlp-tune-best" in dvc_experiments(repo, env)
     metrics = fileio.read_json(repo / "outputs/evaluate/metrics.json")
-    assert "test_accuracy" in metrics
-    assert load_params(repo / "params.yaml")["encode"]["validation_rows"] == 0
+    assert load_params(repo / "params.yaml")["train"]["alpha"] == best_trial.params["train.alpha"]
     client = MlflowClient(uri)
-    evaluated = trial_runs(uri, "mnist-mlp")
-    assert [r.data.metrics["test_accuracy"] for r in evaluated] == [
-        pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    evaluated = trial_runs(uri, "mnist-mlp")  # the two experiments' pipeline runs
+    assert len(evaluated) == 2
+    assert metrics["test_accuracy"] in [
+        pytest.approx(r.data.metrics["test_accuracy"], abs=1e-6) for r in evaluated
     ]
     report = (repo / "reports/tune/mnist-mlp-tune/report.md").read_text()
     assert f"{metrics['test_accuracy']:.4f}" in report
@@ -372,15 +429,31 @@ def test_two_processes_share_a_study_of_dvc_experiments_then_best_and_reproduce(
     )
     assert parent.data.metrics["best_val_accuracy"] == best_trial.value
 
-    # `dvc exp apply` restores a trial: its params, the validation split, no test metrics
-    run(["dvc", "exp", "apply", best_trial.user_attrs[worker.ATTR_EXP]], repo, env)
-    applied = load_params(repo / "params.yaml")
-    assert applied["encode"]["validation_rows"] == 200
-    assert applied["train"]["alpha"] == best_trial.params["train.alpha"]
-    assert fileio.read_json(repo / "outputs/evaluate/metrics.json") == {"test_set": "not evaluated"}
-    assert fileio.read_json(repo / "outputs/train/metrics.json")["val_accuracy"] == round(
-        best_trial.value, 8
-    )
+
+@pytest.mark.e2e
+def test_a_stopped_pool_leaves_no_trial_and_no_run_running(tmp_path: Path) -> None:
+    """SIGTERM to `mnistflow tune --workers 2` mid-fit: it stops its workers and exits 143;
+    both trials are FAIL in the storage, their MLflow runs KILLED."""
+    import optuna
+    from optuna.trial import TrialState
+
+    repo, env = tiny_tune_repo(tmp_path, "repo", max_iter=5000, pruner="none")
+    url = f"sqlite:///{repo}/optuna.db"
+    proc = subprocess.Popen(
+        [MNISTFLOW, "tune", "--workers", "2"], cwd=repo, env=env, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    both = running_at_once(url, proc)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    assert len(both) == 2, err[-3000:]
+    assert proc.returncode == 143, err[-3000:]
+    trials = optuna.load_study(study_name="mnist-mlp-tune", storage=url).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2, err[-3000:]
+    runs = trial_runs(f"sqlite:///{repo}/mlflow.db", "mnist-mlp-tune")
+    by_id = {r.info.run_id: r.info.status for r in runs}
+    assert [by_id[t.user_attrs[worker.ATTR_RUN]] for t in trials] == ["KILLED"] * 2
+    assert "RUNNING" not in by_id.values()
 
 
 @pytest.mark.e2e
@@ -430,7 +503,7 @@ def test_two_clones_share_a_postgres_study_and_survive_a_killed_worker(
     url = storage.storage_url(validate(load_params(REPO_ROOT / "params.yaml")).tune, tmp_path,
                               optuna_database(team_server))  # fmt: skip
     tune = {"n_trials": 6, "heartbeat_interval": 1, "grace_period": 4, "pruner": "none"}
-    # 80 epochs: the kill below lands mid-fit, while the stage reports epochs to the trial
+    # 80 epochs: the kill below lands mid-fit, while the worker reports epochs to the trial
     clones = [tiny_tune_repo(tmp_path, f"clone{i}", max_iter=80, **tune) for i in (1, 2)]
     procs = []
     for repo, env in clones:
@@ -440,7 +513,8 @@ def test_two_clones_share_a_postgres_study_and_survive_a_killed_worker(
             "MNISTFLOW_HEARTBEAT_S": "1",
         }
         log = (repo / "worker.log").open("w")
-        procs.append(subprocess.Popen([MNISTFLOW, "tune"], cwd=repo, env=env, stderr=log))
+        cmd = [MNISTFLOW, "tune", "--workers", "1"]
+        procs.append(subprocess.Popen(cmd, cwd=repo, env=env, stderr=log))
     victim, survivor = procs
     # wait until the victim finished one trial and is in the middle of another one's fit
     deadline = time.monotonic() + 900
@@ -487,12 +561,7 @@ def test_two_clones_share_a_postgres_study_and_survive_a_killed_worker(
         mp.setenv("MLFLOW_TRACKING_USERNAME", team_server.user)
         mp.setenv("MLFLOW_TRACKING_PASSWORD", team_server.password)
         runs = trial_runs(team_server.uri, "mnist-mlp-tune")
-    # each clone holds the experiments of the trials its worker ran; the killed trial has none
-    experiments = [e for repo, env in clones for e in dvc_experiments(repo, env)]
-    assert len(experiments) == len(set(experiments))
-    assert trials[killed_trial].user_attrs[worker.ATTR_EXP] not in experiments
-    check_study(study, runs, 6, experiments)  # also: no run left RUNNING
-    # the killed trial's run: its train stage saw the worker gone at the next epoch and
-    # ended the run FAILED (or a liveness sweep did)
+        check_study(study, runs, 6, team_server.uri)  # also: no run left RUNNING
+    # the killed trial's run died with its worker: the survivor's liveness sweep ended it
     (dead,) = [r for r in runs if r.data.tags.get(worker.TAG_TRIAL) == str(killed_trial)]
     assert dead.info.status in ("FAILED", "KILLED")

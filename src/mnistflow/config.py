@@ -186,7 +186,6 @@ class Paths(Config):
     images_dir: str
     images_manifest: str
     train_features: str
-    val_features: str
     test_features: str
     encode_info: str
     encode_stats: str
@@ -269,9 +268,6 @@ class EncodeConfig(Config):
     deskew: bool
     augment: AugmentConfig
     workers: int = Field(ge=1, le=64)
-    # > 0 only in tuning trials (set by `mnistflow tune`): the last N training rows are held
-    # out as validation rows and the test set is not encoded at all (docs/tuning.md)
-    validation_rows: int = Field(ge=0)
 
 
 class TrainConfig(Config):
@@ -478,9 +474,6 @@ def with_overrides(params: Mapping[str, Any], overrides: Mapping[str, Any]) -> d
     return result
 
 
-TRIAL_KEY = "encode.validation_rows"  # the param that makes a pipeline run a tuning trial
-
-
 def tune_space(params: Mapping[str, Any]) -> dict[str, Dimension]:
     """``tune.space`` parsed: each key an existing ``train.*``/``encode.*`` value, each bound
     or choice a valid value for it (errors name the key before any trial runs)."""
@@ -489,11 +482,6 @@ def tune_space(params: Mapping[str, Any]) -> dict[str, Dimension]:
         raise ParamsError("params.yaml: 'tune.space' must be a mapping of at least one key")
     space: dict[str, Dimension] = {}
     for key, entry in raw.items():
-        if key == TRIAL_KEY:
-            raise ParamsError(
-                f"params.yaml: 'tune.space.{key}': set by `mnistflow tune` from "
-                "tune.validation_size in every trial; it cannot be searched"
-            )
         dim = _dimension(entry, key)
         for value in _candidates(dim):
             try:

@@ -1,18 +1,22 @@
-"""``mnistflow tune``: run (or join) an Optuna study; ``--best`` turns its winner into a DVC
-experiment and writes the study report (:mod:`mnistflow.tuning`, docs/tuning.md)."""
+"""``mnistflow tune``: run (or join) an Optuna study with N worker processes; ``--promote N``
+turns trial N into a DVC experiment, ``--best`` the best one (with the study report)
+(:mod:`mnistflow.tuning`, docs/tuning.md)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from mnistflow.config import load_config
+from mnistflow.util.errors import UserError
 from mnistflow.util.workspace import find_root
 
 log = logging.getLogger(__name__)
 
 REPORTS_DIR = Path("reports/tune")
+WORKERS_ENV = "MNISTFLOW_TUNE_WORKERS"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,12 +28,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "sqlite:///<root>/optuna.db)",
     )
     parser.add_argument(
-        "--trials", type=int, default=None, help="at most this many trials in this worker"
+        "--workers",
+        type=int,
+        default=None,
+        help=f"worker processes on this machine (default: ${WORKERS_ENV}, else one per core)",
     )
     parser.add_argument(
+        "--trials", type=int, default=None, help="at most this many trials in each worker"
+    )
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument(
         "--best",
         action="store_true",
         help="run the best trial as DVC experiment <study>-best and write reports/tune/<study>/",
+    )
+    chosen.add_argument(
+        "--promote",
+        type=int,
+        metavar="TRIAL",
+        help="run trial number TRIAL as DVC experiment <study>-t<TRIAL>",
     )
     parser.add_argument(
         "--no-exp", action="store_true", help="with --best: write the report only, no experiment"
@@ -37,19 +54,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=command)
 
 
+def workers_wanted(given: int | None) -> int:
+    """``--workers``, else ``$MNISTFLOW_TUNE_WORKERS``, else one per core.
+
+    Raises:
+        UserError: not a positive number.
+    """
+    from mnistflow.tuning.worker import default_workers
+
+    raw = given if given is not None else os.environ.get(WORKERS_ENV, "").strip() or None
+    if raw is None:
+        return default_workers()
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        source = "--workers" if given is not None else f"${WORKERS_ENV}"
+        raise UserError(f"{source} must be a positive number of workers, got {raw!r}")
+    return n
+
+
 def command(args: argparse.Namespace) -> int:
-    """Run a worker, or ``--best``."""
+    """Run the workers, ``--promote`` or ``--best``."""
     from mnistflow.tuning import storage
 
     params = load_config(args.params)  # the whole file, search space included, first
     root = find_root()
     study = args.study or params.tune.study_name
     url = storage.storage_url(params.tune, root, args.storage)
-    if args.best:
-        from mnistflow.tuning.best import run_best
+    if args.best or args.promote is not None:
+        from mnistflow.tuning import best
 
-        return run_best(params, root, study, url, REPORTS_DIR / study, not args.no_exp)
-    from mnistflow.tuning.worker import run_worker
+        if args.promote is not None:
+            return best.run_promote(params, root, study, url, args.promote)
+        return best.run_best(params, root, study, url, REPORTS_DIR / study, not args.no_exp)
+    from mnistflow.tuning import worker
 
-    run_worker(params, root, study, url, args.trials)
-    return 0
+    n = workers_wanted(args.workers)
+    if n == 1:
+        worker.prepare_worker_process()
+        worker.run_worker(params, root, study, url, args.trials)
+        return 0
+    argv = ["--params", str(Path(args.params).resolve())]
+    if args.log_level:
+        argv += ["--log-level", args.log_level]
+    argv += ["tune", "--workers", "1", "--study", study]
+    if args.trials is not None:
+        argv += ["--trials", str(args.trials)]
+    return worker.run_pool(n, argv, url)

@@ -236,7 +236,7 @@ def split_validation(arrays: Mapping[str, np.ndarray], rows: int) -> dict[str, n
     """A tuning trial's arrays for :func:`encode_splits`: the training rows but the last
     ``rows`` to fit, and those last rows as the held-out side (``x_test``/``y_test`` there).
 
-    The real test arrays are not passed on: a trial cannot encode, fit or score the test set.
+    Only the training arrays are read: a trial cannot encode, fit or score the test set.
 
     Raises:
         ParamsError: more than half of the training rows would be held out.
@@ -244,8 +244,8 @@ def split_validation(arrays: Mapping[str, np.ndarray], rows: int) -> dict[str, n
     n = len(arrays["y_train"])
     if not 0 < rows <= n // 2:
         raise ParamsError(
-            f"params.yaml: 'encode.validation_rows' is {rows} but the training set has {n} "
-            "rows; hold out at most half of them (tune.validation_size)"
+            f"params.yaml: 'tune.validation_size' is {rows} but the training set has {n} "
+            "rows; hold out at most half of them"
         )
     cut = n - rows
     x, y = arrays["x_train"], arrays["y_train"]

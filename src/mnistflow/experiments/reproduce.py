@@ -342,9 +342,14 @@ def reproduce(run_id: str, cwd: Path, uri: str, keep: bool) -> int:
     Raises:
         UserError: lookup or setup failure (ReproduceError, TrackingError, GitError...).
     """
+    from mnistflow.tuning.rerun import reproduce_trial
+    from mnistflow.tuning.worker import TAG_TRIAL
+
     repo = find_root(cwd)
     uri = absolute_uri(uri, cwd)
     run = fetch_run(uri, run_id)
+    if TAG_TRIAL in run.tags:  # fitted by a tuning worker: rerun the way it ran
+        return reproduce_trial(run, repo, uri)
     commit = check_run(run, repo)
     cache_dir = dvc(["cache", "dir"], repo, capture=True).stdout.strip()
     env = rerun_env(uri, run_id)
@@ -404,7 +409,7 @@ def reproduce(run_id: str, cwd: Path, uri: str, keep: bool) -> int:
     if mismatched_params:
         problems.append(f"params differ: {', '.join(mismatched_params)}")
     rows = compare_metrics(run.metrics, rerun.metrics)
-    code, verdict = judge(problems, [r.name for r in rows if not r.identical], run, rerun)
+    code, verdict = judge(problems, [r.name for r in rows if not r.identical], run.tags, rerun.tags)
     sys.stdout.write(
         f"run {run_id} (commit {commit[:12]}) reproduced as run {new_id}\n"
         f"{format_table(rows)}\n"
@@ -414,14 +419,17 @@ def reproduce(run_id: str, cwd: Path, uri: str, keep: bool) -> int:
 
 
 def judge(
-    problems: list[str], different: list[str], run: LoggedRun, rerun: LoggedRun
+    problems: list[str],
+    different: list[str],
+    logged: Mapping[str, str],
+    rerun: Mapping[str, str],
 ) -> tuple[int, str]:
     """The exit code and the one-line verdict of a reproduction.
 
     Args:
         problems: differences that are not metrics (status, params, data).
         different: the metrics whose values differ.
-        run, rerun: the two runs (their ``numerics.*`` tags say where they were computed).
+        logged, rerun: the two runs' tags (``numerics.*`` say where they were computed).
     """
     if not problems and not different:
         return EXIT_IDENTICAL, "identical"
@@ -429,7 +437,7 @@ def judge(
         problems = [*problems, f"metrics differ: {', '.join(different)}"]
     text = "NOT identical: " + "; ".join(problems)
     if len(problems) == 1 and different:  # numbers alone: the environment may explain them
-        cause = numerics.difference_cause(run.tags, rerun.tags)
-        code = EXIT_DIFFERENT if numerics.same_environment(run.tags, rerun.tags) else None
+        cause = numerics.difference_cause(logged, rerun)
+        code = EXIT_DIFFERENT if numerics.same_environment(logged, rerun) else None
         return (code if code is not None else EXIT_OTHER_NUMERICS), f"{text}; {cause}"
     return EXIT_DIFFERENT, text

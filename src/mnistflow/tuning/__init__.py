@@ -1,8 +1,8 @@
 """``mnistflow tune``: Optuna studies over the params.yaml search space (docs/tuning.md).
 
 space (distributions, trial -> overrides -> ``dvc exp run -S`` flags), storage (where a study
-lives, how workers join it), worker (one process's share of a study, each trial a
-``dvc exp run --temp`` on held-out training rows), trial (the train stage's side of a trial:
-report each epoch's validation accuracy, prune, tag the MLflow run), best + report
-(``--best``).
+lives, how workers join it), objective (a trial in-process: the training rows only, encoded
+once per encode setting, fitted and scored by the stages' library functions), worker (one
+process's share of a study, and the pool of ``--workers N``), best (``--promote``, ``--best``)
++ report. No pipeline stage imports this package.
 """

@@ -1,7 +1,8 @@
-"""``mnistflow tune --best``: the best trial as a named DVC experiment, and the study report.
+"""Trials as DVC experiments on demand: ``mnistflow tune --promote N`` (any trial, as
+``<study>-t<N>``) and ``--best`` (the best trial as ``<study>-best``, and the study report).
 
-The experiment (``dvc exp run -n <study>-best -S …``) runs the normal pipeline, so the test
-set is evaluated once, for this configuration only; its ``test_accuracy`` goes into the report.
+The experiment (``dvc exp run -n NAME -S …`` with the trial's overrides) runs the normal
+pipeline: the whole training set, the test set evaluated once, for this configuration only.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mnistflow.config import TRIAL_KEY, Params
+from mnistflow.config import Params
 from mnistflow.experiments.presets import apply_preset, set_flags
 from mnistflow.modeling.metrics import HEADLINE
 from mnistflow.tuning import report, storage, worker
@@ -31,6 +32,40 @@ def importances(study: Any) -> dict[str, float] | None:
         return None
 
 
+def trial_overrides(study: Any, number: int) -> dict[str, Any]:
+    """The params overrides of trial ``number``.
+
+    Raises:
+        StudyError: the study has no such trial, or it never got its values.
+    """
+    found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if not found or worker.ATTR_OVERRIDES not in found[0].user_attrs:
+        raise storage.StudyError(f"study {study.study_name!r} has no trial #{number} with params")
+    return dict(found[0].user_attrs[worker.ATTR_OVERRIDES])
+
+
+def promote(params: Params, root: Path, overrides: dict[str, Any], name: str) -> list[str]:
+    """Run the pipeline with a trial's overrides as the DVC experiment ``name``; return its
+    ``-S`` flags. The overrides are checked against today's params.yaml first.
+
+    Raises:
+        ParamsError: an override no longer fits params.yaml.
+        DvcError: the experiment failed (e.g. the name exists already).
+    """
+    apply_preset(dict(params.raw), overrides)
+    flags = set_flags(overrides)
+    dvc(["exp", "run", "-n", name, *flags], root)
+    log.info("experiment %s: %s", name, " ".join(flags[1::2]))
+    return flags
+
+
+def run_promote(params: Params, root: Path, name: str, url: str, number: int) -> int:
+    """``--promote N``: trial ``number`` of study ``name`` as experiment ``<name>-t<N>``."""
+    study = storage.load_study(params.tune, name, url)
+    promote(params, root, trial_overrides(study, number), f"{name}-t{number}")
+    return 0
+
+
 def run_best(
     params: Params, root: Path, name: str, url: str, out_dir: Path, run_experiment: bool
 ) -> int:
@@ -44,13 +79,11 @@ def run_best(
     if not complete:
         raise storage.StudyError(f"study {name!r} has no complete trial yet")
     best = study.best_trial
-    overrides = best.user_attrs[worker.ATTR_OVERRIDES]
-    apply_preset(dict(params.raw), overrides)  # still valid with today's params.yaml
-    # the full training set, the test set evaluated: whatever the workspace's params.yaml says
-    flags = set_flags({**overrides, TRIAL_KEY: 0})
+    overrides = trial_overrides(study, best.number)
+    flags = set_flags(overrides)
     test_accuracy = None
     if run_experiment:
-        dvc(["exp", "run", "-n", f"{name}-best", *flags], root)
+        promote(params, root, overrides, f"{name}-best")
         metrics = fileio.read_json(root / params.paths.metrics)
         test_accuracy = float(metrics[HEADLINE])
     counts: dict[str, int] = {}

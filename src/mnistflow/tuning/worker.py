@@ -1,60 +1,53 @@
 """One worker's share of a study: trials until the study has ``tune.n_trials`` finished ones.
 
-Every trial is a DVC experiment and an MLflow run: the worker asks Optuna for a trial and
-runs ``dvc exp run --temp -n <study>-t<number> -S <trial values> -S
-encode.validation_rows=<tune.validation_size> -S mlflow.experiment_name=<tune.mlflow_experiment>``
-(through :mod:`mnistflow.util.dvc`), naming the trial in the environment
-(:mod:`mnistflow.tuning.trial`). The pipeline then holds out the validation rows, never encodes
-the test set, and the train stage reports each epoch's validation accuracy to the trial (which
-may prune it) and logs the run nested under the study's parent run, tagged with the study,
-trial number, host and experiment name. The worker reads the trial's result from that run.
-A worker sweeps dead runs (:func:`liveness.sweep`) when it starts and when it stops.
+A worker process (:func:`prepare_worker_process` first) loads the training rows once
+(:mod:`mnistflow.tuning.objective`), joins the study and runs trial after trial in-process:
+encode with the trial's settings (cached per distinct ``encode:`` section), fit, score the
+held-out rows after every epoch, report each score to Optuna (which may prune the trial).
+Every trial is one MLflow run in ``tune.mlflow_experiment``, nested under the study's parent
+run, with the params the pipeline logs, the ``-S`` overrides that reproduce it, the dataset
+digest and stepped ``val_accuracy``. :func:`run_pool` starts N such processes on this machine;
+other machines join the same study through its storage URL. A worker sweeps dead runs
+(:func:`liveness.sweep`) when it starts and when it stops.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
-from mnistflow.config import TRIAL_KEY, Dimension, Params, ParamsError
+from mnistflow import numerics
+from mnistflow.config import Dimension, Params
 from mnistflow.modeling.metrics import VAL_ACCURACY
-from mnistflow.tracking import liveness, store
-from mnistflow.tuning import space
-from mnistflow.tuning.trial import (
-    ATTR_RUN,
-    PARENT_TAG,
-    TAG_EXP,
-    TAG_STATE,
-    TAG_STUDY,
-    TAG_TRIAL,
-    TAG_WORKER,
-    TRIAL_ENV,
-    TrialLink,
-)
-from mnistflow.util import fileio
-from mnistflow.util.dvc import dvc
+from mnistflow.tracking import datasets, liveness, provenance, record, store
+from mnistflow.tracking.runs import mlflow_run
+from mnistflow.tuning import objective, space
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ATTR_RUN", "PARENT_TAG", "TAG_EXP", "TAG_STATE", "TAG_STUDY", "TAG_TRIAL", "TAG_WORKER"]
-TAG_FLAGS = "mnistflow.dvc_overrides"
+TAG_STUDY = "mnistflow.study"
+TAG_TRIAL = "mnistflow.trial"
+TAG_WORKER = "mnistflow.worker_host"
+TAG_STATE = "mnistflow.trial_state"  # COMPLETE | PRUNED
+TAG_FLAGS = "mnistflow.dvc_overrides"  # the `dvc exp run -S` flags that reproduce the trial
 TAG_PARENT_OF = "mnistflow.study_parent"
+PARENT_TAG = "mlflow.parentRunId"
 ATTR_OVERRIDES = "overrides"  # trial user attr: the params overrides (JSON-able)
-ATTR_WORKER = "worker"  # "host:pid"
-ATTR_EXP = "dvc_exp"  # the trial's DVC experiment name
-FINISHED_STATES = ("COMPLETE", "PRUNED")
-EXP_LOCK = ".dvc/tmp/mnistflow-tune-exp.lock"  # serialises trial experiments in one clone
-
-
-class TrialRunError(RuntimeError):
-    """The trial's experiment ran but left no MLflow run with its result (a bug)."""
+ATTR_RUN = "mlflow_run_id"  # trial user attr: its MLflow run
+ATTR_WORKER = "worker"  # trial user attr: "host:pid"
+PARAM_OVERRIDES = "tune.overrides"  # the run's param holding the -S flags
+# Environment of a worker process: one BLAS thread each (the pool's workers share the cores).
+BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -118,97 +111,121 @@ def finished_trials(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def exp_name(study: str, number: int) -> str:
-    """The DVC experiment of trial ``number``: ``<study>-t<number>``."""
-    return f"{study}-t{number}"
+def prepare_worker_process() -> None:
+    """What every worker process does first, before it loads any data: one BLAS thread
+    (:data:`BLAS_ENV` for the libraries not loaded yet, threadpoolctl for those that are).
+    ``train.threads`` still sets the threads of each fit."""
+    from threadpoolctl import threadpool_limits
+
+    for var in BLAS_ENV:
+        os.environ[var] = "1"
+    threadpool_limits(limits=1)
 
 
-def trial_flags(params: Params, overrides: dict[str, Any]) -> list[str]:
-    """Every ``-S`` flag of a trial's experiment: its values, the validation split (which also
-    keeps the test set out of it) and the tune experiment for its MLflow run."""
-    cfg = params.tune
-    fixed = {TRIAL_KEY: cfg.validation_size, "mlflow.experiment_name": cfg.mlflow_experiment}
-    return space.set_flags({**overrides, **fixed})
+def run_provenance(params: Params, root: Path) -> dict[str, str]:
+    """The tags every trial run of this worker carries: dataset identity, the code's git
+    commit (the worker runs the code it started with) and its floating-point environment."""
+    from mnistflow.data.encode import dataset_sha256
+
+    return {
+        "dataset": params.dataset_name,
+        "dataset_sha256": dataset_sha256(params.dataset),
+        **provenance.git_tags(root, list(params.paths.as_dict().values())),
+        **numerics.tags(numerics.observe()),
+    }
+
+
+def trial_run_params(chosen: Params, experiment: str, flags: str, study: str) -> dict[str, Any]:
+    """A trial run's params: every param a pipeline run with the trial's values logs (its
+    ``mlflow.experiment_name`` the tune experiment the run is in) and the trial's set-up."""
+    return {
+        **record.train_params(chosen),
+        "mlflow.experiment_name": experiment,
+        PARAM_OVERRIDES: flags,
+        "tune.study": study,
+        "tune.validation_size": chosen.tune.validation_size,
+    }
 
 
 class Objective:
-    """The Optuna objective of one worker: a trial's values -> ``dvc exp run --temp`` ->
-    the validation accuracy its MLflow run recorded."""
+    """The Optuna objective of one worker: a trial's values -> in-process fit -> the last
+    epoch's validation accuracy, recorded as one MLflow run nested under the study's."""
 
     def __init__(
         self,
         params: Params,
-        dims: dict[str, Dimension],
+        dims: Mapping[str, Dimension],
+        splits: objective.EncodedSplits,
         tracking: Tracking,
         study: str,
-        url: str,
-        root: Path,
+        tags: Mapping[str, str],
     ) -> None:
-        self.params, self.dims, self.tracking = params, dims, tracking
-        self.study, self.url, self.root = study, url, root
+        self.params, self.dims, self.splits = params, dims, splits
+        self.tracking, self.study, self.tags = tracking, study, dict(tags)
 
     def __call__(self, trial: Any) -> float:
         import optuna
 
         overrides = space.suggest(trial, self.dims)
-        name = exp_name(self.study, trial.number)
+        flags = " ".join(space.set_flags(overrides))
         trial.set_user_attr(ATTR_OVERRIDES, overrides)
         trial.set_user_attr(ATTR_WORKER, worker_id())
-        trial.set_user_attr(ATTR_EXP, name)
-        link = TrialLink(  # _trial_id: the storage's key, which Trial(study, id) needs
-            self.url, self.study, trial._trial_id, trial.number,
-            self.tracking.parent_run_id, os.getpid(),
-        )  # fmt: skip
-        env = {**os.environ, TRIAL_ENV: link.to_env(), "MLFLOW_TRACKING_URI": self.tracking.uri}
-        log.info("trial %d: %s", trial.number, " ".join(space.set_flags(overrides)[1::2]))
-        # One trial experiment at a time per clone: two overlapping `dvc exp run --temp` in
-        # one workspace lost an experiment here (the run returned 0, its ref was missing);
-        # workers in other clones or machines still run in parallel. --wait-for-lock: DVC
-        # commands of other origin may hold the workspace lock for a moment.
-        with FileLock(str(self.root / EXP_LOCK)):
-            dvc(["--wait-for-lock", "exp", "run", "--temp", "-n", name,
-                 *trial_flags(self.params, overrides)], self.root, env)  # fmt: skip
-        run = self.result_run(trial.number, space.set_flags(overrides))
-        trial.set_user_attr(ATTR_RUN, run.info.run_id)
-        value = float(run.data.metrics[VAL_ACCURACY])
-        if run.data.tags.get(TAG_STATE) == "PRUNED":
-            log.info("trial %d pruned (val_accuracy %.4f)", trial.number, value)
-            raise optuna.TrialPruned(f"{name}: val_accuracy {value:.4f}")
-        log.info("trial %d: val_accuracy %.4f (experiment %s)", trial.number, value, name)
+        chosen = objective.trial_params(self.params, overrides)
+        log.info("trial %d: %s", trial.number, flags)
+        t = self.tracking
+        pruned_at: list[int] = []
+        with mlflow_run(t.uri, t.experiment_id, run_name=f"{self.study}-t{trial.number}") as run:
+            trial.set_user_attr(ATTR_RUN, run.run_id)
+            run.set_tags(self.run_tags(trial.number, flags))
+            run.log_params(trial_run_params(chosen, t.experiment_name, flags, self.study))
+            encoded = self.splits.get(chosen.encode)
+            datasets.log_dataset(chosen.dataset_name, self.tags["dataset_sha256"],
+                                 self.splits.source, encoded.X_train.shape)  # fmt: skip
+
+            def on_score(epoch: int, accuracy: float) -> bool:
+                run.log_metric(VAL_ACCURACY, accuracy, step=epoch)
+                trial.report(accuracy, epoch)
+                if trial.should_prune():
+                    pruned_at.append(epoch)
+                    return True
+                return False
+
+            result = objective.fit_trial(chosen, self.splits, partial(record.log_epoch, run),
+                                         on_score)  # fmt: skip
+            record.log_fit(run, result)
+            run.set_tags({TAG_STATE: "PRUNED" if pruned_at else "COMPLETE"})
+        assert result.val_accuracy
+        value = result.val_accuracy[-1]
+        if pruned_at:
+            log.info("trial %d pruned at epoch %d (val_accuracy %.4f)", trial.number,
+                     pruned_at[0], value)  # fmt: skip
+            raise optuna.TrialPruned(f"epoch {pruned_at[0]}: val_accuracy {value:.4f}")
+        log.info("trial %d: val_accuracy %.4f", trial.number, value)
         return value
 
-    def result_run(self, number: int, flags: list[str]) -> Any:
-        """The FINISHED MLflow run the trial's train stage logged, tagged with its flags."""
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(self.tracking.uri)
-        query = (
-            f"tags.`{TAG_STUDY}` = '{self.study}' and tags.`{TAG_TRIAL}` = '{number}' "
-            "and attributes.status = 'FINISHED'"
-        )
-        runs = client.search_runs([self.tracking.experiment_id], query)
-        if len(runs) != 1:
-            raise TrialRunError(f"trial {number}: {len(runs)} finished MLflow runs, expected 1")
-        client.set_tag(runs[0].info.run_id, TAG_FLAGS, " ".join(flags))
-        return client.get_run(runs[0].info.run_id)
+    def run_tags(self, number: int, flags: str) -> dict[str, str]:
+        """A trial run's tags: provenance, the parent run, study, trial, host, overrides."""
+        return {
+            **self.tags,
+            "mnistflow.stage": "tune",
+            PARENT_TAG: self.tracking.parent_run_id,
+            TAG_STUDY: self.study,
+            TAG_TRIAL: str(number),
+            TAG_WORKER: socket.gethostname(),
+            TAG_FLAGS: flags,
+        }
 
 
-def check_validation_size(params: Params) -> None:
-    """Refuse a ``tune.validation_size`` over half the training rows before any trial (when
-    the unpacked arrays are here; the encode stage checks it again in every trial).
+def fail_running(study: Any) -> None:
+    """Tell FAIL for this worker's trials still RUNNING (an interruption: Optuna only fails a
+    trial on an Exception or KeyboardInterrupt, not on SIGTERM's ``Interrupted``)."""
+    from optuna.trial import TrialState
 
-    Raises:
-        ParamsError: naming the key.
-    """
-    path = Path(params.paths.arrays)
-    if not path.exists():
-        return
-    n = len(fileio.load_npz(path, ["y_train"])["y_train"])
-    if params.tune.validation_size > n // 2:
-        raise ParamsError(
-            f"params.yaml: 'tune.validation_size' is {params.tune.validation_size} but the "
-            f"training set has {n} rows; hold out at most half of them"
-        )
+    me = worker_id()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(ATTR_WORKER) == me:
+            log.info("trial %d: stopped; FAIL (not retried)", trial.number)
+            study.tell(trial.number, state=TrialState.FAIL)
 
 
 def run_worker(
@@ -224,7 +241,9 @@ def run_worker(
 
     cfg = params.tune
     dims = tune_space(params.raw)
-    check_validation_size(params)  # before joining anything
+    rows = objective.load_training_rows(params.paths.arrays)
+    # checks tune.validation_size against the rows before joining anything
+    splits = objective.EncodedSplits(rows, cfg.validation_size, len(params.dataset.classes))
     study = storage.join_study(cfg, study_name, url, worker_seed(cfg.seed))
     tracking = tracking_for(params, root, study_name)
     liveness.sweep(tracking.uri, tracking.experiment_name)
@@ -232,32 +251,58 @@ def run_worker(
     if done >= cfg.n_trials:
         log.info("study %r already has %d finished trials (tune.n_trials)", study_name, done)
         return 0
-    log.info(
-        "worker %s joins study %r in %s: %d of %d trials finished",
-        worker_id(),
-        study_name,
-        store.redact(url),
-        done,
-        cfg.n_trials,
-    )
+    log.info("worker %s joins study %r in %s: %d of %d trials finished", worker_id(),
+             study_name, store.redact(url), done, cfg.n_trials)  # fmt: skip
+    run_objective = Objective(params, dims, splits, tracking, study_name,
+                              run_provenance(params, root))  # fmt: skip
     try:
         study.optimize(
-            Objective(params, dims, tracking, study_name, url, root),
+            run_objective,
             n_trials=max_trials,
             callbacks=[
                 MaxTrialsCallback(cfg.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
             ],
             gc_after_trial=False,
         )
+    except BaseException:
+        fail_running(study)
+        raise
     finally:
         liveness.sweep(tracking.uri, tracking.experiment_name)
     mine = [
         t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(ATTR_WORKER) == worker_id()
     ]
-    log.info(
-        "worker %s ran %d trial(s); study has %d finished",
-        worker_id(),
-        len(mine),
-        finished_trials(study),
-    )
+    log.info("worker %s ran %d trial(s); study has %d finished", worker_id(), len(mine),
+             finished_trials(study))  # fmt: skip
     return len(mine)
+
+
+def default_workers() -> int:
+    """One worker per core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_pool(n: int, argv: Sequence[str], url: str) -> int:
+    """Start ``n`` worker processes (``python -m mnistflow.cli <argv>``; the storage URL goes
+    in the environment, never on a command line) and wait for all of them; return the first
+    non-zero exit code, else 0. An interruption of this process stops them (SIGTERM)."""
+    from mnistflow.tuning.storage import STORAGE_ENV
+
+    env = {**os.environ, STORAGE_ENV: url, **{var: "1" for var in BLAS_ENV}}
+    command = [sys.executable, "-m", "mnistflow.cli", *argv]
+    procs = [subprocess.Popen(command, env=env) for _ in range(n)]
+    log.info("started %d workers (pids %s)", n, ", ".join(str(p.pid) for p in procs))
+    codes: list[int] = []
+    try:
+        codes = [p.wait() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait()
+    # a worker killed by a signal: the shell's 128 + signal number
+    failed = [(p.pid, c if c > 0 else 128 - c) for p, c in zip(procs, codes, strict=True) if c]
+    for pid, code in failed:
+        log.error("worker pid %d exited %d", pid, code)
+    return failed[0][1] if failed else 0
