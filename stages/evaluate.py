@@ -1,7 +1,8 @@
 """Stage evaluate: score the model on the test set, write metrics, plots and the report.
 
 Continues the MLflow run train started (paths.run_info) and ends it again.
-Outputs: paths.metrics, paths.confusion, paths.misclassified, paths.report_dir (all
+Outputs: paths.metrics (the headline figures), paths.per_class, paths.confusion,
+paths.misclassified, paths.report_dir (all
 deterministic: the per-run details go to the MLflow run's copy of the report only).
 
 In a tuning trial (encode.validation_rows > 0) the test set was not encoded: this stage
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from mnistflow.config import Paths, load_config
+from mnistflow.modeling import metrics as m
 from mnistflow.reporting import misclassified, tables
 from mnistflow.util import fileio
 from mnistflow.util.entrypoint import run_main
@@ -32,7 +34,6 @@ def main() -> None:
     # Imported here, after the trial check: MLflow and matplotlib take seconds to import,
     # which every tuning trial would pay for writing "not evaluated".
     from mnistflow.data.encode import features
-    from mnistflow.modeling import metrics as m
     from mnistflow.modeling.model import decode_sets, loss_history, predict_scores
     from mnistflow.modeling.training import model_from_bytes
     from mnistflow.reporting import figures, report
@@ -66,7 +67,10 @@ def main() -> None:
         ev.rows_no_class,
         ev.rows_multi_class,
     )
-    fileio.write_json(paths.metrics, m.metrics_dict(ev, baseline))
+    # In DVC_METRICS order, not sorted: `dvc exp show` keeps a file's key order
+    fileio.write_json(paths.metrics, m.metrics_dict(ev, baseline), sort_keys=False)
+    rows = m.per_class_rows(ev, classes)
+    fileio.write_text(paths.per_class, tables.csv_text(m.PER_CLASS_COLUMNS, rows))
     fileio.write_text(paths.confusion, tables.confusion_csv(ev.y_true, ev.y_pred, classes))
     wrong = misclassified.rows(y_true, scores, sets, ev.wrong, paths.images_dir)
     fileio.write_text(paths.misclassified, misclassified.to_csv(wrong))
@@ -101,7 +105,7 @@ def main() -> None:
         run.log_params(flatten({"evaluate": record.evaluate_params(params)}))
         record.log_evaluation(run, ev, baseline)
         reports.log_report(run, report_dir, run_info["experiment_name"])
-        for path in (paths.misclassified, paths.metrics, paths.confusion):
+        for path in (paths.misclassified, paths.metrics, paths.per_class, paths.confusion):
             run.log_artifact(path, "evaluate")
         run.set_tags({"mnistflow.stage": "evaluated"})
     log.info("report: %s", report_dir / "report.md")
@@ -114,6 +118,7 @@ def not_evaluated(paths: Paths, validation_rows: int) -> None:
         "encoded; the trial's score is val_accuracy in " + paths.train_metrics
     )
     fileio.write_json(paths.metrics, {"test_set": "not evaluated"})
+    fileio.write_text(paths.per_class, tables.csv_text(m.PER_CLASS_COLUMNS, []))
     fileio.write_text(paths.confusion, tables.confusion_csv([], [], []))
     fileio.write_text(paths.misclassified, misclassified.to_csv([]))
     fileio.write_text(paths.path("report_dir") / "report.md", f"# Not evaluated\n\n{why}\n")

@@ -195,6 +195,7 @@ class Paths(Config):
     loss_curve: str
     train_metrics: str
     metrics: str
+    per_class: str
     confusion: str
     misclassified: str
     report_dir: str
