@@ -64,11 +64,12 @@ def main() -> None:
         on_score = trial.on_score if trial else None
         validation = Validation(X_val, true_classes(y_val), n_classes, on_score)
     log.info(
-        "training on %d rows x %d features (%s targets), %d BLAS threads",
+        "training on %d rows x %d features (%s targets), %d BLAS thread%s",
         X.shape[0],
         X.shape[1],
         info["labels"],
         cfg.threads,
+        "" if cfg.threads == 1 else "s",
     )
 
     experiment_id = store.ensure_experiment(uri, mlflow_cfg.experiment_name, store.store_root(cwd))
