@@ -74,13 +74,14 @@ def main() -> None:
 
     experiment_id = store.ensure_experiment(uri, mlflow_cfg.experiment_name, store.store_root(cwd))
     liveness.sweep(uri, mlflow_cfg.experiment_name)  # runs left RUNNING by killed processes
-    run_name = os.environ.get("DVC_EXP_NAME")
-    with mlflow_run(uri, experiment_id, run_name=run_name, log_system_metrics=True) as run:
-        # Every pipeline path: DVC rewrites outputs mid-run, so they do not make the tree dirty.
-        outputs = list(paths.as_dict().values())
-        run.set_tags(provenance.train_tags(params.raw, info, ignored, cwd, outputs))
+    # Every pipeline path: DVC rewrites outputs mid-run, so they do not make the tree dirty.
+    outputs = list(paths.as_dict().values())
+    tags = provenance.train_tags(params.raw, info, ignored, cwd, outputs)
+    name = tags[provenance.RUN_NAME_TAG]
+    with mlflow_run(uri, experiment_id, run_name=name, log_system_metrics=True) as run:
+        run.set_tags(tags)
         if trial:
-            run.set_tags(trial.tags(run_name or ""))
+            run.set_tags(trial.tags(os.environ.get("DVC_EXP_NAME") or ""))
             trial.attach(run.run_id)
         run.log_params(record.train_params(params))
         datasets.log_dataset(

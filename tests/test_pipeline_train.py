@@ -69,6 +69,7 @@ def test_dvc_repro_tiny_logs_one_run_and_writes_dvc_metrics_and_plots(
     assert tags["is_baseline"] == "true"  # params-only change committed in the workspace
     assert tags["git_dirty"] == "false"
     assert len(tags["git_commit"]) == 40
+    assert r.info.run_name == f"baseline@{tags['git_commit'][:7]}"  # named after what made it
     assert tags["headline_metric"] == "test_accuracy_argmax"
     assert tags["mnistflow.stage"] == "evaluated"
     assert "learning_rate" in tags["ignored_settings"]
