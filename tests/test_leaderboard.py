@@ -12,6 +12,7 @@ from PIL import Image
 
 from mnistflow.modeling.metrics import HEADLINE
 from mnistflow.reporting.leaderboard import (
+    plot,
     shape_table,
     to_markdown,
     write_leaderboard,
@@ -107,6 +108,54 @@ def test_shape_table_moves_constant_params_out_of_the_table() -> None:
     assert math.isnan(board.ranked["fit_time_s"].iloc[0])  # no fit time logged: missing
 
 
+def test_the_table_shows_what_differs_and_spells_booleans_one_way() -> None:
+    runs = _runs(
+        [
+            {"run_id": "a1", "run_name": "baseline@1234567", "status": "FINISHED",
+             "metrics.test_accuracy": 0.97, "metrics.fit_time_s": 10.0,
+             "params.encode.deskew": "False", "params.train.tol": "0.0001",
+             "params.data.dataset": "mnist", "params.evaluate.baseline_accuracy.mnist": "0.97",
+             "tags.is_baseline": "true", "tags.git_commit": "1234567" + "0" * 33,
+             "tags.git_dirty": "false", "tags.dataset": "mnist"},
+            {"run_id": "b2", "run_name": "deskewed", "status": "FINISHED",
+             "metrics.test_accuracy": 0.98, "metrics.fit_time_s": 12.0,
+             "params.encode.deskew": "True", "params.train.tol": "0.0001",
+             "params.data.dataset": "mnist", "params.evaluate.baseline_accuracy.mnist": "0.97",
+             "tags.is_baseline": "false", "tags.git_commit": "abcdef0" + "0" * 33,
+             "tags.git_dirty": "true", "tags.dataset": "mnist"},
+        ]
+    )  # fmt: skip
+    board = shape_table(runs, baseline_accuracy=0.97, dataset="mnist")
+    assert board.varying == ("encode.deskew",)  # tol is the same; dataset has its column
+    assert list(board.ranked["encode.deskew"]) == ["true", "false"]  # as params.yaml says
+    assert list(board.ranked["commit"]) == ["abcdef0-dirty", "1234567"]
+    text = to_markdown(board, "e", None)
+    header = next(line for line in text.splitlines() if line.startswith("| rank"))
+    assert header == (
+        "| rank | run | test_accuracy | delta | encode.deskew | dataset | commit | status |"
+    )
+    full = to_markdown(board, "e", None, all_columns=True)
+    assert "| fit_time_s | is_baseline | dvc_exp_name | started | run_id |" in full
+    assert "False" not in full
+    assert "True" not in full
+
+
+def test_the_figure_stops_at_one_and_shows_only_what_it_draws() -> None:
+    runs = _runs(
+        [
+            {"run_id": str(i), "run_name": f"r{i}", "status": "FINISHED",
+             "metrics.test_accuracy": acc, "metrics.fit_time_s": 5.0 + i,
+             "tags.is_baseline": "false"}
+            for i, acc in enumerate([0.999, 0.995, 0.99])
+        ]
+    )  # fmt: skip
+    fig = plot(shape_table(runs, baseline_accuracy=0.97, dataset="mnist"), "e")
+    (ax,) = fig.axes
+    assert ax.get_ylim()[1] <= 1.0
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["run", "mnist baseline accuracy 0.97"]  # no baseline-config star
+
+
 def test_markdown_without_runs_says_so() -> None:
     board = shape_table(pd.DataFrame(columns=["run_id", "status", "start_time"]), 0.97)
     text = to_markdown(board, "exp", figure=None)
@@ -154,7 +203,13 @@ def test_leaderboard_from_a_real_store(store: Store, tmp_path: Path) -> None:
     table_rows = [line for line in text.splitlines() if line.startswith("| ")]
     # header, then the three ranked runs in order, then the incomplete table
     assert [r.split(" | ")[1] for r in table_rows[1:4]] == ["wide-alpha", "baseline", "small"]
-    assert "| 1 | wide-alpha | 0.9811 | +0.0111 | 41.0 |" in text
+    # default columns: headline, delta, the params that differ (the fixture varies hidden
+    # sizes and alpha), dataset, commit (none logged here), status
+    assert table_rows[0] == (
+        "| rank | run | test_accuracy | delta | train.hidden_layer_sizes | train.alpha "
+        "| dataset | commit | status |"
+    )
+    assert "| 1 | wide-alpha | 0.9811 | +0.0111 | [12] | 0.001 | mnist | — | FINISHED |" in text
     assert "## Runs without a headline accuracy" in text
     assert "crashed" in text.split("## Runs without a headline accuracy")[1]
     assert "![accuracy against fit time](lb.png)" in text

@@ -17,7 +17,12 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``mnistflow leaderboard`` (none: everything comes from params.yaml)."""
+    """Options of ``mnistflow leaderboard`` (files and store come from params.yaml)."""
+    parser.add_argument(
+        "--all-columns",
+        action="store_true",
+        help="also fit time, is_baseline, dvc_exp_name, start time and run id",
+    )
     parser.set_defaults(handler=command)
 
 
@@ -33,7 +38,9 @@ def command(args: argparse.Namespace) -> int:
         store.baseline_accuracy,
         store.dataset,
     )
-    write_leaderboard(board, store.experiment_name, Path(out.markdown), Path(out.figure))
+    write_leaderboard(
+        board, store.experiment_name, Path(out.markdown), Path(out.figure), args.all_columns
+    )
     if len(board.ranked):
         best = board.ranked.iloc[0]
         log.info("best: %s (%s) %s=%.4f", best["run"], best["run_id"], HEADLINE, best[HEADLINE])
