@@ -12,6 +12,7 @@ from PIL import Image
 
 from mnistflow.modeling.metrics import HEADLINE
 from mnistflow.reporting.leaderboard import (
+    of_dataset,
     plot,
     shape_table,
     to_markdown,
@@ -90,6 +91,26 @@ def test_a_runs_own_baseline_is_the_one_of_its_dataset() -> None:
     assert deltas["mnist"] == pytest.approx(0.01)
     assert deltas["older"] == pytest.approx(-0.02)  # logged none: the configured dataset's
     assert "mnist: 0.9700" in to_markdown(board, "exp", None)
+
+
+def test_a_leaderboard_ranks_one_datasets_runs() -> None:
+    runs = _runs(
+        [
+            {"run_id": "f", "run_name": "fashion", "status": "FINISHED",
+             "metrics.test_accuracy": 0.99, "tags.dataset": "fashion-mnist"},
+            {"run_id": "m", "run_name": "mnist", "status": "FINISHED",
+             "metrics.test_accuracy": 0.98, "tags.dataset": "mnist"},
+            {"run_id": "o", "run_name": "untagged", "status": "FINISHED",
+             "metrics.test_accuracy": 0.97, "params.data.dataset": "mnist"},
+        ]
+    )  # fmt: skip
+    assert list(of_dataset(runs, "mnist")["run_id"]) == ["m", "o"]
+    assert list(of_dataset(runs, "fashion-mnist")["run_id"]) == ["f"]
+    board = shape_table(of_dataset(runs, "mnist"), 0.97, "mnist")
+    assert list(board.ranked["run"]) == ["mnist", "untagged"]
+    assert to_markdown(board, "e", None).startswith(
+        "# Leaderboard: MLflow experiment `e`, dataset `mnist`"
+    )
 
 
 def test_shape_table_moves_constant_params_out_of_the_table() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mnistflow.config import LeaderboardConfig, config, load_params
 from mnistflow.modeling.metrics import HEADLINE
-from mnistflow.reporting.leaderboard import shape_table, write_leaderboard
+from mnistflow.reporting.leaderboard import of_dataset, shape_table, write_leaderboard
 from mnistflow.tracking.liveness import sweep
 from mnistflow.tracking.query import fetch_runs
 from mnistflow.tracking.store import check_server, store_settings
@@ -27,14 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    """``mnistflow leaderboard``: rank every run of the experiment into leaderboard files."""
+    """``mnistflow leaderboard``: rank the runs of params.yaml's dataset into leaderboard
+    files."""
     params = load_params(args.params)
     out = config(params, "leaderboard", LeaderboardConfig)
     store = store_settings(params)
     check_server(store.tracking_uri)  # a refused password: one line, exit 4, nothing written
     sweep(store.tracking_uri, store.experiment_name)  # no dead run ranked as RUNNING
     board = shape_table(
-        fetch_runs(store.tracking_uri, store.experiment_name),
+        of_dataset(fetch_runs(store.tracking_uri, store.experiment_name), store.dataset),
         store.baseline_accuracy,
         store.dataset,
     )

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mnistflow.modeling.metrics import HEADLINE
+from mnistflow.tracking.artifacts import DATASET_TAG
 from mnistflow.util import fileio
 
 if TYPE_CHECKING:
@@ -111,6 +112,13 @@ def _own_baseline(runs: pd.DataFrame) -> pd.Series:
     return own
 
 
+def of_dataset(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """The runs of ``dataset`` (tag ``dataset``, else param ``data.dataset``), the ones that
+    compete: a leaderboard ranks the runs of one dataset, against that dataset's baseline."""
+    of_run = _column(runs, f"tags.{DATASET_TAG}").fillna(_column(runs, "params.data.dataset"))
+    return runs[of_run == dataset]
+
+
 def shape_table(runs: pd.DataFrame, baseline_accuracy: float, dataset: str = "") -> Leaderboard:
     """Rank runs by headline accuracy (pure).
 
@@ -150,9 +158,9 @@ def shape_table(runs: pd.DataFrame, baseline_accuracy: float, dataset: str = "")
         if logged_values.nunique() > 1:  # a run that did not log it does not make it differ
             table[name] = _spelling(runs[f"params.{name}"])
             varying.append(name)
-        elif name in KEY_PARAMS:
+        elif name in KEY_PARAMS and len(logged_values):  # no run at all: nothing in common
             common[name] = _spelling(logged_values).iloc[0]
-    of_run = _column(runs, "tags.dataset").fillna(_column(runs, "params.data.dataset"))
+    of_run = _column(runs, f"tags.{DATASET_TAG}").fillna(_column(runs, "params.data.dataset"))
     table["dataset"] = of_run.fillna("—").astype(str)
     commit = _column(runs, "tags.git_commit").fillna("—").astype(str)
     dirty = _column(runs, "tags.git_dirty") == "true"
@@ -227,7 +235,8 @@ def to_markdown(
         Markdown text ending with a newline.
     """
     ranked = board.ranked
-    lines = [f"# Leaderboard: MLflow experiment `{experiment_name}`", ""]
+    of = f", dataset `{board.dataset}`" if board.dataset else ""
+    lines = [f"# Leaderboard: MLflow experiment `{experiment_name}`{of}", ""]
     total = len(ranked) + len(board.incomplete)
     lines.append(
         f"{total} runs, {len(ranked)} with a headline accuracy (`{HEADLINE}`), ranked best "

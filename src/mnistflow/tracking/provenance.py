@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from mnistflow.config import EncodeConfig, ParamsError, TrainConfig, config, section
+from mnistflow.tracking.artifacts import DATASET_TAG
 from mnistflow.util.git import git_or_none
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def train_tags(
     exp_name = os.environ.get("DVC_EXP_NAME")
     tags = {
         "mnistflow.stage": "train",
-        "dataset": str(encode_info["dataset"]),
+        DATASET_TAG: str(encode_info["dataset"]),
         "dataset_sha256": str(encode_info["dataset_sha256"]),
         "is_baseline": _baseline_flag(difference),
         "ignored_settings": "; ".join(ignored) if ignored else "none",
