@@ -130,22 +130,23 @@ def test_shape_table_moves_constant_params_out_of_the_table() -> None:
 
 
 def test_the_table_shows_what_differs_and_spells_booleans_one_way() -> None:
+    def row(name: str, accuracy: float, deskew: str, commit: str, dirty: str) -> dict:
+        """A run as the pipeline logs it (MLflow spells a Python bool True/False)."""
+        return {
+            "run_id": name, "run_name": name, "status": "FINISHED",
+            "metrics.test_accuracy": accuracy, "metrics.fit_time_s": 10.0,
+            "params.encode.deskew": deskew, "params.train.tol": "0.0001",
+            "params.data.dataset": "mnist", "params.evaluate.baseline_accuracy.mnist": "0.97",
+            "tags.is_baseline": str(deskew == "False").lower(),
+            "tags.git_commit": commit + "0" * 33, "tags.git_dirty": dirty, "tags.dataset": "mnist",
+        }  # fmt: skip
+
     runs = _runs(
         [
-            {"run_id": "a1", "run_name": "baseline@1234567", "status": "FINISHED",
-             "metrics.test_accuracy": 0.97, "metrics.fit_time_s": 10.0,
-             "params.encode.deskew": "False", "params.train.tol": "0.0001",
-             "params.data.dataset": "mnist", "params.evaluate.baseline_accuracy.mnist": "0.97",
-             "tags.is_baseline": "true", "tags.git_commit": "1234567" + "0" * 33,
-             "tags.git_dirty": "false", "tags.dataset": "mnist"},
-            {"run_id": "b2", "run_name": "deskewed", "status": "FINISHED",
-             "metrics.test_accuracy": 0.98, "metrics.fit_time_s": 12.0,
-             "params.encode.deskew": "True", "params.train.tol": "0.0001",
-             "params.data.dataset": "mnist", "params.evaluate.baseline_accuracy.mnist": "0.97",
-             "tags.is_baseline": "false", "tags.git_commit": "abcdef0" + "0" * 33,
-             "tags.git_dirty": "true", "tags.dataset": "mnist"},
+            row("baseline@1234567", 0.97, "False", "1234567", "false"),
+            row("deskewed", 0.98, "True", "abcdef0", "true"),
         ]
-    )  # fmt: skip
+    )
     board = shape_table(runs, baseline_accuracy=0.97, dataset="mnist")
     assert board.varying == ("encode.deskew",)  # tol is the same; dataset has its column
     assert list(board.ranked["encode.deskew"]) == ["true", "false"]  # as params.yaml says
