@@ -90,6 +90,7 @@ def main() -> None:
         baseline,
         info["labels"],
         info["dataset"],
+        report.architecture(model.hidden_layer_sizes, model.activation, model.solver),
         int(fileio.read_json(paths.train_metrics)["n_iter"]),
         run_info["ignored_settings"],
         shown_figures,
