@@ -79,7 +79,11 @@ def fill(uri: str, n: int, root: Path) -> None:
             Metric("fit_time_s", float(10 + rng.random()), now, 0),
             Metric("delta_to_baseline", acc - 0.97, now, 0),
         ]
-        tags = [RunTag("dvc_exp_name", f"exp-{i:04d}"), RunTag("is_baseline", "false")]
+        tags = [
+            RunTag("dvc_exp_name", f"exp-{i:04d}"),
+            RunTag("is_baseline", "false"),
+            RunTag("dataset", "mnist"),  # leaderboard and register rank one dataset's runs
+        ]
         client.log_batch(run.info.run_id, metrics=metrics, params=params, tags=tags)
         client.set_terminated(run.info.run_id, "FINISHED")
     # the best run gets a real (tiny) model so that `register` can register it

@@ -1,7 +1,8 @@
 """Stage evaluate: score the model on the test set, write metrics, plots and the report.
 
 Continues the MLflow run train started (paths.run_info) and ends it again.
-Outputs: paths.metrics, paths.confusion, paths.misclassified, paths.report_dir (all
+Outputs: paths.metrics (the headline figures), paths.per_class, paths.confusion,
+paths.misclassified, paths.report_dir (all
 deterministic: the per-run details go to the MLflow run's copy of the report only).
 """
 
@@ -57,7 +58,10 @@ def main() -> None:
         ev.rows_no_class,
         ev.rows_multi_class,
     )
-    fileio.write_json(paths.metrics, m.metrics_dict(ev, baseline))
+    # In DVC_METRICS order, not sorted: `dvc exp show` keeps a file's key order
+    fileio.write_json(paths.metrics, m.metrics_dict(ev, baseline), sort_keys=False)
+    rows = m.per_class_rows(ev, classes)
+    fileio.write_text(paths.per_class, tables.csv_text(m.PER_CLASS_COLUMNS, rows))
     fileio.write_text(paths.confusion, tables.confusion_csv(ev.y_true, ev.y_pred, classes))
     wrong = misclassified.rows(y_true, scores, sets, ev.wrong, paths.images_dir)
     fileio.write_text(paths.misclassified, misclassified.to_csv(wrong))
@@ -77,6 +81,7 @@ def main() -> None:
         baseline,
         info["labels"],
         info["dataset"],
+        report.architecture(model.hidden_layer_sizes, model.activation, model.solver),
         int(fileio.read_json(paths.train_metrics)["n_iter"]),
         run_info["ignored_settings"],
         shown_figures,
@@ -93,7 +98,7 @@ def main() -> None:
         run.log_params(flatten({"evaluate": record.evaluate_params(params)}))
         record.log_evaluation(run, ev, baseline)
         reports.log_report(run, report_dir, run_info["experiment_name"])
-        for path in (paths.misclassified, paths.metrics, paths.confusion):
+        for path in (paths.misclassified, paths.metrics, paths.per_class, paths.confusion):
             run.log_artifact(path, "evaluate")
         run.set_tags({"mnistflow.stage": "evaluated"})
     log.info("report: %s", report_dir / "report.md")

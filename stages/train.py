@@ -11,7 +11,6 @@ and writes no output.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -48,22 +47,24 @@ def main() -> None:
     # two raw test images: the logged model's input example and the image shape
     examples = fileio.load_npz(paths.arrays, ["x_test"])["x_test"][:2]
     log.info(
-        "training on %d rows x %d features (%s targets), %d BLAS threads",
+        "training on %d rows x %d features (%s targets), %d BLAS thread%s",
         X.shape[0],
         X.shape[1],
         info["labels"],
         cfg.threads,
+        "" if cfg.threads == 1 else "s",
     )
 
     experiment_id = store.ensure_experiment(uri, mlflow_cfg.experiment_name, store.store_root(cwd))
     liveness.sweep(uri, mlflow_cfg.experiment_name)  # runs left RUNNING by killed processes
-    run_name = os.environ.get("DVC_EXP_NAME")
-    with mlflow_run(uri, experiment_id, run_name=run_name, log_system_metrics=True) as run:
-        # Every pipeline path: DVC rewrites outputs mid-run, so they do not make the tree dirty.
-        outputs = list(paths.as_dict().values())
-        observed = numerics.observe()
-        run.set_tags(provenance.train_tags(params.raw, info, ignored, cwd, outputs, observed))
-        log.info("numerics: %s", numerics.describe(observed))
+    # Every pipeline path: DVC rewrites outputs mid-run, so they do not make the tree dirty.
+    outputs = list(paths.as_dict().values())
+    observed = numerics.observe()
+    log.info("numerics: %s", numerics.describe(observed))
+    tags = provenance.train_tags(params.raw, info, ignored, cwd, outputs, observed)
+    name = tags[provenance.RUN_NAME_TAG]
+    with mlflow_run(uri, experiment_id, run_name=name, log_system_metrics=True) as run:
+        run.set_tags(tags)
         run.log_params(record.train_params(params))
         datasets.log_dataset(
             params.dataset_name, info["dataset_sha256"], paths.train_features, X.shape

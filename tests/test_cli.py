@@ -130,6 +130,17 @@ def test_leaderboard_register_predict_end_to_end(
     assert cli.main(["predict", "--run", store.runs["small"].run_id, names[0]]) == 0
     assert capsys.readouterr().out.startswith(f"{names[0]}\t")
 
+    # params of another dataset: its leaderboard is empty, and no MNIST model serves it
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["data"]["dataset"] = "fashion-mnist"
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert cli.main(["leaderboard"]) == 0
+    assert "No run has a headline accuracy yet." in (work / "reports/leaderboard.md").read_text()
+    assert cli.main(["predict", "--run", store.runs["small"].run_id, names[0]]) == 2
+    assert cli.main(["predict", names[0]]) == 2  # no fashion-mnist-mlp@champion
+    assert cli.main(["register"]) == 2
+    assert capsys.readouterr().out == ""  # nothing predicted, nothing registered
+
 
 @pytest.mark.e2e
 def test_ui_on_a_busy_port_is_a_user_error(work: Path, store: Store) -> None:

@@ -13,6 +13,7 @@ from mnistflow.config import (
     DownloadConfig,
     EncodeConfig,
     ParamsError,
+    RegistryConfig,
     TrainConfig,
     baseline_accuracy,
     config,
@@ -277,3 +278,16 @@ def test_a_new_dataset_without_a_baseline_fails_when_selected(params: dict) -> N
     params["data"]["dataset"] = "kmnist"
     with pytest.raises(ParamsError, match="missing key 'evaluate\\.baseline_accuracy\\.kmnist'"):
         baseline_accuracy(params)
+
+
+@pytest.mark.parametrize("name", ["mnist-mlp", "{dataset}-{dataset}", "{dataset}-{other}"])
+def test_a_registered_model_name_must_name_the_dataset_once(params: dict, name: str) -> None:
+    params["registry"]["model_name"] = name
+    with pytest.raises(ParamsError, match=r"'registry\.model_name' must hold \{dataset\} once"):
+        validate(params)
+
+
+def test_each_dataset_has_its_registered_model(params: dict) -> None:
+    cfg = config(params, "registry", RegistryConfig)
+    assert cfg.model_for("mnist") == "mnist-mlp"  # the name of every earlier MNIST champion
+    assert cfg.model_for("fashion-mnist") == "fashion-mnist-mlp"

@@ -44,6 +44,16 @@ def test_confusion_heatmap_is_reproducible(tmp_path: Path) -> None:
     assert c.read_bytes() != a.read_bytes()
 
 
+def test_confusion_colour_bar_reads_in_counts() -> None:
+    cm = np.array([[980, 3], [12, 1005]])
+    fig = figures.confusion_figure(cm, ["a", "b"])
+    _heatmap, bar = fig.axes
+    labels = [t.get_text() for t in bar.get_yticklabels()]
+    assert labels == ["0", "1", "10", "100", "1000"]  # counts up to the largest cell, 1005
+    np.testing.assert_allclose(bar.get_yticks(), np.log1p([0, 1, 10, 100, 1000]))
+    assert bar.get_ylabel() == "test images (log scale)"
+
+
 def test_gallery_draws_the_images(tmp_path: Path) -> None:
     images, labels = synthetic_digits(8, seed=0)
     out = figures.gallery(images, [f"{lab}" for lab in labels], tmp_path / "g.png")

@@ -12,6 +12,8 @@ from PIL import Image
 
 from mnistflow.modeling.metrics import HEADLINE
 from mnistflow.reporting.leaderboard import (
+    of_dataset,
+    plot,
     shape_table,
     to_markdown,
     write_leaderboard,
@@ -91,6 +93,26 @@ def test_a_runs_own_baseline_is_the_one_of_its_dataset() -> None:
     assert "mnist: 0.9700" in to_markdown(board, "exp", None)
 
 
+def test_a_leaderboard_ranks_one_datasets_runs() -> None:
+    runs = _runs(
+        [
+            {"run_id": "f", "run_name": "fashion", "status": "FINISHED",
+             "metrics.test_accuracy": 0.99, "tags.dataset": "fashion-mnist"},
+            {"run_id": "m", "run_name": "mnist", "status": "FINISHED",
+             "metrics.test_accuracy": 0.98, "tags.dataset": "mnist"},
+            {"run_id": "o", "run_name": "untagged", "status": "FINISHED",
+             "metrics.test_accuracy": 0.97, "params.data.dataset": "mnist"},
+        ]
+    )  # fmt: skip
+    assert list(of_dataset(runs, "mnist")["run_id"]) == ["m", "o"]
+    assert list(of_dataset(runs, "fashion-mnist")["run_id"]) == ["f"]
+    board = shape_table(of_dataset(runs, "mnist"), 0.97, "mnist")
+    assert list(board.ranked["run"]) == ["mnist", "untagged"]
+    assert to_markdown(board, "e", None).startswith(
+        "# Leaderboard: MLflow experiment `e`, dataset `mnist`"
+    )
+
+
 def test_shape_table_moves_constant_params_out_of_the_table() -> None:
     runs = _runs(
         [
@@ -105,6 +127,55 @@ def test_shape_table_moves_constant_params_out_of_the_table() -> None:
     assert "train.solver" not in board.ranked.columns
     assert list(board.ranked["train.hidden_layer_sizes"]) == ["[256, 128]", "[100, 50, 25]"]
     assert math.isnan(board.ranked["fit_time_s"].iloc[0])  # no fit time logged: missing
+
+
+def test_the_table_shows_what_differs_and_spells_booleans_one_way() -> None:
+    def row(name: str, accuracy: float, deskew: str, commit: str, dirty: str) -> dict:
+        """A run as the pipeline logs it (MLflow spells a Python bool True/False)."""
+        return {
+            "run_id": name, "run_name": name, "status": "FINISHED",
+            "metrics.test_accuracy": accuracy, "metrics.fit_time_s": 10.0,
+            "params.encode.deskew": deskew, "params.train.tol": "0.0001",
+            "params.data.dataset": "mnist", "params.evaluate.baseline_accuracy.mnist": "0.97",
+            "tags.is_baseline": str(deskew == "False").lower(),
+            "tags.git_commit": commit + "0" * 33, "tags.git_dirty": dirty, "tags.dataset": "mnist",
+        }  # fmt: skip
+
+    runs = _runs(
+        [
+            row("baseline@1234567", 0.97, "False", "1234567", "false"),
+            row("deskewed", 0.98, "True", "abcdef0", "true"),
+        ]
+    )
+    board = shape_table(runs, baseline_accuracy=0.97, dataset="mnist")
+    assert board.varying == ("encode.deskew",)  # tol is the same; dataset has its column
+    assert list(board.ranked["encode.deskew"]) == ["true", "false"]  # as params.yaml says
+    assert list(board.ranked["commit"]) == ["abcdef0-dirty", "1234567"]
+    text = to_markdown(board, "e", None)
+    header = next(line for line in text.splitlines() if line.startswith("| rank"))
+    assert header == (
+        "| rank | run | test_accuracy | delta | encode.deskew | dataset | commit | status |"
+    )
+    full = to_markdown(board, "e", None, all_columns=True)
+    assert "| fit_time_s | is_baseline | dvc_exp_name | started | run_id |" in full
+    assert "False" not in full
+    assert "True" not in full
+
+
+def test_the_figure_stops_at_one_and_shows_only_what_it_draws() -> None:
+    runs = _runs(
+        [
+            {"run_id": str(i), "run_name": f"r{i}", "status": "FINISHED",
+             "metrics.test_accuracy": acc, "metrics.fit_time_s": 5.0 + i,
+             "tags.is_baseline": "false"}
+            for i, acc in enumerate([0.999, 0.995, 0.99])
+        ]
+    )  # fmt: skip
+    fig = plot(shape_table(runs, baseline_accuracy=0.97, dataset="mnist"), "e")
+    (ax,) = fig.axes
+    assert ax.get_ylim()[1] <= 1.0
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["run", "mnist baseline accuracy 0.97"]  # no baseline-config star
 
 
 def test_markdown_without_runs_says_so() -> None:
@@ -154,7 +225,13 @@ def test_leaderboard_from_a_real_store(store: Store, tmp_path: Path) -> None:
     table_rows = [line for line in text.splitlines() if line.startswith("| ")]
     # header, then the three ranked runs in order, then the incomplete table
     assert [r.split(" | ")[1] for r in table_rows[1:4]] == ["wide-alpha", "baseline", "small"]
-    assert "| 1 | wide-alpha | 0.9811 | +0.0111 | 41.0 |" in text
+    # default columns: headline, delta, the params that differ (the fixture varies hidden
+    # sizes and alpha), dataset, commit (none logged here), status
+    assert table_rows[0] == (
+        "| rank | run | test_accuracy | delta | train.hidden_layer_sizes | train.alpha "
+        "| dataset | commit | status |"
+    )
+    assert "| 1 | wide-alpha | 0.9811 | +0.0111 | [12] | 0.001 | mnist | — | FINISHED |" in text
     assert "## Runs without a headline accuracy" in text
     assert "crashed" in text.split("## Runs without a headline accuracy")[1]
     assert "![accuracy against fit time](lb.png)" in text

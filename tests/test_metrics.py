@@ -87,27 +87,46 @@ def test_evaluate_headline_and_misclassified_rows() -> None:
         m.evaluate(Y_TRUE, SCORES, SETS, "top5", top_pairs=3)
 
 
-def test_metrics_dict_delta_and_per_class() -> None:
+def test_metrics_dict_holds_the_headline_figures_headline_first() -> None:
     ev = m.evaluate(Y_TRUE, SCORES, SETS, "argmax", top_pairs=3)
     out = m.metrics_dict(ev, baseline=0.5)
+    assert list(out) == [
+        "test_accuracy",
+        "test_accuracy_argmax",
+        "test_accuracy_exact_match",
+        "delta_to_baseline",
+        "n_test",
+        "rows_no_class",
+        "rows_multi_class",
+    ]
     assert out["test_accuracy"] == 0.6
     assert out["test_accuracy_argmax"] == 0.6
     assert out["test_accuracy_exact_match"] == 0.4
     assert out["delta_to_baseline"] == pytest.approx(0.1)
+    assert out["n_test"] == 5
     assert out["rows_no_class"] == 1
     assert out["rows_multi_class"] == 1
-    assert out["per_class"]["1"]["recall"] == 1.0
-    assert not any("time" in key for key in out)  # deterministic: no wall clock
+
+
+def test_per_class_rows_name_each_class() -> None:
+    ev = m.evaluate(Y_TRUE, SCORES, SETS, "argmax", top_pairs=3)
+    rows = m.per_class_rows(ev, ["zero", "one", "two"])
+    assert [r[0] for r in rows] == ["zero", "one", "two"]
+    assert len(m.PER_CLASS_COLUMNS) == len(rows[0])
+    by_name = {r[0]: dict(zip(m.PER_CLASS_COLUMNS, r, strict=True)) for r in rows}
+    assert by_name["one"]["recall"] == 1.0
+    # supports count the true labels; the oracle is the label array itself
+    assert [r[4] for r in rows] == [list(Y_TRUE).count(k) for k in range(3)]
 
 
 def test_dvc_and_mlflow_metrics_share_their_names() -> None:
     ev = m.evaluate(Y_TRUE, SCORES, SETS, "exact_match", top_pairs=3)
     dvc, logged = m.metrics_dict(ev, 0.5), m.mlflow_metrics(ev, 0.5)
-    scalars = set(dvc) - {"per_class"}
-    assert scalars == set(m.summary(ev, 0.5)) <= set(logged)
-    assert {m.HEADLINE, "test_accuracy_argmax", "test_accuracy_exact_match"} <= scalars
+    assert set(dvc) <= set(m.summary(ev, 0.5)) <= set(logged)
+    assert {m.HEADLINE, "test_accuracy_argmax", "test_accuracy_exact_match"} <= set(dvc)
     assert logged[m.HEADLINE] == pytest.approx(0.4)  # the headline follows evaluate.headline
-    assert logged["f1_class_0"] == pytest.approx(dvc["per_class"]["0"]["f1"], abs=1e-6)
+    f1 = {r[0]: r[3] for r in m.per_class_rows(ev, ["0", "1", "2"])}
+    assert logged["f1_class_0"] == pytest.approx(f1["0"], abs=1e-6)
     assert m.headline_key(ev.headline) == "test_accuracy_exact_match"
 
 

@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.neural_network import MLPClassifier
 
+from mnistflow.modeling.metrics import DVC_METRICS
 from mnistflow.util.fileio import read_json
 from tests.helpers import REPO_ROOT, copy_repo, run, use_tiny_dataset, workspace_env
 
@@ -69,6 +70,7 @@ def test_dvc_repro_tiny_logs_one_run_and_writes_dvc_metrics_and_plots(
     assert tags["is_baseline"] == "true"  # params-only change committed in the workspace
     assert tags["git_dirty"] == "false"
     assert len(tags["git_commit"]) == 40
+    assert r.info.run_name == f"baseline@{tags['git_commit'][:7]}"  # named after what made it
     assert tags["headline_metric"] == "test_accuracy_argmax"
     assert tags["mnistflow.stage"] == "evaluated"
     assert "learning_rate" in tags["ignored_settings"]
@@ -79,6 +81,7 @@ def test_dvc_repro_tiny_logs_one_run_and_writes_dvc_metrics_and_plots(
     assert {a.path for a in client.list_artifacts(run_id, "evaluate")} >= {
         "evaluate/misclassified.csv",
         "evaluate/metrics.json",
+        "evaluate/per_class.csv",
     }
     assert [a.path for a in client.list_artifacts(run_id, "encode")] == ["encode/stats.npz"]
     logged_report = Path(client.download_artifacts(run_id, "report/report.md")).read_text()
@@ -91,18 +94,16 @@ def test_dvc_repro_tiny_logs_one_run_and_writes_dvc_metrics_and_plots(
     )
     assert [m.source_run_id for m in models] == [run_id]
 
-    # DVC outputs
-    assert set(metrics) >= {
-        "test_accuracy",
-        "test_accuracy_argmax",
-        "test_accuracy_exact_match",
-        "rows_no_class",
-        "rows_multi_class",
-        "per_class",
-        "delta_to_baseline",
-        "baseline",
-    }
-    assert "fit_time_s" not in metrics
+    # DVC outputs: the headline figures in their order (test_metrics pins the names), headline
+    # first; per-class scores in their own plot
+    assert list(metrics) == list(DVC_METRICS)
+    assert metrics["n_test"] == 100
+    per_class = (ws / "outputs/evaluate/per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,precision,recall,f1,support"
+    assert [line.split(",")[0] for line in per_class[1:]] == [str(k) for k in range(10)]
+    assert sum(int(line.split(",")[4]) for line in per_class[1:]) == 100
+    f1_0 = float(per_class[1].split(",")[3])
+    assert r.data.metrics["f1_class_0"] == pytest.approx(f1_0, abs=1e-6)
     assert metrics["delta_to_baseline"] == pytest.approx(metrics["test_accuracy"] - 0.97, abs=1e-6)
     assert set(read_json(ws / "outputs/train/metrics.json")) == {"n_iter", "final_loss"}
     assert "tracking_uri" not in read_json(ws / "outputs/train/run.json")
@@ -121,6 +122,7 @@ def test_dvc_repro_tiny_logs_one_run_and_writes_dvc_metrics_and_plots(
     plots = run(["dvc", "plots", "show", "--json"], ws, env).stdout
     assert "outputs/train/loss.csv" in plots
     assert "outputs/evaluate/confusion.csv" in plots
+    assert "outputs/evaluate/per_class.csv" in plots
     # everything is up to date: a second repro reruns nothing and logs no run
     assert json.loads(run(["dvc", "status", "--json"], ws, env).stdout) == {}
     run(["dvc", "repro"], ws, env)

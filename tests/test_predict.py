@@ -41,7 +41,7 @@ from tests.mlflow_fixtures import (
     tiny_model,
 )
 
-CFG = RegistryConfig(model_name="mnist-mlp", alias="champion")
+CFG = RegistryConfig(model_name="{dataset}-mlp", alias="champion")
 DIVIDE255 = Encoding(scaling="divide255", deskew=False)
 
 
@@ -192,7 +192,7 @@ def test_predict_with_a_runs_logged_model(store: Store, tmp_path: Path) -> None:
     images, labels = mnist_like_digits(20, seed=7)
     paths = _write_pngs(tmp_path / "png", images)
 
-    model_uri, run_id = resolve_model(store.uri, CFG, run.run_id)
+    model_uri, run_id = resolve_model(store.uri, CFG, run.run_id, "mnist")
     assert (model_uri, run_id) == (f"runs:/{run.run_id}/model", run.run_id)
     model = load_run_model(store.uri, model_uri)  # x/255 inside, as the run was trained
     results = predict_files(model, paths)
@@ -209,7 +209,9 @@ def test_predict_rejects_a_bad_file_before_predicting(store: Store, tmp_path: Pa
     paths = _write_pngs(tmp_path, mnist_like_digits(2, seed=8)[0])
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG but not really")
-    model = load_run_model(store.uri, resolve_model(store.uri, CFG, store.runs["small"].run_id)[0])
+    model = load_run_model(
+        store.uri, resolve_model(store.uri, CFG, store.runs["small"].run_id, "mnist")[0]
+    )
     with pytest.raises(ImageError, match=r"bad\.png"):
         predict_files(model, [*paths, bad])
 
@@ -218,14 +220,24 @@ def test_predict_rejects_a_bad_file_before_predicting(store: Store, tmp_path: Pa
 def test_champion_is_resolved_from_the_registry(store: Store, tmp_path: Path) -> None:
     own = copy_store(store, tmp_path / "store")
     with pytest.raises(PredictError, match=r"no model mnist-mlp@champion.*mnistflow register"):
-        resolve_model(own.uri, CFG, None)
+        resolve_model(own.uri, CFG, None, "mnist")
     with pytest.raises(PredictError, match="no MLflow run 0123"):
-        resolve_model(own.uri, CFG, "0123")
-    register_best(own.uri, EXPERIMENT, CFG)
-    model_uri, run_id = resolve_model(own.uri, CFG, None)
+        resolve_model(own.uri, CFG, "0123", "mnist")
+    register_best(own.uri, EXPERIMENT, CFG, "mnist")
+    model_uri, run_id = resolve_model(own.uri, CFG, None, "mnist")
     assert (model_uri, run_id) == ("models:/mnist-mlp@champion", own.runs["wide-alpha"].run_id)
     model = load_run_model(own.uri, model_uri)
     assert model.unwrap_python_model().estimator.hidden_layer_sizes == own.runs["wide-alpha"].hidden
+    # the champion of MNIST is no model for Fashion-MNIST params, nor is any MNIST run
+    with pytest.raises(PredictError, match=r"no model fashion-mnist-mlp@champion"):
+        resolve_model(own.uri, CFG, None, "fashion-mnist")
+    mnist_run = own.runs["small"].run_id
+    with pytest.raises(PredictError) as refused:
+        resolve_model(own.uri, CFG, mnist_run, "fashion-mnist")
+    assert str(refused.value) == (
+        f"runs:/{mnist_run}/model (run {mnist_run}) was trained on mnist, but params.yaml's "
+        "data.dataset is fashion-mnist: use a run of fashion-mnist, or set data.dataset"
+    )
 
 
 def _real(shared: Path, role: str, magic: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Registry: the best finished run becomes mnist-mlp@champion in a real sqlite store."""
+"""Registry: the best finished run of a dataset becomes <dataset>-mlp@champion in a real
+sqlite store."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.mlflow_fixtures import EXPERIMENT, Store, copy_store, log_run, shared
 
 pytestmark = pytest.mark.unit
 
-CFG = RegistryConfig(model_name="mnist-mlp", alias="champion")
+CFG = RegistryConfig(model_name="{dataset}-mlp", alias="champion")
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Store:
 
 def _load_champion(uri: str) -> object:
     """The champion's estimator, through the logged model predict and serve load."""
-    model = load_model(uri, f"models:/{CFG.model_name}@{CFG.alias}")
+    model = load_model(uri, f"models:/{CFG.model_for('mnist')}@{CFG.alias}")
     return model.unwrap_python_model().estimator
 
 
@@ -36,6 +37,7 @@ def test_best_finished_is_the_leaderboards_first_finished_run(store: Store) -> N
 
     def run(name: str, status: str, accuracy: float, fit_time: float | None = None) -> str:
         run_id = client.create_run(store.experiment_id, run_name=name).info.run_id
+        client.set_tag(run_id, "dataset", "mnist")
         client.log_metric(run_id, "test_accuracy", accuracy)
         if fit_time is not None:
             client.log_metric(run_id, "fit_time_s", fit_time)
@@ -46,23 +48,27 @@ def test_best_finished_is_the_leaderboards_first_finished_run(store: Store) -> N
     run("failed-but-high", "FAILED", 0.999)
     run("killed-but-high", "KILLED", 0.998)
     run("nan", "FINISHED", float("nan"))
-    assert best_finished(client, store.experiment_id).info.run_id == store.runs["wide-alpha"].run_id
+    assert (
+        best_finished(client, store.experiment_id, "mnist").info.run_id
+        == store.runs["wide-alpha"].run_id
+    )
     # a tie on accuracy goes to the shorter fit, as on the leaderboard
     faster = run("as-good-faster", "FINISHED", 0.9811, 10.0)
-    assert best_finished(client, store.experiment_id).info.run_id == faster
+    assert best_finished(client, store.experiment_id, "mnist").info.run_id == faster
     board = shape_table(fetch_runs(store.uri, EXPERIMENT), 0.97)
     assert board.ranked[board.ranked["status"] == "FINISHED"].iloc[0]["run_id"] == faster
 
     empty = client.create_experiment("nothing-finished")
     run_id = client.create_run(empty, run_name="running").info.run_id
+    client.set_tag(run_id, "dataset", "mnist")
     client.log_metric(run_id, "test_accuracy", 0.99)
     with pytest.raises(RegistryError, match="no FINISHED run"):
-        best_finished(client, empty)
+        best_finished(client, empty, "mnist")
 
 
 def test_register_best_sets_champion_to_the_best_runs_model(store: Store) -> None:
     best = store.runs["wide-alpha"]
-    result = register_best(store.uri, EXPERIMENT, CFG)
+    result = register_best(store.uri, EXPERIMENT, CFG, "mnist")
     assert (result.version, result.run_id, result.created) == (1, best.run_id, True)
     assert result.accuracy == pytest.approx(0.9811)
 
@@ -74,11 +80,11 @@ def test_register_best_sets_champion_to_the_best_runs_model(store: Store) -> Non
     assert model.hidden_layer_sizes == best.hidden  # the best run's model, not another's
 
     # Registering again keeps the version; a better run moves the alias to a new version.
-    again = register_best(store.uri, EXPERIMENT, CFG)
+    again = register_best(store.uri, EXPERIMENT, CFG, "mnist")
     assert (again.version, again.created) == (1, False)
     better = log_run(store.uri, store.experiment_id, "better", (10,), 0.0, 0.99, 30.0, "false",
                      None)  # fmt: skip
-    moved = register_best(store.uri, EXPERIMENT, CFG)
+    moved = register_best(store.uri, EXPERIMENT, CFG, "mnist")
     assert (moved.version, moved.run_id, moved.created) == (2, better.run_id, True)
     assert client.get_model_version_by_alias("mnist-mlp", "champion").run_id == better.run_id
     assert _load_champion(store.uri).hidden_layer_sizes == (10,)
@@ -87,5 +93,23 @@ def test_register_best_sets_champion_to_the_best_runs_model(store: Store) -> Non
 def test_register_without_finished_runs_is_a_clear_error(store: Store) -> None:
     experiment_id = ensure_experiment(store.uri, "only-failures", store.root)
     log_run(store.uri, experiment_id, "crashed", (4,), 0.1, None, None, "false", None)
-    with pytest.raises(RegistryError, match="no FINISHED run with a test_accuracy"):
-        register_best(store.uri, "only-failures", CFG)
+    with pytest.raises(RegistryError, match="no FINISHED run of dataset mnist with a"):
+        register_best(store.uri, "only-failures", CFG, "mnist")
+
+
+def test_each_dataset_registers_its_own_runs_under_its_own_name(store: Store) -> None:
+    """Two datasets in one store: a better Fashion-MNIST run neither becomes the MNIST
+    champion nor lets an MNIST run become the Fashion-MNIST one."""
+    client = MlflowClient(tracking_uri=store.uri, registry_uri=store.uri)
+    fashion = log_run(store.uri, store.experiment_id, "fashion", (10,), 0.0, 0.995, 30.0,
+                      "false", None)  # fmt: skip
+    client.set_tag(fashion.run_id, "dataset", "fashion-mnist")  # the fixture logs mnist
+
+    mnist = register_best(store.uri, EXPERIMENT, CFG, "mnist")
+    assert (mnist.model_name, mnist.run_id) == ("mnist-mlp", store.runs["wide-alpha"].run_id)
+    other = register_best(store.uri, EXPERIMENT, CFG, "fashion-mnist")
+    assert (other.model_name, other.version) == ("fashion-mnist-mlp", 1)
+    assert other.run_id == fashion.run_id
+    assert client.get_model_version_by_alias("mnist-mlp", "champion").run_id == mnist.run_id
+    with pytest.raises(RegistryError, match="no FINISHED run of dataset kmnist"):
+        register_best(store.uri, EXPERIMENT, CFG, "kmnist")

@@ -10,6 +10,7 @@ from mnistflow.reporting import report
 
 LINKS = report.RunLinks(
     run_id="abc123",
+    commit="0123456789abcdef0123456789abcdef01234567",
     experiment_id="1",
     experiment_name="mnist-mlp",
     tracking_uri="sqlite:////repo/mlflow.db",
@@ -39,6 +40,7 @@ def render(
         baseline=0.7,
         labels=labels,
         dataset=dataset,
+        model=report.architecture((100, 50, 25), "relu", "adam"),
         n_iter=20,
         ignored=ignored or [],
         figures={"Confusion matrix": "confusion.png"},
@@ -61,6 +63,8 @@ def test_report_headline_delta_counts_pairs_and_links() -> None:
     assert "train.learning_rate='adaptive' has no effect" in text
     assert "![Confusion matrix](confusion.png)" in text
     assert "`outputs/train/run.json`" in text  # where the run id is
+    assert "- Model: MLP 100-50-25 (relu, adam); training: 20 epochs; targets: onehot." in text
+    assert "captioned `#<test index> <true class>→<predicted class>" in text
 
 
 def test_committed_report_has_nothing_per_run_and_the_run_section_has_it() -> None:
@@ -73,6 +77,7 @@ def test_committed_report_has_nothing_per_run_and_the_run_section_has_it() -> No
         section
     )
     assert "Fit time: 12.3 s" in section
+    assert f"commit `{LINKS.commit}`" in section
     assert LINKS.run_url in section
     assert "Accuracy against training time" not in section
     with_figure = report.run_section(LINKS, fit_time_s=12.34, time_figure="accuracy_time.png")

@@ -123,7 +123,8 @@ def test_served_champion_answers_digits_and_refuses_bad_requests(trained, server
     served = body["predictions"]
     assert list(served[0]) == ["digit"] + [f"p{i}" for i in range(10)]
 
-    local = predict_images(load_model(_store(repo), "models:/mnist-mlp@champion"), images)
+    champion = "models:/tiny-mlp@champion"  # registry.model_name of data.dataset tiny
+    local = predict_images(load_model(_store(repo), champion), images)
     assert [r["digit"] for r in served] == list(local["digit"])
     probabilities = [[r[f"p{i}"] for i in range(10)] for r in served]
     np.testing.assert_allclose(probabilities, local.iloc[:, 1:].to_numpy(), rtol=1e-12)

@@ -220,7 +220,7 @@ def test_b_applies_an_experiment_from_the_remote_without_retraining(team: Team) 
 
 
 def test_b_leaderboard_lists_a_runs(team: Team) -> None:
-    run([MNISTFLOW, "leaderboard"], team.b, team.env_b)
+    run([MNISTFLOW, "leaderboard", "--all-columns"], team.b, team.env_b)  # with run ids
     board = (team.b / "reports/leaderboard.md").read_text()
     assert team.baseline_run in board
     for name in A_EXPS:

@@ -334,12 +334,35 @@ def test_git_tags_and_is_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     changed = yaml.safe_load((ws / "params.yaml").read_text())
     changed["train"]["alpha"] = 0.001
     assert provenance.is_baseline(changed, ws) == "false"
+    changed["train"]["hidden_layer_sizes"] = [256, 128]
+    assert provenance.baseline_difference(changed, ws) == {
+        "train.hidden_layer_sizes": [256, 128],
+        "train.alpha": 0.001,
+    }
+    changed["train"]["hidden_layer_sizes"] = [100, 50, 25]
     changed["train"]["alpha"] = 1e-4
     assert provenance.is_baseline(changed, ws) == "true"
     # against an explicit baseline revision (dvc exp run sets DVC_EXP_BASELINE_REV)
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
     assert provenance.is_baseline(params, ws) == "unknown"
     assert provenance.git_tags(tmp_path, [])["git_commit"] == "unknown"
+
+
+@pytest.mark.unit
+def test_a_run_is_named_after_what_made_it() -> None:
+    commit = "0123456789abcdef" * 2 + "01234567"
+    assert provenance.run_name("veiny-sima", {"train.alpha": 0.001}, commit) == "veiny-sima"
+    assert provenance.run_name(None, {}, commit) == "baseline@0123456"
+    assert provenance.run_name(None, None, commit) == "params@0123456"
+    assert provenance.run_name(None, {}, "unknown") == "baseline"
+    difference = {"train.hidden_layer_sizes": [256, 128], "encode.scaling": "standardize"}
+    assert (
+        provenance.run_name(None, difference, commit)
+        == "train.hidden_layer_sizes=[256,128],encode.scaling=standardize@0123456"
+    )
+    long = provenance.run_name(None, {f"train.k{i}": 0.5 for i in range(20)}, commit)
+    assert len(long) == provenance.MAX_NAME
+    assert long.endswith("…@0123456")
 
 
 # --- the train stage under signals ----------------------------------------------------------

@@ -13,6 +13,9 @@ __version__ = "0.1.0"
 # opt-out must already be in the environment when any mnistflow module is imported. An
 # explicit setting in the environment still wins.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow installs its own log handler (its own timestamp format) on import unless told not
+# to; without it, its records go through the project's one handler (util.logs).
+os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
 
 # The pinned floating-point environment must be in force before numpy loads, and every entry
 # point (stages, `mnistflow`, tune workers, benchmarks) imports this package before any module

@@ -149,6 +149,12 @@ def _file_name(value: str) -> str:
     return value
 
 
+def _per_dataset(value: str) -> str:
+    if value.count("{dataset}") != 1 or value.replace("{dataset}", "").count("{"):
+        raise ValueError("must hold {dataset} once (one registered model per dataset)")
+    return value
+
+
 List = Annotated[tuple[T, ...], BeforeValidator(_listed)]
 NonBlank = Annotated[str, AfterValidator(_not_blank)]
 
@@ -194,6 +200,7 @@ class Paths(Config):
     loss_curve: str
     train_metrics: str
     metrics: str
+    per_class: str
     confusion: str
     misclassified: str
     report_dir: str
@@ -363,8 +370,12 @@ class LeaderboardConfig(Config):
 class RegistryConfig(Config):
     """``registry:``: the registered model's name and the alias of the best version."""
 
-    model_name: NonBlank
+    model_name: Annotated[str, AfterValidator(_per_dataset)]  # e.g. "{dataset}-mlp"
     alias: NonBlank
+
+    def model_for(self, dataset: str) -> str:
+        """The registered model of ``dataset``'s runs, e.g. ``mnist-mlp``."""
+        return self.model_name.replace("{dataset}", dataset)
 
 
 class FloatDim(Config):

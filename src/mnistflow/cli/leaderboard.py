@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mnistflow.config import LeaderboardConfig, config, load_params
 from mnistflow.modeling.metrics import HEADLINE
-from mnistflow.reporting.leaderboard import shape_table, write_leaderboard
+from mnistflow.reporting.leaderboard import of_dataset, shape_table, write_leaderboard
 from mnistflow.tracking.liveness import sweep
 from mnistflow.tracking.query import fetch_runs
 from mnistflow.tracking.store import check_server, store_settings
@@ -17,23 +17,31 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``mnistflow leaderboard`` (none: everything comes from params.yaml)."""
+    """Options of ``mnistflow leaderboard`` (files and store come from params.yaml)."""
+    parser.add_argument(
+        "--all-columns",
+        action="store_true",
+        help="also fit time, is_baseline, dvc_exp_name, start time and run id",
+    )
     parser.set_defaults(handler=command)
 
 
 def command(args: argparse.Namespace) -> int:
-    """``mnistflow leaderboard``: rank every run of the experiment into leaderboard files."""
+    """``mnistflow leaderboard``: rank the runs of params.yaml's dataset into leaderboard
+    files."""
     params = load_params(args.params)
     out = config(params, "leaderboard", LeaderboardConfig)
     store = store_settings(params)
     check_server(store.tracking_uri)  # a refused password: one line, exit 4, nothing written
     sweep(store.tracking_uri, store.experiment_name)  # no dead run ranked as RUNNING
     board = shape_table(
-        fetch_runs(store.tracking_uri, store.experiment_name),
+        of_dataset(fetch_runs(store.tracking_uri, store.experiment_name), store.dataset),
         store.baseline_accuracy,
         store.dataset,
     )
-    write_leaderboard(board, store.experiment_name, Path(out.markdown), Path(out.figure))
+    write_leaderboard(
+        board, store.experiment_name, Path(out.markdown), Path(out.figure), args.all_columns
+    )
     if len(board.ranked):
         best = board.ranked.iloc[0]
         log.info("best: %s (%s) %s=%.4f", best["run"], best["run_id"], HEADLINE, best[HEADLINE])

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mnistflow.config import MlflowConfig, RegistryConfig, config, load_params
+from mnistflow.config import MlflowConfig, RegistryConfig, config, dataset_spec, load_params
 from mnistflow.data.preprocess import read_grayscale
 from mnistflow.tracking.predict import load_run_model, predict_files, resolve_model
 from mnistflow.tracking.store import check_server, resolve_tracking_uri
@@ -36,7 +36,7 @@ def command(args: argparse.Namespace) -> int:
         read_grayscale(path)
     uri = resolve_tracking_uri(mlflow_cfg, Path.cwd())
     check_server(uri)
-    model_uri, _ = resolve_model(uri, cfg, args.run)
+    model_uri, _ = resolve_model(uri, cfg, args.run, dataset_spec(params)[0])
     model = load_run_model(uri, model_uri)
     for result in predict_files(model, args.images):
         sys.stdout.write(f"{result.path}\t{result.digit}\t{result.probability:.4f}\n")

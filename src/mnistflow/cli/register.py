@@ -20,12 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    """``mnistflow register``: register the best run as ``<model_name>@<alias>``."""
+    """``mnistflow register``: register the best run of params.yaml's dataset as
+    ``<model name of the dataset>@<alias>``."""
     params = load_params(args.params)
     cfg = config(params, "registry", RegistryConfig)
     store = store_settings(params)
     check_server(store.tracking_uri)
-    result = register_best(store.tracking_uri, store.experiment_name, cfg)
+    result = register_best(store.tracking_uri, store.experiment_name, cfg, store.dataset)
     # The result on stdout, for scripts: models:/<name>@<alias> and what it points at.
     sys.stdout.write(
         f"models:/{result.model_name}@{result.alias}\tversion {result.version}\t"

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from mnistflow.config import MlflowConfig, RegistryConfig, config, load_params
+from mnistflow.config import MlflowConfig, RegistryConfig, config, dataset_spec, load_params
 from mnistflow.tracking.predict import load_run_model, resolve_model
 from mnistflow.tracking.serve import DEFAULT_PORT, HOST, ServeError, serve
 from mnistflow.tracking.store import resolve_tracking_uri
@@ -28,6 +28,7 @@ def command(args: argparse.Namespace) -> int:
         raise ServeError(f"--port must be in 1..65535; got {args.port}")
     params = load_params(args.params)
     uri = resolve_tracking_uri(config(params, "mlflow", MlflowConfig), Path.cwd())
-    model_uri, _ = resolve_model(uri, config(params, "registry", RegistryConfig), None)
+    registry, dataset = config(params, "registry", RegistryConfig), dataset_spec(params)[0]
+    model_uri, _ = resolve_model(uri, registry, None, dataset)
     load_run_model(uri, model_uri)  # a missing or old-style champion fails here, in one line
     return serve(uri, model_uri, HOST, args.port)

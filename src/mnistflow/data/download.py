@@ -319,8 +319,16 @@ def _read_chunk(
 
 
 def _progress(name: str, total: int | None) -> tqdm:
-    """A byte progress bar for one file."""
-    return tqdm(total=total, desc=name, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+    """A byte progress bar for one file (none when stderr is not a terminal: a log file)."""
+    return tqdm(
+        total=total,
+        desc=name,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        leave=False,
+        disable=None,
+    )
 
 
 def _local_fetch(path: Path, dest: Path, name: str) -> None:

@@ -4,7 +4,6 @@ names they are recorded under (DVC metrics file and MLflow alike)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -214,20 +213,44 @@ def _rounded(value: float | int) -> float | int:
     return round(value, 6) if isinstance(value, float) else value
 
 
-def metrics_dict(ev: Evaluation, baseline: float) -> dict[str, Any]:
-    """The DVC metrics file: :func:`summary` (6 decimals) and per-class values nested by
-    class index. Deterministic: no timing."""
-    return {
-        **{k: _rounded(v) for k, v in summary(ev, baseline).items()},
-        "per_class": {
-            str(k): {
-                "precision": round(float(ev.precision[k]), 6),
-                "recall": round(float(ev.recall[k]), 6),
-                "f1": round(float(ev.f1[k]), 6),
-            }
-            for k in range(len(ev.f1))
-        },
-    }
+# The DVC metrics file's keys, in the order `dvc exp show` shows its columns: the headline
+# first. The baseline is a param (evaluate.baseline_accuracy), per-class scores are a plot.
+DVC_METRICS = (
+    HEADLINE,
+    headline_key("argmax"),
+    headline_key("exact_match"),
+    "delta_to_baseline",
+    "n_test",
+    "rows_no_class",
+    "rows_multi_class",
+)
+
+
+def metrics_dict(ev: Evaluation, baseline: float) -> dict[str, float | int]:
+    """The DVC metrics file: the headline figures of :func:`summary` (6 decimals) in the
+    order of :data:`DVC_METRICS`. Deterministic: no timing."""
+    values = summary(ev, baseline)
+    return {k: _rounded(values[k]) for k in DVC_METRICS}
+
+
+PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support")
+
+
+def per_class_rows(
+    ev: Evaluation, classes: list[str]
+) -> list[tuple[str, float, float, float, int]]:
+    """One row per class (its name, precision, recall, F1 to 6 decimals, support): the
+    per-class plot's table."""
+    return [
+        (
+            name,
+            round(float(ev.precision[k]), 6),
+            round(float(ev.recall[k]), 6),
+            round(float(ev.f1[k]), 6),
+            int(ev.support[k]),
+        )
+        for k, name in enumerate(classes)
+    ]
 
 
 def mlflow_metrics(ev: Evaluation, baseline: float) -> dict[str, float]:

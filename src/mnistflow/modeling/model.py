@@ -125,10 +125,10 @@ def fit_with_progress(
     finally:
         del model._update_no_improvement_count
     for w in caught:
-        # max_iter reached before tol: expected with a fixed epoch budget, so say it once in
-        # the log instead of printing through the progress bar
+        # max_iter reached before tol: said once, as the warning it is, in the log instead
+        # of printed through the progress bar
         if issubclass(w.category, ConvergenceWarning):
-            log.info("%s", w.message)
+            log.warning("%s", w.message)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if model.solver == "lbfgs":

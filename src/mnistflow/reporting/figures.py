@@ -95,13 +95,24 @@ def accuracy_vs_time(
 
 def confusion_heatmap(cm: np.ndarray, class_names: Sequence[str], target: str | Path) -> Path:
     """Confusion matrix as a heatmap with the count in each cell (rows: true class)."""
+    return _save(confusion_figure(cm, class_names), target)
+
+
+def confusion_figure(cm: np.ndarray, class_names: Sequence[str]) -> Figure:
+    """The heatmap of :func:`confusion_heatmap`: log-coloured, with a colour bar in counts."""
     k = cm.shape[0]
     size = max(5.0, 0.6 * k + 2)
     fig = Figure(figsize=(size, size))
     ax = fig.add_subplot()
-    # log scale so the off-diagonal errors are visible next to the large diagonal
+    # log scale so the off-diagonal errors are visible next to the large diagonal; the colour
+    # bar is labelled in counts, so the scale can be read
     shown = np.log1p(cm)
-    ax.imshow(shown, cmap="Blues")
+    image = ax.imshow(shown, cmap="Blues")
+    top = int(cm.max()) if cm.size else 0
+    counts = [0] + [10**e for e in range(len(str(top))) if 10**e <= top]
+    bar = fig.colorbar(image, ax=ax, shrink=0.8)
+    bar.set_ticks(np.log1p(counts), labels=[str(c) for c in counts])
+    bar.set_label("test images (log scale)")
     ax.set_xticks(range(k), labels=list(class_names), rotation=45, ha="right")
     ax.set_yticks(range(k), labels=list(class_names))
     ax.set_xlabel("predicted")
@@ -121,7 +132,7 @@ def confusion_heatmap(cm: np.ndarray, class_names: Sequence[str], target: str | 
                 )
     ax.set_title("Confusion matrix (test set, argmax predictions)")
     fig.tight_layout()
-    return _save(fig, target)
+    return fig
 
 
 def tile(images: np.ndarray, cols: int, top: int, pad: int) -> np.ndarray:

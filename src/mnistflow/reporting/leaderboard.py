@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mnistflow.modeling.metrics import HEADLINE
+from mnistflow.tracking.artifacts import DATASET_TAG
 from mnistflow.util import fileio
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Params a person sweeps, in display order; only those logged by at least one run are shown.
+# Params a person sweeps, in display order: the first columns of the params that differ
+# between runs, and the ones "Same in every run" names.
 KEY_PARAMS = (
     "data.dataset",
     "train.hidden_layer_sizes",
@@ -47,11 +49,11 @@ class Leaderboard:
     """The shaped leaderboard.
 
     Attributes:
-        ranked: runs with a headline accuracy, best first (columns: rank, run, test_accuracy,
-            delta, fit_time_s, <varying key params>, is_baseline, dvc_exp_name, status,
-            started, run_id).
+        ranked: runs with a headline accuracy, best first (columns: :data:`SHOWN` with the
+            params that differ between runs after delta, then :data:`MORE`).
         incomplete: runs without a headline accuracy (failed, killed, still running).
         common: key params with the same value in every run (not repeated as columns).
+        varying: the logged params whose values differ between runs, key params first.
         baseline_accuracy: the reference accuracy of the configured dataset (the figure's line;
             the delta of a run that logged none of its own).
         dataset: the configured dataset (``data.dataset``), the one ``baseline_accuracy`` is of.
@@ -62,6 +64,29 @@ class Leaderboard:
     common: dict[str, str]
     baseline_accuracy: float
     dataset: str = ""
+    varying: tuple[str, ...] = ()  # params that differ between runs: columns after delta
+
+
+# The markdown table's columns, params that differ between runs after delta; MORE only with
+# `mnistflow leaderboard --all-columns` (the run id is in the "Best" line either way).
+SHOWN = ("rank", "run", HEADLINE, "delta", "dataset", "commit", "status")
+MORE = ("fit_time_s", "is_baseline", "dvc_exp_name", "started", "run_id")
+# Logged params that are not a run's configuration to compare: the dataset has its column,
+# and each dataset's baseline differs between datasets by definition.
+NOT_COMPARED = ("data.dataset", "evaluate.baseline_accuracy")
+
+
+def columns(board: Leaderboard, frame: pd.DataFrame, all_columns: bool = False) -> list[str]:
+    """The columns of ``frame`` (ranked or incomplete) a table shows, in order."""
+    wanted = [*SHOWN[:4], *board.varying, *SHOWN[4:], *(MORE if all_columns else ())]
+    return [c for c in wanted if c in frame.columns]
+
+
+def _spelling(values: pd.Series) -> pd.Series:
+    """Param values as text with one spelling of booleans, params.yaml's (MLflow logs a
+    Python bool as "True"/"False"; tags and params.yaml say true/false)."""
+    text = values.fillna("—").astype(str)
+    return text.replace({"True": "true", "False": "false"})
 
 
 def _column(runs: pd.DataFrame, name: str) -> pd.Series:
@@ -87,6 +112,13 @@ def _own_baseline(runs: pd.DataFrame) -> pd.Series:
     return own
 
 
+def of_dataset(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """The runs of ``dataset`` (tag ``dataset``, else param ``data.dataset``), the ones that
+    compete: a leaderboard ranks the runs of one dataset, against that dataset's baseline."""
+    of_run = _column(runs, f"tags.{DATASET_TAG}").fillna(_column(runs, "params.data.dataset"))
+    return runs[of_run == dataset]
+
+
 def shape_table(runs: pd.DataFrame, baseline_accuracy: float, dataset: str = "") -> Leaderboard:
     """Rank runs by headline accuracy (pure).
 
@@ -103,7 +135,6 @@ def shape_table(runs: pd.DataFrame, baseline_accuracy: float, dataset: str = "")
     Returns:
         The leaderboard.
     """
-    n = len(runs)
     accuracy = _number(_column(runs, f"metrics.{HEADLINE}"))
     own_baseline = _own_baseline(runs)
     delta = _number(_column(runs, "metrics.delta_to_baseline"))
@@ -117,18 +148,28 @@ def shape_table(runs: pd.DataFrame, baseline_accuracy: float, dataset: str = "")
         },
         index=runs.index,
     )
-    present = [p for p in KEY_PARAMS if _column(runs, f"params.{p}").notna().any()]
+    logged = [c.removeprefix("params.") for c in runs.columns if c.startswith("params.")]
+    logged = [p for p in logged if not p.startswith(NOT_COMPARED)]
+    ordered = [p for p in KEY_PARAMS if p in logged] + sorted(set(logged) - set(KEY_PARAMS))
     common: dict[str, str] = {}
-    for name in present:
-        values = _column(runs, f"params.{name}")
-        distinct = set(values.fillna("—").astype(str))
-        if n > 1 and len(distinct) == 1:
-            common[name] = distinct.pop()
-        else:
-            table[name] = values.fillna("—").astype(str)
+    varying: list[str] = []
+    for name in ordered:
+        logged_values = runs[f"params.{name}"].dropna()
+        if logged_values.nunique() > 1:  # a run that did not log it does not make it differ
+            table[name] = _spelling(runs[f"params.{name}"])
+            varying.append(name)
+        elif name in KEY_PARAMS and len(logged_values):  # no run at all: nothing in common
+            common[name] = _spelling(logged_values).iloc[0]
+    of_run = _column(runs, f"tags.{DATASET_TAG}").fillna(_column(runs, "params.data.dataset"))
+    table["dataset"] = of_run.fillna("—").astype(str)
+    commit = _column(runs, "tags.git_commit").fillna("—").astype(str)
+    dirty = _column(runs, "tags.git_dirty") == "true"
+    table["commit"] = commit.where(commit == "unknown", commit.str[:7]) + dirty.map(
+        {True: "-dirty", False: ""}
+    )
+    table["status"] = _column(runs, "status").fillna("").astype(str)
     table["is_baseline"] = _column(runs, "tags.is_baseline").fillna("—").astype(str)
     table["dvc_exp_name"] = _column(runs, "tags.dvc_exp_name").fillna("").astype(str)
-    table["status"] = _column(runs, "status").fillna("").astype(str)
     started = pd.to_datetime(_column(runs, "start_time"), utc=True, errors="coerce")
     table["started"] = started.dt.strftime("%Y-%m-%d %H:%M").fillna("")
     table["run_id"] = _column(runs, "run_id").astype(str)
@@ -147,6 +188,7 @@ def shape_table(runs: pd.DataFrame, baseline_accuracy: float, dataset: str = "")
         common=common,
         baseline_accuracy=baseline_accuracy,
         dataset=dataset,
+        varying=tuple(varying),
     )
 
 
@@ -178,25 +220,31 @@ def _markdown_table(frame: pd.DataFrame, formats: dict[str, str]) -> list[str]:
     ]
 
 
-def to_markdown(board: Leaderboard, experiment_name: str, figure: str | None) -> str:
+def to_markdown(
+    board: Leaderboard, experiment_name: str, figure: str | None, all_columns: bool = False
+) -> str:
     """The leaderboard as a markdown document.
 
     Args:
         board: the shaped leaderboard.
         experiment_name: shown in the title.
         figure: the figure's path relative to the markdown file, or None for no image link.
+        all_columns: also the columns of :data:`MORE` (fit time, is_baseline, ...).
 
     Returns:
         Markdown text ending with a newline.
     """
     ranked = board.ranked
-    lines = [f"# Leaderboard: MLflow experiment `{experiment_name}`", ""]
+    of = f", dataset `{board.dataset}`" if board.dataset else ""
+    lines = [f"# Leaderboard: MLflow experiment `{experiment_name}`{of}", ""]
     total = len(ranked) + len(board.incomplete)
     lines.append(
         f"{total} runs, {len(ranked)} with a headline accuracy (`{HEADLINE}`), ranked best "
         f"first. Δ is each run's delta to the baseline of its dataset "
         f"(`evaluate.baseline_accuracy.<dataset>`; {board.dataset or 'configured'}: "
-        f"{board.baseline_accuracy:.4f}); `is_baseline` marks runs of the baseline configuration."
+        f"{board.baseline_accuracy:.4f}). Columns between delta and dataset: the params "
+        "that differ between runs. A run is named after what made it: its DVC experiment, "
+        "or `baseline@<commit>` (the committed params), or the params it changed."
     )
     if len(ranked):
         best = ranked.iloc[0]
@@ -211,13 +259,15 @@ def to_markdown(board: Leaderboard, experiment_name: str, figure: str | None) ->
     lines.append("")
     if len(ranked):
         lines += _markdown_table(
-            ranked, {HEADLINE: ".4f", "delta": "+.4f", "fit_time_s": ".1f", "rank": "d"}
+            ranked[columns(board, ranked, all_columns)],
+            {HEADLINE: ".4f", "delta": "+.4f", "fit_time_s": ".1f", "rank": "d"},
         )
     else:
         lines.append("No run has a headline accuracy yet.")
     if len(board.incomplete):
         lines += ["", "## Runs without a headline accuracy (failed, killed or running)", ""]
-        lines += _markdown_table(board.incomplete, {})
+        incomplete = board.incomplete
+        lines += _markdown_table(incomplete[columns(board, incomplete, all_columns)], {})
     if figure is not None:
         lines += ["", f"![accuracy against fit time]({figure})"]
     return "\n".join(lines) + "\n"
@@ -235,22 +285,15 @@ def plot(board: Leaderboard, experiment_name: str) -> Figure:
     ranked = board.ranked
     timed = ranked[ranked["fit_time_s"].notna()]
     is_base = timed["is_baseline"] == "true"
-    ax.scatter(
-        timed.loc[~is_base, "fit_time_s"],
-        timed.loc[~is_base, HEADLINE],
-        marker="o",
-        s=40,
-        color="tab:blue",
-        label="run",
-    )
-    ax.scatter(
-        timed.loc[is_base, "fit_time_s"],
-        timed.loc[is_base, HEADLINE],
-        marker="*",
-        s=180,
-        color="tab:orange",
-        label="baseline config",
-    )
+    for points, style in (
+        (timed[~is_base], {"marker": "o", "s": 40, "color": "tab:blue", "label": "run"}),
+        (
+            timed[is_base],
+            {"marker": "*", "s": 180, "color": "tab:orange", "label": "baseline config"},
+        ),
+    ):
+        if len(points):  # an empty group would still put its marker in the legend
+            ax.scatter(points["fit_time_s"], points[HEADLINE], **style)
     ax.axhline(
         board.baseline_accuracy,
         color="tab:red",
@@ -276,18 +319,26 @@ def plot(board: Leaderboard, experiment_name: str) -> Figure:
     ax.set_title(f"{experiment_name}: {HEADLINE} against fit time{note}")
     ax.set_xlabel("fit time (s)")
     ax.set_ylabel(HEADLINE)
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, min(high, 1.0))  # an accuracy: the axis stops at 1
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     return fig
 
 
 def write_leaderboard(
-    board: Leaderboard, experiment_name: str, markdown: Path, figure: Path
+    board: Leaderboard,
+    experiment_name: str,
+    markdown: Path,
+    figure: Path,
+    all_columns: bool = False,
 ) -> None:
-    """Write the markdown table and the PNG figure, each atomically."""
+    """Write the markdown table (``all_columns``: see :func:`to_markdown`) and the PNG
+    figure, each atomically."""
     relative = os.path.relpath(figure.resolve(), markdown.resolve().parent)
     fig = plot(board, experiment_name)
     with fileio.atomic_path(figure) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    fileio.write_text(markdown, to_markdown(board, experiment_name, Path(relative).as_posix()))
+    text = to_markdown(board, experiment_name, Path(relative).as_posix(), all_columns)
+    fileio.write_text(markdown, text)
     log.info("wrote %s and %s (%d ranked runs)", markdown, figure, len(board.ranked))

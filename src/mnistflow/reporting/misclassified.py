@@ -70,6 +70,15 @@ def to_csv(entries: Sequence[Misclassified]) -> str:
     return csv_text(HEADER, [e.row() for e in entries])
 
 
+# What a gallery caption says, for the report (the one place besides :func:`caption`)
+CAPTION_KEY = (
+    "Each image of the gallery is captioned `#<test index> <true class>→<predicted class> "
+    "(<score of the predicted class>)`; with one-hot targets a second line `set: …` shows "
+    "the classes scoring over 0.5 when they are not just the predicted one (`none`: no "
+    "class did)."
+)
+
+
 def caption(row: Misclassified, class_names: Sequence[str], multilabel: bool) -> str:
     """Gallery caption: index, true -> argmax class (its score); the thresholded set below it
     when that differs (one-hot targets: no class, or several)."""

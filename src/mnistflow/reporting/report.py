@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mnistflow.modeling.metrics import Evaluation
+from mnistflow.reporting.misclassified import CAPTION_KEY
 
 
 def headline_why(headline: str, n_classes: int) -> str:
@@ -32,11 +33,17 @@ def headline_why(headline: str, n_classes: int) -> str:
     )
 
 
+def architecture(hidden_layer_sizes: Sequence[int], activation: str, solver: str) -> str:
+    """The model in a few words, e.g. ``MLP 100-50-25 (relu, adam)``."""
+    return f"MLP {'-'.join(str(n) for n in hidden_layer_sizes)} ({activation}, {solver})"
+
+
 @dataclass(frozen=True)
 class RunLinks:
     """Where the run lives in MLflow (per run, machine-specific)."""
 
     run_id: str
+    commit: str  # git_commit of the run (its tag), "unknown" outside git
     experiment_id: str
     experiment_name: str
     tracking_uri: str
@@ -54,6 +61,7 @@ def render(
     baseline: float,
     labels: str,
     dataset: str,
+    model: str,
     n_iter: int,
     ignored: Sequence[str],
     figures: dict[str, str],
@@ -70,6 +78,7 @@ def render(
         baseline: the dataset's reference accuracy (evaluate.baseline_accuracy.<dataset>).
         labels: encode.labels of the run ("onehot" or "index").
         dataset: the dataset name (data.dataset), the report's only name for the data.
+        model: the model in a few words (:func:`architecture`).
         n_iter: epochs run.
         ignored: warnings about ignored train settings.
         figures: title -> PNG file name relative to the report.
@@ -89,7 +98,7 @@ def render(
         f"- Argmax accuracy: {_pct(ev.accuracy_argmax)}; exact-match accuracy: "
         f"{_pct(ev.accuracy_exact_match)}.",
         f"- Rows with no predicted class: {ev.rows_no_class}; with several: {ev.rows_multi_class}.",
-        f"- Training: {n_iter} epochs; targets: {labels}.",
+        f"- Model: {model}; training: {n_iter} epochs; targets: {labels}.",
         f"- Numerics: {numerics}.",
         "",
     ]
@@ -132,7 +141,7 @@ def render(
         lines += [f"### {title}", "", f"![{title}]({name})", ""]
     lines += [
         f"Every misclassified test image ({int(ev.wrong.sum())}, counted by the headline "
-        f"metric) is listed in `{misclassified_csv}` with its PNG path.",
+        f"metric) is listed in `{misclassified_csv}` with its PNG path. {CAPTION_KEY}",
         "",
         "## MLflow",
         "",
@@ -151,7 +160,7 @@ def run_section(links: RunLinks, fit_time_s: float, time_figure: str | None = No
         "## This run",
         "",
         f"- Run `{links.run_id}` in experiment `{links.experiment_name}` "
-        f"(id {links.experiment_id}), store `{links.tracking_uri}`.",
+        f"(id {links.experiment_id}), store `{links.tracking_uri}`; commit `{links.commit}`.",
         f"- Fit time: {fit_time_s:.1f} s (wall clock; not in the DVC outputs).",
         f"- Open it: `{links.ui_command}` (or `make ui`), then {links.run_url}. The UI's "
         "first page is a GenAI overview; the runs table is at `#/experiments/"

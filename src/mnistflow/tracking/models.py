@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import platform
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ def log_model(estimator: Any, encoding: Encoding, examples: np.ndarray, n_classe
             str(sk_folder),
             serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
             skops_trusted_types=digit_model.SKOPS_TRUSTED_TYPES,
-            pip_requirements=_requirements(),
+            conda_env=conda_env(),
         )
         stats = save_npz(Path(tmp) / "stats.npz", **encoding.to_arrays())
         # ~1 s of writes to the store: held signals, as runs.Run's writes (no commit cut in half)
@@ -83,12 +84,23 @@ def log_model(estimator: Any, encoding: Encoding, examples: np.ndarray, n_classe
                 model_config={MODEL_N_CLASSES: n_classes},
                 signature=signature(n_classes),
                 input_example=pixel_frame(examples),
-                pip_requirements=_requirements(),
+                conda_env=conda_env(),
             )
 
 
 def _requirements() -> list[str]:
     return [f"{dist}=={importlib.metadata.version(dist)}" for dist in REQUIREMENTS]
+
+
+def conda_env() -> dict[str, Any]:
+    """The model's environment (its conda.yaml; MLflow derives requirements.txt from it), in
+    the shape MLflow writes. Given whole, because left to MLflow it pins the installed pip,
+    which a uv venv does not have, and warns "Failed to resolve installed pip version"."""
+    return {
+        "name": "mlflow-env",
+        "channels": ["conda-forge"],
+        "dependencies": [f"python={platform.python_version()}", "pip", {"pip": _requirements()}],
+    }
 
 
 def is_digit_model(info: Any) -> bool:

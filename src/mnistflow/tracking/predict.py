@@ -18,7 +18,7 @@ import numpy as np
 from mnistflow.data.preprocess import load_digit
 from mnistflow.modeling.serving import DIGIT_COLUMN, probability_columns
 from mnistflow.tracking import models
-from mnistflow.tracking.artifacts import MODEL_ARTIFACT
+from mnistflow.tracking.artifacts import DATASET_TAG, MODEL_ARTIFACT
 from mnistflow.tracking.registry import RegistryConfig
 from mnistflow.util.errors import UserError
 
@@ -38,30 +38,42 @@ class Prediction:
     probability: float
 
 
-def resolve_model(tracking_uri: str, cfg: RegistryConfig, run_id: str | None) -> tuple[str, str]:
-    """The model URI and the run it was logged in: ``run_id``'s model, else the alias's.
+def resolve_model(
+    tracking_uri: str, cfg: RegistryConfig, run_id: str | None, dataset: str
+) -> tuple[str, str]:
+    """The model URI and the run it was logged in: ``run_id``'s model, else the alias's of
+    ``dataset``'s registered model. The run must be of ``dataset`` (params.yaml's).
 
     Raises:
-        PredictError: the run or the alias does not exist.
+        PredictError: the run or the alias does not exist, or the run is of another dataset.
     """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     if run_id is not None:
+        uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
+    else:
+        name = cfg.model_for(dataset)
         try:
-            client.get_run(run_id)
+            run_id = client.get_model_version_by_alias(name, cfg.alias).run_id
         except MlflowException as exc:
-            raise PredictError(f"no MLflow run {run_id} in {tracking_uri}") from exc
-        return f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id
+            raise PredictError(
+                f"no model {name}@{cfg.alias} in {tracking_uri}: register one with "
+                "`mnistflow register` (or pass --run RUN_ID)"
+            ) from exc
+        uri = f"models:/{name}@{cfg.alias}"
     try:
-        version = client.get_model_version_by_alias(cfg.model_name, cfg.alias)
+        run = client.get_run(run_id)
     except MlflowException as exc:
+        raise PredictError(f"no MLflow run {run_id} in {tracking_uri}") from exc
+    trained_on = run.data.tags.get(DATASET_TAG, "an unknown dataset")
+    if trained_on != dataset:
         raise PredictError(
-            f"no model {cfg.model_name}@{cfg.alias} in {tracking_uri}: register one with "
-            "`mnistflow register` (or pass --run RUN_ID)"
-        ) from exc
-    return f"models:/{cfg.model_name}@{cfg.alias}", version.run_id
+            f"{uri} (run {run_id}) was trained on {trained_on}, but params.yaml's "
+            f"data.dataset is {dataset}: use a run of {dataset}, or set data.dataset"
+        )
+    return uri, run_id
 
 
 def load_run_model(tracking_uri: str, model_uri: str) -> Any:

@@ -1,8 +1,10 @@
-"""Model registry: register the best run's model under a fixed name with an alias.
+"""Model registry: register the best run of a dataset under its model name with an alias.
 
-The best run is the leaderboard's first FINISHED run (highest headline accuracy; ties go to
-the shorter fit, then the earlier run), so ``mnistflow register`` always registers what the
-leaderboard shows on top. Registering the same run again reuses its version.
+The best run is the leaderboard's first FINISHED run of the dataset (highest headline
+accuracy; ties go to the shorter fit, then the earlier run), so ``mnistflow register`` always
+registers what the leaderboard shows on top. Each dataset has its registered model
+(``registry.model_name`` with the dataset's name in it). Registering the same run again
+reuses its version.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from mnistflow.config import RegistryConfig
 from mnistflow.modeling.metrics import HEADLINE
-from mnistflow.tracking.artifacts import MODEL_ARTIFACT
+from mnistflow.tracking.artifacts import DATASET_TAG, MODEL_ARTIFACT
 from mnistflow.tracking.query import RANKING, experiment_id
 from mnistflow.util.errors import UserError
 
@@ -41,8 +43,9 @@ class Registered:
     created: bool  # False when the run already had a version
 
 
-def best_finished(client: MlflowClient, experiment: str) -> Run:
-    """The leaderboard's first FINISHED run of experiment id ``experiment``.
+def best_finished(client: MlflowClient, experiment: str, dataset: str) -> Run:
+    """The leaderboard's first FINISHED run of ``dataset`` (tag ``dataset``) in experiment id
+    ``experiment``.
 
     The store filters and orders (:data:`~mnistflow.tracking.query.RANKING`) and returns one
     run, so the cost does not grow with the number of runs.
@@ -50,9 +53,10 @@ def best_finished(client: MlflowClient, experiment: str) -> Run:
     Raises:
         RegistryError: no FINISHED run has a headline accuracy.
     """
+    quoted = dataset.replace("'", "")  # dataset names are keys of params.yaml's datasets:
     found = client.search_runs(
         [experiment],
-        filter_string="attributes.status = 'FINISHED'",
+        filter_string=f"attributes.status = 'FINISHED' AND tags.{DATASET_TAG} = '{quoted}'",
         order_by=RANKING,
         max_results=1,
     )
@@ -60,19 +64,23 @@ def best_finished(client: MlflowClient, experiment: str) -> Run:
     # missing and NaN accuracies sort last: if the first has none, no run has one
     if accuracy is None or accuracy != accuracy:
         raise RegistryError(
-            f"no FINISHED run with a {HEADLINE} metric to register: run the "
-            "pipeline (dvc repro) first"
+            f"no FINISHED run of dataset {dataset} with a {HEADLINE} metric to register: run "
+            "the pipeline (dvc repro) on it first"
         )
     return found[0]
 
 
-def register_best(tracking_uri: str, experiment_name: str, cfg: RegistryConfig) -> Registered:
-    """Register the best finished run's model as ``cfg.model_name`` and point ``cfg.alias`` at it.
+def register_best(
+    tracking_uri: str, experiment_name: str, cfg: RegistryConfig, dataset: str
+) -> Registered:
+    """Register the best finished run of ``dataset`` as ``cfg.model_for(dataset)`` and point
+    ``cfg.alias`` at it.
 
     Args:
         tracking_uri: the MLflow store (its registry is the same store).
         experiment_name: the experiment whose runs compete.
         cfg: registered model name and alias.
+        dataset: the dataset whose runs compete (``data.dataset``).
 
     Returns:
         What was registered.
@@ -85,8 +93,9 @@ def register_best(tracking_uri: str, experiment_name: str, cfg: RegistryConfig) 
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     experiment = experiment_id(client, tracking_uri, experiment_name)
-    best = best_finished(client, experiment)
+    best = best_finished(client, experiment, dataset)
     run_id, run_name = best.info.run_id, best.info.run_name or ""
+    name = cfg.model_for(dataset)
     models = client.search_logged_models(
         experiment_ids=[experiment],
         filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_ARTIFACT}'",
@@ -101,13 +110,13 @@ def register_best(tracking_uri: str, experiment_name: str, cfg: RegistryConfig) 
     source = models[0].artifact_location
 
     try:
-        client.create_registered_model(cfg.model_name)
-        log.info("created registered model %r", cfg.model_name)
+        client.create_registered_model(name)
+        log.info("created registered model %r", name)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     existing = client.search_model_versions(
-        filter_string=f"name = '{cfg.model_name}' AND run_id = '{run_id}'"
+        filter_string=f"name = '{name}' AND run_id = '{run_id}'"
     )
     if existing:
         version = max(int(v.version) for v in existing)
@@ -115,13 +124,13 @@ def register_best(tracking_uri: str, experiment_name: str, cfg: RegistryConfig) 
     else:
         version = int(
             client.create_model_version(
-                cfg.model_name, source=source, run_id=run_id, model_id=model_id
+                name, source=source, run_id=run_id, model_id=model_id
             ).version
         )
         created = True
-    client.set_registered_model_alias(cfg.model_name, cfg.alias, str(version))
+    client.set_registered_model_alias(name, cfg.alias, str(version))
     result = Registered(
-        model_name=cfg.model_name,
+        model_name=name,
         version=version,
         alias=cfg.alias,
         run_id=run_id,
@@ -133,7 +142,7 @@ def register_best(tracking_uri: str, experiment_name: str, cfg: RegistryConfig) 
         "%s version %s of %s@%s: run %s (%s), %s=%.4f",
         "registered" if created else "kept",
         version,
-        cfg.model_name,
+        name,
         cfg.alias,
         result.run_name,
         run_id,

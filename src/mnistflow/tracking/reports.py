@@ -16,10 +16,11 @@ from mnistflow.tracking.runs import Run
 from mnistflow.util.fileio import write_text
 
 
-def run_links(run: Run, experiment_name: str) -> report.RunLinks:
-    """Where ``run`` lives: ids, store, UI command and URL."""
+def run_links(run: Run, experiment_name: str, commit: str) -> report.RunLinks:
+    """Where ``run`` lives: ids, commit, store, UI command and URL."""
     return report.RunLinks(
         run_id=run.run_id,
+        commit=commit,
         experiment_id=run.experiment_id,
         experiment_name=experiment_name,
         tracking_uri=run.uri,
@@ -55,14 +56,15 @@ def log_report(run: Run, report_dir: Path, experiment_name: str) -> None:
     """The report folder as artifact ``report/``; its report.md gets the per-run section
     (run id, fit time from the run's ``fit_time_s``, store and link, and the accuracy
     against time figure when measured) the committed one lacks."""
-    fit_time = (
-        MlflowClient(run.uri).get_run(run.run_id).data.metrics.get("fit_time_s", float("nan"))
-    )
+    logged = MlflowClient(run.uri).get_run(run.run_id).data
+    fit_time = logged.metrics.get("fit_time_s", float("nan"))
+    commit = logged.tags.get("git_commit", "unknown")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "report"
         shutil.copytree(report_dir, folder)
         figure = time_figure(run, folder)
         text = (report_dir / "report.md").read_text(encoding="utf-8")
-        text += "\n" + report.run_section(run_links(run, experiment_name), fit_time, figure)
+        links = run_links(run, experiment_name, commit)
+        text += "\n" + report.run_section(links, fit_time, figure)
         write_text(folder / "report.md", text)
         run.log_artifact(folder, "report")

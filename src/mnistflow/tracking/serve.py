@@ -1,6 +1,6 @@
 """Serve the champion with MLflow's scoring server (``mlflow models serve``) on 127.0.0.1.
 
-The server loads ``models:/<registry.model_name>@<registry.alias>`` from the project's store
+The server loads ``models:/<dataset's model name>@<registry.alias>`` from the project's store
 (MLFLOW_TRACKING_URI set for the child) in this environment (``--env-manager local``), and
 answers POST /invocations: pixel columns in, digit and probabilities out
 (:mod:`mnistflow.modeling.serving`).
@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mnistflow.config import RegistryConfig
 from mnistflow.tracking import ui
 from mnistflow.util.errors import UserError
 from mnistflow.util.processes import run_until_stopped
@@ -29,11 +28,6 @@ READY_TIMEOUT_S = 180.0  # ~15 s measured; the machine is shared
 
 class ServeError(UserError):
     """The model server could not be started (no champion, port taken, server died)."""
-
-
-def champion_uri(cfg: RegistryConfig) -> str:
-    """``models:/<name>@<alias>``."""
-    return f"models:/{cfg.model_name}@{cfg.alias}"
 
 
 def serve_command(model_uri: str, host: str, port: int) -> list[str]:

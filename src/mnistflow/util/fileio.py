@@ -52,9 +52,10 @@ def write_text(target: str | Path, text: str) -> Path:
     return write_atomic(target, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def write_json(target: str | Path, obj: Any) -> Path:
-    """Write JSON (indented, keys sorted, trailing newline) atomically."""
-    return write_text(target, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def write_json(target: str | Path, obj: Any, sort_keys: bool = True) -> Path:
+    """Write JSON (indented, keys sorted unless ``sort_keys`` is false, trailing newline)
+    atomically."""
+    return write_text(target, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
