@@ -130,7 +130,7 @@ def test_shape_table_moves_constant_params_out_of_the_table() -> None:
 
 
 def test_the_table_shows_what_differs_and_spells_booleans_one_way() -> None:
-    def row(name: str, accuracy: float, deskew: str, commit: str, dirty: str) -> dict:
+    def row(name: str, accuracy: float, deskew: str, commit: str, dirty: str, pinned: str) -> dict:
         """A run as the pipeline logs it (MLflow spells a Python bool True/False)."""
         return {
             "run_id": name, "run_name": name, "status": "FINISHED",
@@ -139,22 +139,26 @@ def test_the_table_shows_what_differs_and_spells_booleans_one_way() -> None:
             "params.data.dataset": "mnist", "params.evaluate.baseline_accuracy.mnist": "0.97",
             "tags.is_baseline": str(deskew == "False").lower(),
             "tags.git_commit": commit + "0" * 33, "tags.git_dirty": dirty, "tags.dataset": "mnist",
+            "tags.numerics.fingerprint": "16d5b34641d6", "tags.numerics.pinned": pinned,
         }  # fmt: skip
 
     runs = _runs(
         [
-            row("baseline@1234567", 0.97, "False", "1234567", "false"),
-            row("deskewed", 0.98, "True", "abcdef0", "true"),
+            row("baseline@1234567", 0.97, "False", "1234567", "false", "false"),
+            row("deskewed", 0.98, "True", "abcdef0", "true", "true"),
         ]
     )
     board = shape_table(runs, baseline_accuracy=0.97, dataset="mnist")
     assert board.varying == ("encode.deskew",)  # tol is the same; dataset has its column
     assert list(board.ranked["encode.deskew"]) == ["true", "false"]  # as params.yaml says
     assert list(board.ranked["commit"]) == ["abcdef0-dirty", "1234567"]
+    # the numerics fingerprint, marked where the run ran on the CPU's own kernels
+    assert list(board.ranked["numerics"]) == ["16d5b34641d6", "16d5b34641d6 unpinned"]
     text = to_markdown(board, "e", None)
     header = next(line for line in text.splitlines() if line.startswith("| rank"))
     assert header == (
-        "| rank | run | test_accuracy | delta | encode.deskew | dataset | commit | status |"
+        "| rank | run | test_accuracy | delta | encode.deskew | dataset | commit | numerics "
+        "| status |"
     )
     full = to_markdown(board, "e", None, all_columns=True)
     assert "| fit_time_s | is_baseline | dvc_exp_name | started | run_id |" in full
@@ -229,9 +233,9 @@ def test_leaderboard_from_a_real_store(store: Store, tmp_path: Path) -> None:
     # sizes and alpha), dataset, commit (none logged here), status
     assert table_rows[0] == (
         "| rank | run | test_accuracy | delta | train.hidden_layer_sizes | train.alpha "
-        "| dataset | commit | status |"
+        "| dataset | commit | numerics | status |"
     )
-    assert "| 1 | wide-alpha | 0.9811 | +0.0111 | [12] | 0.001 | mnist | — | FINISHED |" in text
+    assert "| 1 | wide-alpha | 0.9811 | +0.0111 | [12] | 0.001 | mnist | — | — | FINISHED |" in text
     assert "## Runs without a headline accuracy" in text
     assert "crashed" in text.split("## Runs without a headline accuracy")[1]
     assert "![accuracy against fit time](lb.png)" in text

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from mnistflow import numerics
 from mnistflow.modeling.metrics import HEADLINE
 from mnistflow.tracking.artifacts import DATASET_TAG
 from mnistflow.util import fileio
@@ -69,7 +70,7 @@ class Leaderboard:
 
 # The markdown table's columns, params that differ between runs after delta; MORE only with
 # `mnistflow leaderboard --all-columns` (the run id is in the "Best" line either way).
-SHOWN = ("rank", "run", HEADLINE, "delta", "dataset", "commit", "status")
+SHOWN = ("rank", "run", HEADLINE, "delta", "dataset", "commit", "numerics", "status")
 MORE = ("fit_time_s", "is_baseline", "dvc_exp_name", "started", "run_id")
 # Logged params that are not a run's configuration to compare: the dataset has its column,
 # and each dataset's baseline differs between datasets by definition.
@@ -167,6 +168,11 @@ def shape_table(runs: pd.DataFrame, baseline_accuracy: float, dataset: str = "")
     table["commit"] = commit.where(commit == "unknown", commit.str[:7]) + dirty.map(
         {True: "-dirty", False: ""}
     )
+    # The floating-point environment's fingerprint (mnistflow.numerics): runs compare to the
+    # last digit only under one fingerprint; "unpinned" marks the CPU's own kernels.
+    fingerprint = _column(runs, f"tags.{numerics.FINGERPRINT_TAG}").fillna("—").astype(str)
+    unpinned = _column(runs, f"tags.{numerics.TAG_PREFIX}pinned") == "false"
+    table["numerics"] = fingerprint + unpinned.map({True: " unpinned", False: ""})
     table["status"] = _column(runs, "status").fillna("").astype(str)
     table["is_baseline"] = _column(runs, "tags.is_baseline").fillna("—").astype(str)
     table["dvc_exp_name"] = _column(runs, "tags.dvc_exp_name").fillna("").astype(str)
