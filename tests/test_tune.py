@@ -419,6 +419,14 @@ def test_two_workers_run_trials_at_once_then_promote_and_best(tmp_path: Path) ->
     report = (repo / "reports/tune/mnist-mlp-tune/report.md").read_text()
     assert f"{metrics['test_accuracy']:.4f}" in report
     assert f"Best trial **#{best_trial.number}**" in report
+    # every trial run records the worker's floating-point environment; one machine, one print
+    trial_fps = {
+        r.data.tags["numerics.fingerprint"]
+        for r in trial_runs(uri, "mnist-mlp-tune")
+        if worker.TAG_TRIAL in r.data.tags
+    }
+    assert len(trial_fps) == 1
+    assert f"ran under numerics fingerprint `{trial_fps.pop()}`" in report
     (parent,) = [
         r for r in trial_runs(uri, "mnist-mlp-tune") if worker.TAG_PARENT_OF in r.data.tags
     ]
@@ -565,3 +573,16 @@ def test_two_clones_share_a_postgres_study_and_survive_a_killed_worker(
     # the killed trial's run died with its worker: the survivor's liveness sweep ended it
     (dead,) = [r for r in runs if r.data.tags.get(worker.TAG_TRIAL) == str(killed_trial)]
     assert dead.info.status in ("FAILED", "KILLED")
+
+
+@pytest.mark.unit
+def test_the_study_report_says_when_trials_ran_under_several_fingerprints() -> None:
+    from mnistflow.tuning.report import numerics_line
+
+    assert (
+        numerics_line({"aaa": 3}) == "All 3 complete trials ran under numerics fingerprint `aaa`."
+    )
+    mixed = numerics_line({"aaa": 3, "bbb": 1})
+    assert "2 numerics fingerprints" in mixed
+    assert "`aaa`: 3" in mixed
+    assert "`bbb`: 1" in mixed

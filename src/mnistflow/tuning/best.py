@@ -8,6 +8,7 @@ pipeline: the whole training set, the test set evaluated once, for this configur
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,7 @@ def run_best(
     counts: dict[str, int] = {}
     for trial in study.get_trials(deepcopy=False):
         counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    fingerprints = Counter(str(t.user_attrs.get(worker.ATTR_NUMERICS, "none")) for t in complete)
     baseline = params.baseline_accuracy  # of the configured dataset
     out_dir = root / out_dir
     report.history_figure(
@@ -106,6 +108,7 @@ def run_best(
         flags,
         found,
         test_accuracy,
+        dict(fingerprints),
     )
     fileio.write_text(out_dir / "report.md", text)
     tracking = worker.tracking_for(params, root, name)

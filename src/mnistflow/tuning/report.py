@@ -52,6 +52,18 @@ def importance_figure(importances: Mapping[str, float], target: Path) -> Path:
     return _save(fig, target)
 
 
+def numerics_line(fingerprints: Mapping[str, int]) -> str:
+    """Whether the trials' scores compare to the last digit: one floating-point environment."""
+    if len(fingerprints) == 1:
+        ((fp, n),) = fingerprints.items()
+        return f"All {n} complete trials ran under numerics fingerprint `{fp}`."
+    shares = ", ".join(f"`{fp}`: {n}" for fp, n in sorted(fingerprints.items()))
+    return (
+        f"The complete trials ran under {len(fingerprints)} numerics fingerprints ({shares}): "
+        "their scores differ in the last digits by machine as well as by params."
+    )
+
+
 def markdown(
     study: str,
     counts: Mapping[str, int],
@@ -60,8 +72,10 @@ def markdown(
     flags: Sequence[str],
     importances: Mapping[str, float] | None,
     test_accuracy: float | None,
+    fingerprints: Mapping[str, int],
 ) -> str:
-    """The report text. ``best``: number, value (val accuracy), params (overrides)."""
+    """The report text. ``best``: number, value (val accuracy), params (overrides);
+    ``fingerprints``: complete trials per numerics fingerprint (mnistflow.numerics)."""
     lines = [
         f"# Study `{study}`",
         "",
@@ -69,6 +83,8 @@ def markdown(
         "",
         f"Best trial **#{best['number']}**: validation accuracy **{best['value']:.4f}** "
         f"(held-out training rows; baseline {baseline:.2f} is a test accuracy).",
+        "",
+        numerics_line(fingerprints),
         "",
         "| key | best value |",
         "|---|---|",

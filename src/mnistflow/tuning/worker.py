@@ -45,6 +45,7 @@ PARENT_TAG = "mlflow.parentRunId"
 ATTR_OVERRIDES = "overrides"  # trial user attr: the params overrides (JSON-able)
 ATTR_RUN = "mlflow_run_id"  # trial user attr: its MLflow run
 ATTR_WORKER = "worker"  # trial user attr: "host:pid"
+ATTR_NUMERICS = "numerics_fingerprint"  # trial user attr: its floating-point environment
 PARAM_OVERRIDES = "tune.overrides"  # the run's param holding the -S flags
 # Environment of a worker process: one BLAS thread each (the pool's workers share the cores).
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -170,6 +171,7 @@ class Objective:
         flags = " ".join(space.set_flags(overrides))
         trial.set_user_attr(ATTR_OVERRIDES, overrides)
         trial.set_user_attr(ATTR_WORKER, worker_id())
+        trial.set_user_attr(ATTR_NUMERICS, self.tags.get(numerics.FINGERPRINT_TAG, "none"))
         chosen = objective.trial_params(self.params, overrides)
         log.info("trial %d: %s", trial.number, flags)
         t = self.tracking
