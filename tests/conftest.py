@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# First of the project: importing it pins the floating-point environment (mnistflow.numerics)
+# before tests.helpers loads numpy, so numbers computed here match the stages' own.
+import mnistflow  # noqa: F401
 from tests.helpers import FILE_NAMES, SHARED_MNIST, write_idx_dataset
 
 TIERS = ("unit", "e2e", "slow", "browser")
