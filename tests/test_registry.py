@@ -11,7 +11,14 @@ from mlflow.tracking import MlflowClient
 from mnistflow.reporting.leaderboard import shape_table
 from mnistflow.tracking.models import load_model
 from mnistflow.tracking.query import fetch_runs
-from mnistflow.tracking.registry import RegistryConfig, RegistryError, best_finished, register_best
+from mnistflow.tracking.registry import (
+    RegistryConfig,
+    RegistryError,
+    best_finished,
+    register,
+    register_best,
+    rollback,
+)
 from mnistflow.tracking.store import ensure_experiment
 from tests.mlflow_fixtures import EXPERIMENT, Store, copy_store, log_run, shared_store
 
@@ -113,3 +120,42 @@ def test_each_dataset_registers_its_own_runs_under_its_own_name(store: Store) ->
     assert client.get_model_version_by_alias("mnist-mlp", "champion").run_id == mnist.run_id
     with pytest.raises(RegistryError, match="no FINISHED run of dataset kmnist"):
         register_best(store.uri, EXPERIMENT, CFG, "kmnist")
+
+
+def test_people_steer_the_registry_run_alias_rollback(store: Store) -> None:
+    """--run registers a chosen run, --alias sets another alias, --rollback moves the
+    champion back; each version says what it is."""
+    client = MlflowClient(tracking_uri=store.uri, registry_uri=store.uri)
+    best, small = store.runs["wide-alpha"], store.runs["small"]
+    first = register(store.uri, EXPERIMENT, CFG, "mnist")
+    assert (first.version, first.run_id) == (1, best.run_id)
+    chosen = register(store.uri, EXPERIMENT, CFG, "mnist", run_id=small.run_id)
+    assert (chosen.version, chosen.alias, chosen.created) == (2, "champion", True)
+    assert client.get_model_version_by_alias("mnist-mlp", "champion").run_id == small.run_id
+    described = client.get_model_version("mnist-mlp", "2").description
+    assert described.startswith(f"run small ({small.run_id}), dataset mnist, test_accuracy 0.9405")
+    baseline = store.runs["baseline"]
+    challenger = register(
+        store.uri, EXPERIMENT, CFG, "mnist", run_id=baseline.run_id, alias="challenger"
+    )
+    assert (challenger.version, challenger.alias) == (3, "challenger")
+    assert int(client.get_model_version_by_alias("mnist-mlp", "champion").version) == 2  # kept
+
+    back = rollback(store.uri, CFG, "mnist")
+    assert (back.version, back.run_id) == (1, best.run_id)
+    assert client.get_model_version_by_alias("mnist-mlp", "champion").run_id == best.run_id
+    with pytest.raises(RegistryError, match="version 1, the first it pointed at"):
+        rollback(store.uri, CFG, "mnist")
+    with pytest.raises(RegistryError, match=r"no model mnist-mlp@nope to roll back"):
+        rollback(store.uri, CFG, "mnist", alias="nope")
+
+
+def test_a_chosen_run_that_may_not_be_registered_is_one_line(store: Store) -> None:
+    crashed = store.runs["crashed"].run_id
+    with pytest.raises(RegistryError, match=f"run {crashed} is FAILED, not FINISHED"):
+        register(store.uri, EXPERIMENT, CFG, "mnist", run_id=crashed)
+    small = store.runs["small"].run_id
+    with pytest.raises(RegistryError, match="was trained on mnist, not on fashion-mnist"):
+        register(store.uri, EXPERIMENT, CFG, "fashion-mnist", run_id=small)
+    with pytest.raises(RegistryError, match="no MLflow run 0123"):
+        register(store.uri, EXPERIMENT, CFG, "mnist", run_id="0123")
