@@ -184,13 +184,6 @@ def register(
     return result
 
 
-def register_best(
-    tracking_uri: str, experiment_name: str, cfg: RegistryConfig, dataset: str
-) -> Registered:
-    """:func:`register` of the best finished run of ``dataset`` under ``cfg.alias``."""
-    return register(tracking_uri, experiment_name, cfg, dataset)
-
-
 def rollback(
     tracking_uri: str, cfg: RegistryConfig, dataset: str, alias: str | None = None
 ) -> Registered:
