@@ -103,6 +103,7 @@ def test_predict_bad_image_is_exit_2_naming_the_file(work: Path) -> None:
 def test_leaderboard_register_predict_end_to_end(
     work: Path, store: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Several commands in one process (a user's shell starts one per command)."""
     monkeypatch.chdir(work)
     assert cli.main(["leaderboard"]) == 0
     assert gc.isenabled()  # paused for the command only (util/collector.py)
@@ -134,6 +135,9 @@ def test_leaderboard_register_predict_end_to_end(
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["data"]["dataset"] = "fashion-mnist"
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI, and predict's model loading
+    # restores the process's previous global URI (an earlier test's store): select ours again
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
     assert cli.main(["leaderboard"]) == 0
     assert "No run has a headline accuracy yet." in (work / "reports/leaderboard.md").read_text()
     assert cli.main(["predict", "--run", store.runs["small"].run_id, names[0]]) == 2

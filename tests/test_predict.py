@@ -22,7 +22,7 @@ from mnistflow.tracking.predict import (
     predict_files,
     resolve_model,
 )
-from mnistflow.tracking.registry import register_best
+from mnistflow.tracking.registry import register
 from mnistflow.util.fileio import load_npz, read_json
 from tests.helpers import (
     FILE_NAMES,
@@ -223,7 +223,7 @@ def test_champion_is_resolved_from_the_registry(store: Store, tmp_path: Path) ->
         resolve_model(own.uri, CFG, None, "mnist")
     with pytest.raises(PredictError, match="no MLflow run 0123"):
         resolve_model(own.uri, CFG, "0123", "mnist")
-    register_best(own.uri, EXPERIMENT, CFG, "mnist")
+    register(own.uri, EXPERIMENT, CFG, "mnist")
     model_uri, run_id = resolve_model(own.uri, CFG, None, "mnist")
     assert (model_uri, run_id) == ("models:/mnist-mlp@champion", own.runs["wide-alpha"].run_id)
     model = load_run_model(own.uri, model_uri)

@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "register": (
         "register",
-        "register the best finished run's model under registry.model_name@registry.alias",
+        "register the best (or --run) run's model of the dataset under an alias; --rollback",
     ),
     "predict": (
         "predict",
