@@ -8,6 +8,7 @@ them: ``apt-get install -y postgresql``).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -23,8 +24,9 @@ import pytest
 
 from mnistflow.tracking import postgres, server
 
-ADMIN_PW = "admin-pass-for-tests-0123"
-USER, USER_PW = "alice", "alice-pass-for-tests-4567"
+# random per session: a password found in a log, an artifact or a committed file leaked there
+ADMIN_PW = "admin-" + secrets.token_urlsafe(12)
+USER, USER_PW = "alice", "alice-" + secrets.token_urlsafe(12)
 START_TIMEOUT_S = 240
 
 
@@ -37,6 +39,7 @@ class TeamServer:
     password: str
     pg_dir: Path
     log: Path
+    admin_password: str
 
     def client_env(self, base: dict[str, str]) -> dict[str, str]:
         """``base`` plus what a team member sets."""
@@ -98,7 +101,7 @@ def team_server_fixture() -> Iterator[TeamServer]:
     try:
         _wait_healthy(uri, process, log)
         server.create_user(uri, server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
-        yield TeamServer(uri, USER, USER_PW, pg_dir, log)
+        yield TeamServer(uri, USER, USER_PW, pg_dir, log, ADMIN_PW)
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -113,7 +113,7 @@ def ensure_experiment(uri: str, name: str, root: Path) -> str:
             client = MlflowClient(tracking_uri=uri)
             exp = client.get_experiment_by_name(name)
             if exp is None:
-                log.info("creating MLflow experiment %r in %s", name, uri)
+                log.info("creating MLflow experiment %r in %s", name, redact(uri))
                 try:
                     return client.create_experiment(name, artifact_location=artifacts)
                 except MlflowException as exc:
@@ -263,7 +263,9 @@ def _write_lock(conn: sqlite3.Connection, uri: str, wait: float) -> None:
     except sqlite3.OperationalError as exc:
         if "locked" not in str(exc) and "busy" not in str(exc):
             raise
-        log.info("MLflow store %s is locked by another process: waiting up to %g s", uri, wait)
+        log.info(
+            "MLflow store %s is locked by another process: waiting up to %g s", redact(uri), wait
+        )
         conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
         conn.execute("BEGIN IMMEDIATE")
 
