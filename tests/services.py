@@ -75,42 +75,73 @@ def _wait_healthy(uri: str, process: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"mnistflow server not healthy in {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="session", name="team_server")
-def team_server_fixture() -> Iterator[TeamServer]:
-    """``mnistflow server --pg-dir`` for the whole session, with a user ``alice``; on teardown
-    it is stopped by SIGTERM and must leave no PostgreSQL running."""
+def require_postgres() -> None:
+    """Skip, with the reason, where PostgreSQL's binaries are not installed."""
     if not postgres_available():
         pytest.skip(
             "PostgreSQL binaries (initdb, pg_ctl) not installed: apt-get install postgresql"
         )
-    # /tmp, world-traversable: as root the cluster runs as `postgres`, which cannot enter
-    # pytest's private tmp folders
-    base = Path(tempfile.mkdtemp(prefix="mnistflow-team-", dir="/tmp"))
+
+
+def server_base(prefix: str) -> Path:
+    """A fresh folder for a team server: in /tmp and world-traversable, because as root the
+    cluster runs as `postgres`, which cannot enter pytest's private tmp folders."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     base.chmod(0o755)
-    pg_dir, log = base / "pg", base / "server.log"
-    port = postgres.free_port()
+    return base
+
+
+def start_team_server(pg_dir: Path, port: int, log: Path) -> subprocess.Popen:
+    """``mnistflow server --pg-dir PG_DIR --port PORT`` (appending to ``log``), once healthy.
+
+    A second start on the same ``pg_dir`` reuses the cluster: its data and users survive.
+    """
     env = {**os.environ, server.ADMIN_PASSWORD_ENV: ADMIN_PW}
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(var, None)
     cmd = [str(Path(sys.executable).parent / "mnistflow"), "server", "--pg-dir", str(pg_dir)]
-    with log.open("w") as out:
+    with log.open("a") as out:
         process = subprocess.Popen(
             [*cmd, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env
         )
-    uri = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(uri, process, log)
-        server.create_user(uri, server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
-        yield TeamServer(uri, USER, USER_PW, pg_dir, log, ADMIN_PW)
-    finally:
+        _wait_healthy(f"http://127.0.0.1:{port}", process, log)
+    except BaseException:
+        stop_team_server(process, pg_dir)
+        raise
+    return process
+
+
+def stop_team_server(process: subprocess.Popen, pg_dir: Path) -> bool:
+    """SIGTERM the server and wait; stop PostgreSQL if it was left running (returns whether)."""
+    if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=90)
         except subprocess.TimeoutExpired:
             process.kill()
-        cluster = postgres.Cluster(pg_dir)
-        still_running = cluster.running()
-        if still_running:
-            cluster.stop()
+            process.wait()
+    cluster = postgres.Cluster(pg_dir)
+    still_running = cluster.running()
+    if still_running:
+        cluster.stop()
+    return still_running
+
+
+@pytest.fixture(scope="session", name="team_server")
+def team_server_fixture() -> Iterator[TeamServer]:
+    """``mnistflow server --pg-dir`` for the whole session, with a user ``alice``; on teardown
+    it is stopped by SIGTERM and must leave no PostgreSQL running."""
+    require_postgres()
+    base = server_base("mnistflow-team-")
+    pg_dir, log = base / "pg", base / "server.log"
+    port = postgres.free_port()
+    process = start_team_server(pg_dir, port, log)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        server.create_user(uri, server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
+        yield TeamServer(uri, USER, USER_PW, pg_dir, log, ADMIN_PW)
+    finally:
+        still_running = stop_team_server(process, pg_dir)
         shutil.rmtree(base, ignore_errors=True)
         assert not still_running, "mnistflow server left PostgreSQL running after SIGTERM"

@@ -71,8 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """ServerError if ``host:port`` is taken (before the slow start)."""
+    """ServerError if ``host:port`` is taken (before the slow start).
+
+    SO_REUSEADDR, as uvicorn binds: connections of a server that just died linger in
+    TIME_WAIT for a minute and must not stop its restart; a listening socket still does.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

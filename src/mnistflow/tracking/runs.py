@@ -1,8 +1,19 @@
-"""One MLflow run's lifecycle and logging: started once, always ended, never left RUNNING."""
+"""One MLflow run's lifecycle and logging: started once, always ended, never left RUNNING.
+
+A tracking server that goes away during a run is MLflow's client's to ride out: it retries
+each request (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` times, sleeping
+``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` x 2^(n-1) s after the n-th failure from the second on,
+at most 120 s; each attempt waits up to ``MLFLOW_HTTP_REQUEST_TIMEOUT`` s for an answer).
+When a request still fails, the run's block ends with one :class:`ServerLostError` line (exit 4)
+before any output is written; the run is ended FAILED if the server answers one more request,
+else it stays RUNNING, marked with its owner (:mod:`.liveness`) so that ``mnistflow doctor
+--fix`` or the next train run ends it once the server is back.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,10 +23,96 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from mnistflow.tracking import liveness
-from mnistflow.tracking.store import TrackingError
+from mnistflow.tracking.store import TrackingError, redact
 from mnistflow.util.signals import Interrupted, signals_deferred
 
 log = logging.getLogger(__name__)
+
+# MLflow's client settings (mlflow.environment_variables) and their defaults in MLflow 3.
+RETRIES_ENV, RETRIES_DEFAULT = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", 7
+BACKOFF_ENV, BACKOFF_DEFAULT = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 2
+TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+BACKOFF_MAX_S = 120.0  # urllib3's Retry.DEFAULT_BACKOFF_MAX: no single sleep is longer
+LAST_TRY_TIMEOUT_S = "10"  # the one request that ends a run after the server was lost
+
+
+class ServerLostError(TrackingError):
+    """The tracking server stopped answering during a run, for longer than MLflow retries."""
+
+
+def retry_window_s(retries: int, backoff_factor: float) -> float:
+    """Seconds MLflow's client sleeps between the attempts of one request before giving up.
+
+    urllib3 (MLflow's ``requests`` session) sleeps ``backoff_factor * 2**(n-1)`` s after the
+    n-th consecutive failure, none after the first, at most :data:`BACKOFF_MAX_S` each; there
+    are ``retries`` sleeps (the last attempt's failure raises). Jitter (up to
+    ``MLFLOW_HTTP_REQUEST_BACKOFF_JITTER`` s per sleep, default 1) and the time of the attempts
+    themselves come on top.
+    """
+    return sum(min(BACKOFF_MAX_S, backoff_factor * 2 ** (n - 1)) for n in range(2, retries + 1))
+
+
+def server_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised while handling, a failure to get any answer from the
+    server (refused, reset, timed out, retries exhausted), as opposed to an answer that says no.
+    """
+    import requests
+
+    lost = (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        requests.exceptions.RetryError,
+    )
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, lost):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def lost_message(uri: str, run_id: str, ended: bool, environ: Mapping[str, str]) -> str:
+    """The one line of :class:`ServerLostError`: which server, how long MLflow retried, the run."""
+    retries = int(environ.get(RETRIES_ENV, RETRIES_DEFAULT))
+    backoff = float(environ.get(BACKOFF_ENV, BACKOFF_DEFAULT))
+    window = retry_window_s(retries, backoff)
+    run = (
+        f"run {run_id} ended FAILED"
+        if ended
+        else f"run {run_id} is left RUNNING there: `mnistflow doctor --fix` (or the next train) "
+        "marks it FAILED once the server is back"
+    )
+    return (
+        f"lost the MLflow tracking server at {redact(uri)}: no answer after MLflow's "
+        f"{retries} retries (~{window:g} s of back-off; {RETRIES_ENV}, {BACKOFF_ENV}, "
+        f"{TIMEOUT_ENV}); {run}"
+    )
+
+
+def _end_run_once(status: str) -> bool:
+    """End the active run with a single short request, without MLflow's retries.
+
+    ``mlflow.end_run`` pops the active run first, so MLflow's exit handler will not try again
+    (with the full retries) whatever happens here. Returns whether the server recorded it.
+    """
+    saved = {var: os.environ.get(var) for var in (RETRIES_ENV, TIMEOUT_ENV)}
+    os.environ[RETRIES_ENV], os.environ[TIMEOUT_ENV] = "0", LAST_TRY_TIMEOUT_S
+    try:
+        with signals_deferred():
+            mlflow.end_run(status)
+    except Exception as exc:
+        if not server_unreachable(exc):
+            raise
+        return False
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+    return True
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -113,6 +210,10 @@ def mlflow_run(
     Interrupted (SIGINT/SIGTERM), FAILED on any other exception, never RUNNING. While it
     is active it carries this process's host, pid and start time and a heartbeat tag, so a
     run whose process was SIGKILLed can be found and ended later (:mod:`.liveness`).
+
+    Raises:
+        ServerLostError: the server stopped answering for longer than MLflow's client retries
+            (see the module's docstring); the run is ended FAILED if it can still be.
     """
     mlflow.set_tracking_uri(uri)
     if run_id is not None:
@@ -132,22 +233,32 @@ def mlflow_run(
             log_system_metrics=log_system_metrics,
         )
     status = "FAILED"
+    run_id = active.info.run_id
     interval = liveness.heartbeat_interval()
-    heartbeat = liveness.Heartbeat(uri, active.info.run_id, interval)
+    heartbeat = liveness.Heartbeat(uri, run_id, interval)
+    lost: Exception | None = None
     try:
         with signals_deferred():
             mlflow.set_tags(liveness.owner_tags(interval))
         heartbeat.start()
-        yield Run(active.info.run_id, experiment_id, uri)
+        yield Run(run_id, experiment_id, uri)
         status = "FINISHED"
     except (KeyboardInterrupt, Interrupted):
         status = "KILLED"
         raise
+    except Exception as exc:
+        if not server_unreachable(exc):
+            raise
+        lost = exc
     finally:
-        heartbeat.stop()
-        with signals_deferred():
-            mlflow.end_run(status)
-        log.info("MLflow run %s ended %s", active.info.run_id, status)
+        heartbeat.stop(wait=lost is None)
+        if lost is None:
+            with signals_deferred():
+                mlflow.end_run(status)
+            log.info("MLflow run %s ended %s", run_id, status)
+    if lost is not None:
+        ended = _end_run_once("FAILED")
+        raise ServerLostError(lost_message(uri, run_id, ended, os.environ)) from lost
 
 
 def run_status(uri: str, run_id: str) -> str:

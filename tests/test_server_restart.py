@@ -1,0 +1,290 @@
+"""The tracking server goes away while a train stage is logging to it.
+
+A real ``mnistflow server --pg-dir`` (PostgreSQL + ``mlflow server --app-name basic-auth``) on
+127.0.0.1; its ``mlflow server`` process group is SIGKILLed right after the train stage logged
+its first epoch (the stage is held with SIGSTOP around the kill, so the next epoch's metric is
+the first request to find the server gone), and the server is started again on the same
+cluster and port. Short outage: MLflow's client retries through it. Outage longer than its
+retries: one line, exit 4, no model, the run found and ended by ``mnistflow doctor --fix``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mnistflow.tracking import postgres, runs, server
+from mnistflow.util.fileio import read_json
+from tests.helpers import copy_repo, run, stage_env, write_encoded
+from tests.services import (
+    ADMIN_PW,
+    USER,
+    USER_PW,
+    require_postgres,
+    server_base,
+    start_team_server,
+    stop_team_server,
+)
+
+EPOCHS = 8
+RESTART_AFTER_S = 15
+
+
+@dataclass
+class Restartable:
+    """A ``mnistflow server`` that can lose its ``mlflow server`` and be started again."""
+
+    pg_dir: Path
+    port: int
+    log: Path
+    process: subprocess.Popen
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill_mlflow(self) -> None:
+        """SIGKILL the ``mlflow server`` process group (its own session: the server and its
+        uvicorn workers); ``mnistflow server`` then stops PostgreSQL and exits."""
+        (mlflow,) = [
+            p
+            for p in psutil.Process(self.process.pid).children()
+            if "mlflow" in " ".join(p.cmdline())
+        ]
+        os.killpg(mlflow.pid, signal.SIGKILL)
+        self.process.wait(timeout=90)
+
+    def start(self) -> None:
+        self.process = start_team_server(self.pg_dir, self.port, self.log)
+
+
+@pytest.fixture(scope="module")
+def restartable() -> Iterator[Restartable]:
+    require_postgres()
+    base = server_base("mnistflow-restart-")
+    pg_dir, log, port = base / "pg", base / "server.log", postgres.free_port()
+    srv = Restartable(pg_dir, port, log, start_team_server(pg_dir, port, log))
+    try:
+        server.create_user(srv.uri, server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
+        yield srv
+    finally:
+        still_running = stop_team_server(srv.process, pg_dir)
+        shutil.rmtree(base, ignore_errors=True)
+        assert not still_running, "mnistflow server left PostgreSQL running after SIGTERM"
+
+
+def workspace(tmp_path: Path, srv: Restartable) -> tuple[Path, dict[str, str]]:
+    """A repo copy with encoded synthetic data: EPOCHS epochs exactly, logging to ``srv``."""
+
+    def edit(p: dict) -> None:
+        p["train"].update(
+            max_iter=EPOCHS, n_iter_no_change=100000, tol=0.0, hidden_layer_sizes=[128]
+        )
+
+    ws = copy_repo(tmp_path / "ws", edit)
+    write_encoded(ws, n_train=4000, n_test=50)
+    env = {
+        **stage_env(),
+        "MLFLOW_TRACKING_URI": srv.uri,
+        "MLFLOW_TRACKING_USERNAME": USER,
+        "MLFLOW_TRACKING_PASSWORD": USER_PW,
+    }
+    return ws, env
+
+
+def train_losing_the_server(
+    ws: Path, env: dict[str, str], srv: Restartable, stderr: Path, restart_after: float | None
+) -> int:
+    """Run the train stage; kill the server right after the first epoch was logged; start it
+    again ``restart_after`` seconds later (None: after the stage exited). The exit code."""
+    with stderr.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "stages/train.py"], cwd=ws, env=env, stderr=err)
+    try:
+        deadline = time.monotonic() + 180
+        while "loss=" not in stderr.read_text():  # the progress bar after the first epoch
+            assert proc.poll() is None, stderr.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no epoch reported"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGSTOP)  # hold the fit while the server goes
+        try:
+            srv.kill_mlflow()
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        killed = time.monotonic()
+        if restart_after is not None:
+            time.sleep(restart_after)
+            srv.start()
+            print(f"server answering again {time.monotonic() - killed:.1f} s after the kill")
+        code = proc.wait(timeout=600)
+        print(f"train exited {code} {time.monotonic() - killed:.1f} s after the kill")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if srv.process.poll() is not None:
+            srv.start()
+    return code
+
+
+def client(srv: Restartable, monkeypatch: pytest.MonkeyPatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", USER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", USER_PW)
+    return MlflowClient(srv.uri)
+
+
+@pytest.mark.unit
+def test_retry_window_follows_urllib3s_backoff() -> None:
+    # sleeps after failures 2..n: factor * 2**(n-1), capped at 120 s; none after the first
+    assert runs.retry_window_s(7, 2) == 4 + 8 + 16 + 32 + 64 + 120  # MLflow's defaults: 244
+    assert runs.retry_window_s(2, 1) == 2
+    assert runs.retry_window_s(10, 2) == 4 + 8 + 16 + 32 + 64 + 4 * 120
+    assert runs.retry_window_s(1, 2) == 0
+    assert runs.retry_window_s(0, 2) == 0
+
+
+@pytest.mark.unit
+def test_the_lost_line_names_the_settings_and_what_became_of_the_run() -> None:
+    line = runs.lost_message("http://u:pw@h:5000", "r1", False, {})
+    assert line.startswith("lost the MLflow tracking server at http://h:5000: no answer after ")
+    assert "MLflow's 7 retries (~244 s of back-off;" in line
+    assert "run r1 is left RUNNING there: `mnistflow doctor --fix`" in line
+    assert "pw" not in line
+    ended = runs.lost_message("http://h:5000", "r1", True, {runs.RETRIES_ENV: "3"})
+    assert "3 retries (~12 s" in ended
+    assert ended.endswith("MLFLOW_HTTP_REQUEST_TIMEOUT); run r1 ended FAILED")
+
+
+class _NoSuchRun(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = json.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"})
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+@pytest.mark.unit
+def test_server_unreachable_is_no_answer_not_an_answer_that_says_no(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv(runs.RETRIES_ENV, "0")
+    with pytest.raises(MlflowException) as refused:
+        MlflowClient(f"http://127.0.0.1:{postgres.free_port()}").get_run("r1")
+    assert runs.server_unreachable(refused.value)
+
+    answering = ThreadingHTTPServer(("127.0.0.1", 0), _NoSuchRun)
+    thread = threading.Thread(target=answering.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(MlflowException) as said_no:
+            MlflowClient(f"http://127.0.0.1:{answering.server_address[1]}").get_run("r1")
+    finally:
+        answering.shutdown()
+        answering.server_close()
+    assert "RESOURCE_DOES_NOT_EXIST" in str(said_no.value)
+    assert not runs.server_unreachable(said_no.value)
+
+
+@pytest.mark.unit
+def test_port_check_still_refuses_a_port_someone_listens_on() -> None:
+    import socket
+
+    from mnistflow.cli.server import check_port_free
+
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        port = listening.getsockname()[1]
+        with pytest.raises(server.ServerError, match=f"port {port} on 127.0.0.1 is in use"):
+            check_port_free("127.0.0.1", port)
+    check_port_free("127.0.0.1", port)  # closed: free again
+
+
+@pytest.mark.e2e
+def test_server_restarted_mid_fit_the_run_still_finishes_with_every_epoch(
+    restartable: Restartable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws, env = workspace(tmp_path, restartable)
+    stderr_file = tmp_path / "stderr.txt"
+    code = train_losing_the_server(ws, env, restartable, stderr_file, RESTART_AFTER_S)
+    stderr = stderr_file.read_text()
+    assert code == 0, stderr[-4000:]
+    # the outage was met during the fit: MLflow's client retried an epoch's metric
+    assert "Retrying" in stderr
+    assert stderr.index("Retrying") < stderr.index("fitted in")
+    run_id = read_json(ws / "outputs/train/run.json")["run_id"]
+    mlflow = client(restartable, monkeypatch)
+    assert mlflow.get_run(run_id).info.status == "FINISHED"
+    history = mlflow.get_metric_history(run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
+    assert (ws / "models/model.pkl").exists()
+
+
+@pytest.mark.e2e
+def test_outage_longer_than_the_retries_is_one_line_exit_4_and_doctor_ends_the_run(
+    restartable: Restartable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws, env = workspace(tmp_path, restartable)
+    # MLflow's retries made short: 2 retries, 0 + 1*2 s of back-off, no jitter
+    env.update(
+        {
+            runs.RETRIES_ENV: "2",
+            runs.BACKOFF_ENV: "1",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+            runs.TIMEOUT_ENV: "5",
+        }
+    )
+    stderr_file = tmp_path / "stderr.txt"
+    code = train_losing_the_server(ws, env, restartable, stderr_file, restart_after=None)
+    stderr = stderr_file.read_text()
+    assert code == 4, stderr[-4000:]
+    assert "Traceback" not in stderr
+    assert "fitted in" not in stderr  # it stopped during the fit
+    assert not (ws / "models/model.pkl").exists()
+    assert not (ws / "outputs/train/run.json").exists()
+
+    # the server is back (the helper started it again): the run is there, RUNNING, and
+    # carries its owner, so doctor finds it dead and ends it
+    mlflow = client(restartable, monkeypatch)
+    experiment = mlflow.get_experiment_by_name("mnist-mlp")
+    (left,) = mlflow.search_runs(
+        [experiment.experiment_id], filter_string="attributes.status = 'RUNNING'"
+    )
+    run_id = left.info.run_id
+    errors = [line for line in stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, stderr[-4000:]
+    assert errors[0].endswith(
+        f"stage train: lost the MLflow tracking server at {restartable.uri}: no answer after "
+        "MLflow's 2 retries (~2 s of back-off; MLFLOW_HTTP_REQUEST_MAX_RETRIES, "
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_TIMEOUT); "
+        f"run {run_id} is left RUNNING there: "
+        "`mnistflow doctor --fix` (or the next train) marks it FAILED once the server is back"
+    )
+    doctor = [str(Path(sys.executable).parent / "mnistflow"), "doctor"]
+    found = run(doctor, ws, env, check=False)
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert run_id in found.stdout
+    run([*doctor, "--fix"], ws, env)
+    ended = mlflow.get_run(run_id)
+    assert ended.info.status == "FAILED"
+    assert ended.data.tags["mnistflow.ended_by"].startswith("liveness: process")
