@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +91,11 @@ def server_base(prefix: str) -> Path:
     return base
 
 
-def start_team_server(pg_dir: Path, port: int, log: Path) -> subprocess.Popen:
-    """``mnistflow server --pg-dir PG_DIR --port PORT`` (appending to ``log``), once healthy.
+def start_team_server(
+    pg_dir: Path, port: int, log: Path, extra: Sequence[str] = ()
+) -> subprocess.Popen:
+    """``mnistflow server --pg-dir PG_DIR --port PORT [extra]`` (appending to ``log``), once
+    healthy.
 
     A second start on the same ``pg_dir`` reuses the cluster: its data and users survive.
     """
@@ -102,7 +105,7 @@ def start_team_server(pg_dir: Path, port: int, log: Path) -> subprocess.Popen:
     cmd = [str(Path(sys.executable).parent / "mnistflow"), "server", "--pg-dir", str(pg_dir)]
     with log.open("a") as out:
         process = subprocess.Popen(
-            [*cmd, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env
+            [*cmd, "--port", str(port), *extra], stdout=out, stderr=subprocess.STDOUT, env=env
         )
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", process, log)

@@ -4,10 +4,13 @@ A tracking server that goes away during a run is MLflow's client's to ride out: 
 each request (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` times, sleeping
 ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` x 2^(n-1) s after the n-th failure from the second on,
 at most 120 s; each attempt waits up to ``MLFLOW_HTTP_REQUEST_TIMEOUT`` s for an answer).
-When a request still fails, the run's block ends with one :class:`ServerLostError` line (exit 4)
-before any output is written; the run is ended FAILED if the server answers one more request,
-else it stays RUNNING, marked with its owner (:mod:`.liveness`) so that ``mnistflow doctor
---fix`` or the next train run ends it once the server is back.
+When a request still gets no answer, the run's block ends with one line (exit 4): if the
+server answers one more, unretried request (ending the run FAILED), it was that request the
+server dropped (:class:`ServerFailedError`, e.g. an upload cut off by a full artifact store);
+else the server is gone (:class:`ServerLostError`) and the run stays RUNNING, marked with its
+owner (:mod:`.liveness`) so that ``mnistflow doctor --fix`` or the next train run ends it once
+the server is back. A server that keeps answering a request with an error status (MLflow
+retries 5xx and 429 the same way) is a :class:`ServerFailedError` too, the run ended FAILED.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -40,6 +44,10 @@ class ServerLostError(TrackingError):
     """The tracking server stopped answering during a run, for longer than MLflow retries."""
 
 
+class ServerFailedError(TrackingError):
+    """The tracking server kept answering a request with an error (5xx, 429) during a run."""
+
+
 def retry_window_s(retries: int, backoff_factor: float) -> float:
     """Seconds MLflow's client sleeps between the attempts of one request before giving up.
 
@@ -52,42 +60,73 @@ def retry_window_s(retries: int, backoff_factor: float) -> float:
     return sum(min(BACKOFF_MAX_S, backoff_factor * 2 ** (n - 1)) for n in range(2, retries + 1))
 
 
-def server_unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` is, or was raised while handling, a failure to get any answer from the
-    server (refused, reset, timed out, retries exhausted), as opposed to an answer that says no.
-    """
-    import requests
-
-    lost = (
-        requests.exceptions.ConnectionError,
-        requests.exceptions.Timeout,
-        requests.exceptions.RetryError,
-    )
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from or while handling, outermost first."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, lost):
-            return True
+        yield current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return False
 
 
-def lost_message(uri: str, run_id: str, ended: bool, environ: Mapping[str, str]) -> str:
+def server_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised while handling, a failure to get any answer from the
+    server (refused, reset, timed out), as opposed to an answer that says no or fails."""
+    import requests
+
+    lost = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+    return any(isinstance(e, lost) for e in _chain(exc))
+
+
+def server_error_answers(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from MLflow's retries running out on error statuses (urllib3's
+    "too many 500 error responses"): the server answered, with errors."""
+    import requests
+
+    return any(isinstance(e, requests.exceptions.RetryError) for e in _chain(exc))
+
+
+def failed_request(exc: BaseException) -> str:
+    """The request behind ``exc`` and why it failed, e.g. ``PUT /api/2.0/mlflow-artifacts/...:
+    too many 500 error responses`` (the path, never the credentials)."""
+    import requests
+
+    for e in _chain(exc):
+        if isinstance(e, requests.exceptions.RequestException):
+            request = e.request
+            where = (
+                f"{request.method} {urlparse(request.url).path}"
+                if request is not None and request.url
+                else "a request"
+            )
+            reason: object = e.args[0] if e.args else e
+            while getattr(reason, "reason", None) is not None:  # urllib3's MaxRetryError
+                reason = reason.reason  # type: ignore[attr-defined]
+            return f"{where}: {reason}"
+    return str(exc)
+
+
+def lost_message(uri: str, run_id: str, environ: Mapping[str, str]) -> str:
     """The one line of :class:`ServerLostError`: which server, how long MLflow retried, the run."""
     retries = int(environ.get(RETRIES_ENV, RETRIES_DEFAULT))
     backoff = float(environ.get(BACKOFF_ENV, BACKOFF_DEFAULT))
     window = retry_window_s(retries, backoff)
-    run = (
-        f"run {run_id} ended FAILED"
-        if ended
-        else f"run {run_id} is left RUNNING there: `mnistflow doctor --fix` (or the next train) "
-        "marks it FAILED once the server is back"
-    )
     return (
         f"lost the MLflow tracking server at {redact(uri)}: no answer after MLflow's "
         f"{retries} retries (~{window:g} s of back-off; {RETRIES_ENV}, {BACKOFF_ENV}, "
-        f"{TIMEOUT_ENV}); {run}"
+        f"{TIMEOUT_ENV}); run {run_id} is left RUNNING there: `mnistflow doctor --fix` (or the "
+        "next train) marks it FAILED once the server is back"
+    )
+
+
+def failed_message(uri: str, run_id: str, what: str, environ: Mapping[str, str]) -> str:
+    """The one line of :class:`ServerFailedError` (``what``: :func:`failed_request`)."""
+    retries = int(environ.get(RETRIES_ENV, RETRIES_DEFAULT))
+    return (
+        f"the MLflow tracking server at {redact(uri)} failed a request: {what} (after MLflow's "
+        f"{retries} retries, {RETRIES_ENV}); the server's log says why (e.g. its artifact "
+        f"store is full or its database is down); run {run_id} is marked FAILED"
     )
 
 
@@ -214,6 +253,8 @@ def mlflow_run(
     Raises:
         ServerLostError: the server stopped answering for longer than MLflow's client retries
             (see the module's docstring); the run is ended FAILED if it can still be.
+        ServerFailedError: the server kept answering a request with an error status (a
+            full artifact store, a database that is down); the run is ended FAILED.
     """
     mlflow.set_tracking_uri(uri)
     if run_id is not None:
@@ -247,9 +288,13 @@ def mlflow_run(
         status = "KILLED"
         raise
     except Exception as exc:
-        if not server_unreachable(exc):
+        if server_unreachable(exc):
+            lost = exc
+        elif server_error_answers(exc):
+            what = failed_request(exc)
+            raise ServerFailedError(failed_message(uri, run_id, what, os.environ)) from exc
+        else:
             raise
-        lost = exc
     finally:
         heartbeat.stop(wait=lost is None)
         if lost is None:
@@ -257,8 +302,10 @@ def mlflow_run(
                 mlflow.end_run(status)
             log.info("MLflow run %s ended %s", run_id, status)
     if lost is not None:
-        ended = _end_run_once("FAILED")
-        raise ServerLostError(lost_message(uri, run_id, ended, os.environ)) from lost
+        if _end_run_once("FAILED"):  # it answers again: it dropped that request (see its log)
+            what = failed_request(lost)
+            raise ServerFailedError(failed_message(uri, run_id, what, os.environ)) from lost
+        raise ServerLostError(lost_message(uri, run_id, os.environ)) from lost
 
 
 def run_status(uri: str, run_id: str) -> str:

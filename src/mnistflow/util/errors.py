@@ -9,7 +9,7 @@ traceback. Exit codes (also in docs/faults.md):
 1     a comparison came out different (``mnistflow reproduce``), or a queued experiment failed
 2     bad params, bad command-line input or a missing/unreadable file
 3     bad or unreachable data (download mirrors, IDX files)
-4     the MLflow tracking store cannot be used (unreachable, locked, credentials, no such run)
+4     the MLflow store cannot be used (down or lost mid-run, locked, credentials, no such run)
 5     an external tool failed (git, dvc)
 6     no room to write an output (disk full, quota, file-size limit); earlier outputs stay
 130   interrupted by SIGINT (Ctrl-C); 143: by SIGTERM

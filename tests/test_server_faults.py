@@ -1,4 +1,4 @@
-"""The tracking server goes away while a train stage is logging to it.
+"""The tracking server goes away, or fails, while a train stage is logging to it.
 
 A real ``mnistflow server --pg-dir`` (PostgreSQL + ``mlflow server --app-name basic-auth``) on
 127.0.0.1; its ``mlflow server`` process group is SIGKILLed right after the train stage logged
@@ -6,6 +6,8 @@ its first epoch (the stage is held with SIGSTOP around the kill, so the next epo
 the first request to find the server gone), and the server is started again on the same
 cluster and port. Short outage: MLflow's client retries through it. Outage longer than its
 retries: one line, exit 4, no model, the run found and ended by ``mnistflow doctor --fix``.
+And the server's artifact store full during ``log_model``: one line, exit 4, run and logged
+model FAILED, nothing registered.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import pytest
 
 from mnistflow.tracking import postgres, runs, server
 from mnistflow.util.fileio import read_json
-from tests.helpers import copy_repo, run, stage_env, write_encoded
+from tests.helpers import copy_repo, fill, run, stage_env, write_encoded
 from tests.services import (
     ADMIN_PW,
     USER,
@@ -86,16 +88,18 @@ def restartable() -> Iterator[Restartable]:
         assert not still_running, "mnistflow server left PostgreSQL running after SIGTERM"
 
 
-def workspace(tmp_path: Path, srv: Restartable) -> tuple[Path, dict[str, str]]:
+def workspace(
+    tmp_path: Path, srv: Restartable, n_train: int = 4000, hidden: int = 128
+) -> tuple[Path, dict[str, str]]:
     """A repo copy with encoded synthetic data: EPOCHS epochs exactly, logging to ``srv``."""
 
     def edit(p: dict) -> None:
         p["train"].update(
-            max_iter=EPOCHS, n_iter_no_change=100000, tol=0.0, hidden_layer_sizes=[128]
+            max_iter=EPOCHS, n_iter_no_change=100000, tol=0.0, hidden_layer_sizes=[hidden]
         )
 
     ws = copy_repo(tmp_path / "ws", edit)
-    write_encoded(ws, n_train=4000, n_test=50)
+    write_encoded(ws, n_train=n_train, n_test=50)
     env = {
         **stage_env(),
         "MLFLOW_TRACKING_URI": srv.uri,
@@ -158,21 +162,31 @@ def test_retry_window_follows_urllib3s_backoff() -> None:
 
 
 @pytest.mark.unit
-def test_the_lost_line_names_the_settings_and_what_became_of_the_run() -> None:
-    line = runs.lost_message("http://u:pw@h:5000", "r1", False, {})
+def test_the_lost_and_failed_lines_name_the_settings_and_what_became_of_the_run() -> None:
+    line = runs.lost_message("http://u:pw@h:5000", "r1", {})
     assert line.startswith("lost the MLflow tracking server at http://h:5000: no answer after ")
     assert "MLflow's 7 retries (~244 s of back-off;" in line
-    assert "run r1 is left RUNNING there: `mnistflow doctor --fix`" in line
+    assert line.endswith(
+        "run r1 is left RUNNING there: `mnistflow doctor --fix` (or the next train) marks it "
+        "FAILED once the server is back"
+    )
     assert "pw" not in line
-    ended = runs.lost_message("http://h:5000", "r1", True, {runs.RETRIES_ENV: "3"})
-    assert "3 retries (~12 s" in ended
-    assert ended.endswith("MLFLOW_HTTP_REQUEST_TIMEOUT); run r1 ended FAILED")
+    assert "3 retries (~12 s" in runs.lost_message("http://h:5000", "r1", {runs.RETRIES_ENV: "3"})
+    failed = runs.failed_message("http://u:pw@h:5000", "r1", "PUT /x: boom", {})
+    assert failed.startswith(
+        "the MLflow tracking server at http://h:5000 failed a request: PUT /x: boom (after "
+        "MLflow's 7 retries, MLFLOW_HTTP_REQUEST_MAX_RETRIES)"
+    )
+    assert failed.endswith("run r1 is marked FAILED")
+    assert "pw" not in failed
 
 
-class _NoSuchRun(BaseHTTPRequestHandler):
+class _Answers(BaseHTTPRequestHandler):
+    """Answers every GET with the status in the server's ``status`` attribute."""
+
     def do_GET(self) -> None:
         body = json.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"})
-        self.send_response(404)
+        self.send_response(self.server.status)  # type: ignore[attr-defined]
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -194,17 +208,32 @@ def test_server_unreachable_is_no_answer_not_an_answer_that_says_no(
         MlflowClient(f"http://127.0.0.1:{postgres.free_port()}").get_run("r1")
     assert runs.server_unreachable(refused.value)
 
-    answering = ThreadingHTTPServer(("127.0.0.1", 0), _NoSuchRun)
+    assert not runs.server_error_answers(refused.value)
+    assert runs.failed_request(refused.value).startswith("GET /api/2.0/mlflow/runs/get: ")
+    assert "Connection refused" in runs.failed_request(refused.value)
+
+    answering = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
     thread = threading.Thread(target=answering.serve_forever, daemon=True)
     thread.start()
+    answering.status = 404  # type: ignore[attr-defined]
+    uri = f"http://127.0.0.1:{answering.server_address[1]}"
     try:
         with pytest.raises(MlflowException) as said_no:
-            MlflowClient(f"http://127.0.0.1:{answering.server_address[1]}").get_run("r1")
+            MlflowClient(uri).get_run("r1")
+        answering.status = 500  # type: ignore[attr-defined]
+        with pytest.raises(MlflowException) as failing:
+            MlflowClient(uri).get_run("r1")
     finally:
         answering.shutdown()
         answering.server_close()
     assert "RESOURCE_DOES_NOT_EXIST" in str(said_no.value)
     assert not runs.server_unreachable(said_no.value)
+    assert not runs.server_error_answers(said_no.value)
+    # a 500 is retried by MLflow like a refused connection, but it is an answer
+    assert not runs.server_unreachable(failing.value)
+    assert runs.server_error_answers(failing.value)
+    what = runs.failed_request(failing.value)
+    assert what == "GET /api/2.0/mlflow/runs/get: too many 500 error responses"
 
 
 @pytest.mark.unit
@@ -288,3 +317,52 @@ def test_outage_longer_than_the_retries_is_one_line_exit_4_and_doctor_ends_the_r
     ended = mlflow.get_run(run_id)
     assert ended.info.status == "FAILED"
     assert ended.data.tags["mnistflow.ended_by"].startswith("liveness: process")
+
+
+@pytest.mark.e2e
+def test_full_artifact_store_during_log_model_is_one_line_and_the_run_and_model_failed(
+    small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's artifact store (a 64 MB tmpfs) has 1 MB left: the loss curve and the
+    encoding fit, the model's weights (784 x 512 float64, 3.2 MB) do not."""
+    require_postgres()
+    base = server_base("mnistflow-full-")
+    pg_dir, log, port = base / "pg", base / "server.log", postgres.free_port()
+    artifacts = ["--artifacts-destination", str(small_disk / "artifacts")]
+    srv = Restartable(pg_dir, port, log, start_team_server(pg_dir, port, log, artifacts))
+    try:
+        server.create_user(srv.uri, server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
+        ws, env = workspace(tmp_path, srv, n_train=300, hidden=512)
+        env.update({runs.RETRIES_ENV: "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"})
+        fill(small_disk, leave_bytes=1 << 20)
+        proc = run([sys.executable, "stages/train.py"], ws, env, check=False)
+        assert proc.returncode == 4, proc.stderr[-4000:]
+        errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+        assert len(errors) == 1, proc.stderr[-4000:]
+        print(errors[0])
+        # the server cut the upload off (a reset) or answered 500s, whichever came first
+        assert (
+            f"stage train: the MLflow tracking server at {srv.uri} failed a request: PUT "
+            "/api/2.0/mlflow-artifacts/artifacts/"
+        ) in errors[0]
+        assert "the server's log says why (e.g. its artifact store is full" in errors[0]
+        assert "Traceback" not in proc.stderr
+        assert "fitted in" in proc.stderr  # the fit was done: logging the model failed
+        assert "No space left on device" in log.read_text()  # the server's side of it
+        assert not (ws / "models/model.pkl").exists()
+        assert not (ws / "outputs/train/run.json").exists()
+
+        mlflow = client(srv, monkeypatch)
+        experiment = mlflow.get_experiment_by_name("mnist-mlp")
+        (failed,) = mlflow.search_runs([experiment.experiment_id])
+        assert failed.info.status == "FAILED"
+        assert f"run {failed.info.run_id} is marked FAILED" in errors[0]
+        assert {a.path for a in mlflow.list_artifacts(failed.info.run_id)} >= {"train"}
+        logged = mlflow.search_logged_models([experiment.experiment_id])
+        assert [m.source_run_id for m in logged] == [failed.info.run_id]
+        assert [str(m.status) for m in logged] == ["FAILED"]  # MLflow marks it, not READY
+        assert mlflow.search_registered_models() == []
+    finally:
+        still_running = stop_team_server(srv.process, pg_dir)
+        shutil.rmtree(base, ignore_errors=True)
+        assert not still_running
