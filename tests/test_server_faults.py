@@ -172,6 +172,9 @@ def test_the_lost_and_failed_lines_name_the_settings_and_what_became_of_the_run(
     )
     assert "pw" not in line
     assert "3 retries (~12 s" in runs.lost_message("http://h:5000", "r1", {runs.RETRIES_ENV: "3"})
+    assert runs.lost_message("http://h:5000", "r1", {}, started=False).endswith(
+        "run r1 was not reopened: run the stage again once the server is back"
+    )
     failed = runs.failed_message("http://u:pw@h:5000", "r1", "PUT /x: boom", {})
     assert failed.startswith(
         "the MLflow tracking server at http://h:5000 failed a request: PUT /x: boom (after "
@@ -317,6 +320,38 @@ def test_outage_longer_than_the_retries_is_one_line_exit_4_and_doctor_ends_the_r
     ended = mlflow.get_run(run_id)
     assert ended.info.status == "FAILED"
     assert ended.data.tags["mnistflow.ended_by"].startswith("liveness: process")
+
+
+@pytest.mark.e2e
+def test_evaluate_with_the_server_gone_is_one_line_and_runs_again_once_it_is_back(
+    restartable: Restartable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws, env = workspace(tmp_path, restartable, n_train=300, hidden=16)
+    run([sys.executable, "stages/train.py"], ws, env)
+    run_id = read_json(ws / "outputs/train/run.json")["run_id"]
+    env.update({runs.RETRIES_ENV: "2", runs.BACKOFF_ENV: "1", runs.TIMEOUT_ENV: "5"})
+    restartable.kill_mlflow()
+    try:
+        proc = run([sys.executable, "stages/evaluate.py"], ws, env, check=False)
+    finally:
+        restartable.start()
+    assert proc.returncode == 4, proc.stderr[-4000:]
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, proc.stderr[-4000:]
+    assert errors[0].endswith(
+        f"stage evaluate: lost the MLflow tracking server at {restartable.uri}: no answer after "
+        "MLflow's 2 retries (~2 s of back-off; MLFLOW_HTTP_REQUEST_MAX_RETRIES, "
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_TIMEOUT); "
+        f"run {run_id} was not reopened: run the stage again once the server is back"
+    )
+    assert "Traceback" not in proc.stderr
+    mlflow = client(restartable, monkeypatch)
+    assert mlflow.get_run(run_id).info.status == "FINISHED"  # train's, untouched
+    assert "test_accuracy" not in mlflow.get_run(run_id).data.metrics
+    run([sys.executable, "stages/evaluate.py"], ws, env)  # the server is back
+    evaluated = mlflow.get_run(run_id)
+    assert evaluated.info.status == "FINISHED"
+    assert "test_accuracy" in evaluated.data.metrics
 
 
 @pytest.mark.e2e

@@ -107,16 +107,22 @@ def failed_request(exc: BaseException) -> str:
     return str(exc)
 
 
-def lost_message(uri: str, run_id: str, environ: Mapping[str, str]) -> str:
-    """The one line of :class:`ServerLostError`: which server, how long MLflow retried, the run."""
+def lost_message(uri: str, run_id: str, environ: Mapping[str, str], started: bool = True) -> str:
+    """The one line of :class:`ServerLostError`: which server, how long MLflow retried, and
+    what became of the run (``started``: it was running; else it was not reopened)."""
     retries = int(environ.get(RETRIES_ENV, RETRIES_DEFAULT))
     backoff = float(environ.get(BACKOFF_ENV, BACKOFF_DEFAULT))
     window = retry_window_s(retries, backoff)
+    run = (
+        f"run {run_id} is left RUNNING there: `mnistflow doctor --fix` (or the next train) "
+        "marks it FAILED once the server is back"
+        if started
+        else f"run {run_id} was not reopened: run the stage again once the server is back"
+    )
     return (
         f"lost the MLflow tracking server at {redact(uri)}: no answer after MLflow's "
         f"{retries} retries (~{window:g} s of back-off; {RETRIES_ENV}, {BACKOFF_ENV}, "
-        f"{TIMEOUT_ENV}); run {run_id} is left RUNNING there: `mnistflow doctor --fix` (or the "
-        "next train) marks it FAILED once the server is back"
+        f"{TIMEOUT_ENV}); {run}"
     )
 
 
@@ -261,6 +267,8 @@ def mlflow_run(
         try:
             found = MlflowClient(uri).get_run(run_id)
         except mlflow.exceptions.MlflowException as exc:
+            if server_unreachable(exc):
+                raise ServerLostError(lost_message(uri, run_id, os.environ, False)) from exc
             raise TrackingError(
                 f"MLflow run {run_id} (from train's run info) not found in {uri}: was train run "
                 "with another tracking store (MLFLOW_TRACKING_URI, mlflow.tracking_uri)?"
