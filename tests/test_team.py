@@ -471,3 +471,59 @@ def test_sync_twice_copies_each_local_run_once(
         assert {a.path for a in client.list_logged_model_artifacts(models[0].model_id)} >= {
             "MLmodel"
         }
+
+
+@pytest.mark.e2e
+def test_mnistflow_ui_on_a_database_keeps_its_password_off_command_lines_and_logs() -> None:
+    import shutil
+    import signal
+    import subprocess
+    import urllib.request
+
+    import psutil
+
+    from tests.services import require_postgres, server_base
+
+    require_postgres()
+    base = server_base("mnistflow-ui-")
+    cluster = postgres.Cluster(base / "pg")
+    cluster.init()
+    cluster.start()
+    try:
+        uri, password = cluster.create_database("mlflow"), cluster.password()
+        port = postgres.free_port()
+        env = {**workspace_env(), "MLFLOW_TRACKING_URI": uri}
+        log = base / "ui.log"
+        with log.open("w") as out:
+            ui = subprocess.Popen(
+                [str(Path(sys.executable).parent / "mnistflow"), "ui", "--port", str(port)],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                assert ui.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3):
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            # the UI answers on the database, and no process shows its password
+            shown = [
+                p.pid
+                for p in psutil.process_iter(["cmdline"])
+                if password in " ".join(p.info["cmdline"] or [])
+            ]
+            assert shown == []
+            assert any("mlflow" in " ".join(c.cmdline()) for c in psutil.Process(ui.pid).children())
+        finally:
+            ui.send_signal(signal.SIGTERM)
+            ui.wait(timeout=60)
+        assert password not in log.read_text()
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
