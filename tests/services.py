@@ -60,7 +60,7 @@ def postgres_available() -> bool:
     return True
 
 
-def _wait_healthy(uri: str, process: subprocess.Popen, log: Path) -> None:
+def wait_healthy(uri: str, process: subprocess.Popen, log: Path) -> None:
     start = time.monotonic()
     while time.monotonic() - start < START_TIMEOUT_S:
         if process.poll() is not None:
@@ -108,7 +108,7 @@ def start_team_server(
             [*cmd, "--port", str(port), *extra], stdout=out, stderr=subprocess.STDOUT, env=env
         )
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}", process, log)
+        wait_healthy(f"http://127.0.0.1:{port}", process, log)
     except BaseException:
         stop_team_server(process, pg_dir)
         raise

@@ -527,3 +527,62 @@ def test_mnistflow_ui_on_a_database_keeps_its_password_off_command_lines_and_log
     finally:
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.e2e
+def test_server_takes_the_team_databases_from_the_environment_off_the_command_line() -> None:
+    import shutil
+    import signal
+    import subprocess
+
+    import psutil
+
+    from tests.services import require_postgres, server_base, wait_healthy
+
+    require_postgres()
+    base = server_base("mnistflow-envdb-")
+    cluster = postgres.Cluster(base / "pg")
+    cluster.init()
+    cluster.start()
+    mnistflow = str(Path(sys.executable).parent / "mnistflow")
+    env = {**workspace_env(), server.ADMIN_PASSWORD_ENV: ADMIN_PW + "-long-enough"}
+    try:
+        missing = run([mnistflow, "server", "--port", "1"], base, env, check=False)
+        assert missing.returncode == 4
+        assert "give --pg-dir (trial) or the team database: $MLFLOW_BACKEND_STORE_URI" in (
+            missing.stderr
+        )
+        env[server.BACKEND_STORE_ENV] = cluster.create_database(server.BACKEND_DB)
+        no_auth = run([mnistflow, "server", "--port", "1"], base, env, check=False)
+        assert no_auth.returncode == 4
+        assert "$MNISTFLOW_AUTH_DATABASE_URI (or --auth-database-uri) is required" in (
+            no_auth.stderr
+        )
+        env[server.AUTH_DATABASE_ENV] = cluster.create_database(server.AUTH_DB)
+        port, log = postgres.free_port(), base / "server.log"
+        args = ["server", "--port", str(port), "--artifacts-destination", str(base / "art")]
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [mnistflow, *args], cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}", proc, log)
+            server.create_user(
+                f"http://127.0.0.1:{port}", server.DEFAULT_ADMIN, env[server.ADMIN_PASSWORD_ENV],
+                "bob", "bob-password-0123",
+            )  # fmt: skip
+            password = cluster.password()
+            shown = [
+                p.pid
+                for p in psutil.process_iter(["cmdline"])
+                if password in " ".join(p.info["cmdline"] or [])
+            ]
+            assert shown == []
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=90)
+        assert proc.returncode == 0
+        assert password not in log.read_text()
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
