@@ -58,15 +58,19 @@ class Restartable:
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def kill_mlflow(self) -> None:
-        """SIGKILL the ``mlflow server`` process group (its own session: the server and its
-        uvicorn workers); ``mnistflow server`` then stops PostgreSQL and exits."""
+    def signal_mlflow(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the ``mlflow server`` process group (its own session: the server
+        and its uvicorn workers)."""
         (mlflow,) = [
             p
             for p in psutil.Process(self.process.pid).children()
             if "mlflow" in " ".join(p.cmdline())
         ]
-        os.killpg(mlflow.pid, signal.SIGKILL)
+        os.killpg(mlflow.pid, sig)
+
+    def kill_mlflow(self) -> None:
+        """SIGKILL ``mlflow server``; ``mnistflow server`` then stops PostgreSQL and exits."""
+        self.signal_mlflow(signal.SIGKILL)
         self.process.wait(timeout=90)
 
     def start(self) -> None:
@@ -110,10 +114,17 @@ def workspace(
 
 
 def train_losing_the_server(
-    ws: Path, env: dict[str, str], srv: Restartable, stderr: Path, restart_after: float | None
+    ws: Path,
+    env: dict[str, str],
+    srv: Restartable,
+    stderr: Path,
+    restart_after: float | None,
+    hang: bool = False,
 ) -> int:
     """Run the train stage; kill the server right after the first epoch was logged; start it
-    again ``restart_after`` seconds later (None: after the stage exited). The exit code."""
+    again ``restart_after`` seconds later (None: after the stage exited). ``hang``: SIGSTOP
+    it instead (it accepts connections and never answers), SIGCONT after the stage exited.
+    The exit code."""
     with stderr.open("w") as err:
         proc = subprocess.Popen([sys.executable, "stages/train.py"], cwd=ws, env=env, stderr=err)
     try:
@@ -124,7 +135,10 @@ def train_losing_the_server(
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGSTOP)  # hold the fit while the server goes
         try:
-            srv.kill_mlflow()
+            if hang:
+                srv.signal_mlflow(signal.SIGSTOP)
+            else:
+                srv.kill_mlflow()
         finally:
             os.kill(proc.pid, signal.SIGCONT)
         killed = time.monotonic()
@@ -138,6 +152,8 @@ def train_losing_the_server(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if hang:
+            srv.signal_mlflow(signal.SIGCONT)
         if srv.process.poll() is not None:
             srv.start()
     return code
@@ -320,6 +336,47 @@ def test_outage_longer_than_the_retries_is_one_line_exit_4_and_doctor_ends_the_r
     ended = mlflow.get_run(run_id)
     assert ended.info.status == "FAILED"
     assert ended.data.tags["mnistflow.ended_by"].startswith("liveness: process")
+
+
+@pytest.mark.e2e
+def test_a_hung_server_costs_the_request_timeout_per_attempt_then_one_line(
+    restartable: Restartable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws, env = workspace(tmp_path, restartable)
+    # 1 retry, no back-off sleep (none after the first failure), 3 s per attempt
+    env.update(
+        {
+            runs.RETRIES_ENV: "1",
+            runs.BACKOFF_ENV: "1",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+            runs.TIMEOUT_ENV: "3",
+        }
+    )
+    stderr_file = tmp_path / "stderr.txt"
+    code = train_losing_the_server(ws, env, restartable, stderr_file, None, hang=True)
+    stderr = stderr_file.read_text()
+    assert code == 4, stderr[-4000:]
+    assert "Read timed out. (read timeout=3)" in stderr  # urllib3's retry warning
+    errors = [line for line in stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, stderr[-4000:]
+    assert (
+        f"stage train: lost the MLflow tracking server at {restartable.uri}: no answer after "
+        "MLflow's 1 retries (~0 s of back-off;"
+    ) in errors[0]
+    assert "Traceback" not in stderr
+    assert not (ws / "models/model.pkl").exists()
+    # resumed, the server answers what queued up meanwhile; doctor ends the run if need be
+    mlflow = client(restartable, monkeypatch)
+    experiment = mlflow.get_experiment_by_name("mnist-mlp")
+    run_id = errors[0].split("; run ")[1].split()[0]
+    run([str(Path(sys.executable).parent / "mnistflow"), "doctor", "--fix"], ws, env)
+    assert mlflow.get_run(run_id).info.status == "FAILED"
+    assert (
+        mlflow.search_runs(
+            [experiment.experiment_id], filter_string="attributes.status = 'RUNNING'"
+        )
+        == []
+    )
 
 
 @pytest.mark.e2e
