@@ -270,8 +270,9 @@ def mlflow_run(
             if server_unreachable(exc):
                 raise ServerLostError(lost_message(uri, run_id, os.environ, False)) from exc
             raise TrackingError(
-                f"MLflow run {run_id} (from train's run info) not found in {uri}: was train run "
-                "with another tracking store (MLFLOW_TRACKING_URI, mlflow.tracking_uri)?"
+                f"MLflow run {run_id} (from train's run info) not found in {redact(uri)}: was "
+                "train run with another tracking store (MLFLOW_TRACKING_URI, "
+                "mlflow.tracking_uri)?"
             ) from exc
         experiment_id = found.info.experiment_id
     with signals_deferred():
