@@ -17,6 +17,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,33 @@ def server_base(prefix: str) -> Path:
     base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     base.chmod(0o755)
     return base
+
+
+@contextmanager
+def scratch_cluster(prefix: str) -> Iterator[tuple[Path, postgres.Cluster]]:
+    """A running throw-away PostgreSQL cluster in a fresh :func:`server_base` folder (yielded
+    with the folder); stopped and removed afterwards."""
+    require_postgres()
+    base = server_base(prefix)
+    cluster = postgres.Cluster(base / "pg")
+    cluster.init()
+    cluster.start()
+    try:
+        yield base, cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def processes_showing(secret: str) -> list[int]:
+    """The pids of every process on the machine whose command line contains ``secret``."""
+    import psutil
+
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if secret in " ".join(p.info["cmdline"] or [])
+    ]
 
 
 def start_team_server(

@@ -88,6 +88,7 @@ def restartable() -> Iterator[Restartable]:
         yield srv
     finally:
         still_running = stop_team_server(srv.process, pg_dir)
+        print(log.read_text()[-30000:])  # shown when a test failed: the servers' side
         shutil.rmtree(base, ignore_errors=True)
         assert not still_running, "mnistflow server left PostgreSQL running after SIGTERM"
 
@@ -111,6 +112,17 @@ def workspace(
         "MLFLOW_TRACKING_PASSWORD": USER_PW,
     }
     return ws, env
+
+
+def short_retries(retries: int, timeout: int) -> dict[str, str]:
+    """MLflow's client settings for a short test: ``retries``, back-off factor 1, no jitter,
+    ``timeout`` s per attempt."""
+    return {
+        runs.RETRIES_ENV: str(retries),
+        runs.BACKOFF_ENV: "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+        runs.TIMEOUT_ENV: str(timeout),
+    }
 
 
 def train_losing_the_server(
@@ -293,15 +305,7 @@ def test_outage_longer_than_the_retries_is_one_line_exit_4_and_doctor_ends_the_r
     restartable: Restartable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ws, env = workspace(tmp_path, restartable)
-    # MLflow's retries made short: 2 retries, 0 + 1*2 s of back-off, no jitter
-    env.update(
-        {
-            runs.RETRIES_ENV: "2",
-            runs.BACKOFF_ENV: "1",
-            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
-            runs.TIMEOUT_ENV: "5",
-        }
-    )
+    env.update(short_retries(2, timeout=5))  # sleeps 0 + 2 s
     stderr_file = tmp_path / "stderr.txt"
     code = train_losing_the_server(ws, env, restartable, stderr_file, restart_after=None)
     stderr = stderr_file.read_text()
@@ -343,15 +347,7 @@ def test_a_hung_server_costs_the_request_timeout_per_attempt_then_one_line(
     restartable: Restartable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ws, env = workspace(tmp_path, restartable)
-    # 1 retry, no back-off sleep (none after the first failure), 3 s per attempt
-    env.update(
-        {
-            runs.RETRIES_ENV: "1",
-            runs.BACKOFF_ENV: "1",
-            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
-            runs.TIMEOUT_ENV: "3",
-        }
-    )
+    env.update(short_retries(1, timeout=3))  # no back-off sleep: none after the first failure
     stderr_file = tmp_path / "stderr.txt"
     code = train_losing_the_server(ws, env, restartable, stderr_file, None, hang=True)
     stderr = stderr_file.read_text()
@@ -386,7 +382,7 @@ def test_evaluate_with_the_server_gone_is_one_line_and_runs_again_once_it_is_bac
     ws, env = workspace(tmp_path, restartable, n_train=300, hidden=16)
     run([sys.executable, "stages/train.py"], ws, env)
     run_id = read_json(ws / "outputs/train/run.json")["run_id"]
-    env.update({runs.RETRIES_ENV: "2", runs.BACKOFF_ENV: "1", runs.TIMEOUT_ENV: "5"})
+    env.update(short_retries(2, timeout=5))
     restartable.kill_mlflow()
     try:
         proc = run([sys.executable, "stages/evaluate.py"], ws, env, check=False)
@@ -425,7 +421,7 @@ def test_full_artifact_store_during_log_model_is_one_line_and_the_run_and_model_
     try:
         server.create_user(srv.uri, server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
         ws, env = workspace(tmp_path, srv, n_train=300, hidden=512)
-        env.update({runs.RETRIES_ENV: "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"})
+        env.update(short_retries(1, timeout=120))
         fill(small_disk, leave_bytes=1 << 20)
         proc = run([sys.executable, "stages/train.py"], ws, env, check=False)
         assert proc.returncode == 4, proc.stderr[-4000:]

@@ -475,21 +475,15 @@ def test_sync_twice_copies_each_local_run_once(
 
 @pytest.mark.e2e
 def test_mnistflow_ui_on_a_database_keeps_its_password_off_command_lines_and_logs() -> None:
-    import shutil
     import signal
     import subprocess
     import urllib.request
 
     import psutil
 
-    from tests.services import require_postgres, server_base
+    from tests.services import processes_showing, scratch_cluster
 
-    require_postgres()
-    base = server_base("mnistflow-ui-")
-    cluster = postgres.Cluster(base / "pg")
-    cluster.init()
-    cluster.start()
-    try:
+    with scratch_cluster("mnistflow-ui-") as (base, cluster):
         uri, password = cluster.create_database("mlflow"), cluster.password()
         port = postgres.free_port()
         env = {**workspace_env(), "MLFLOW_TRACKING_URI": uri}
@@ -513,40 +507,24 @@ def test_mnistflow_ui_on_a_database_keeps_its_password_off_command_lines_and_log
                 except OSError:
                     time.sleep(0.5)
             # the UI answers on the database, and no process shows its password
-            shown = [
-                p.pid
-                for p in psutil.process_iter(["cmdline"])
-                if password in " ".join(p.info["cmdline"] or [])
-            ]
-            assert shown == []
+            assert processes_showing(password) == []
             assert any("mlflow" in " ".join(c.cmdline()) for c in psutil.Process(ui.pid).children())
         finally:
             ui.send_signal(signal.SIGTERM)
             ui.wait(timeout=60)
         assert password not in log.read_text()
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.e2e
 def test_server_takes_the_team_databases_from_the_environment_off_the_command_line() -> None:
-    import shutil
     import signal
     import subprocess
 
-    import psutil
+    from tests.services import processes_showing, scratch_cluster, wait_healthy
 
-    from tests.services import require_postgres, server_base, wait_healthy
-
-    require_postgres()
-    base = server_base("mnistflow-envdb-")
-    cluster = postgres.Cluster(base / "pg")
-    cluster.init()
-    cluster.start()
     mnistflow = str(Path(sys.executable).parent / "mnistflow")
     env = {**workspace_env(), server.ADMIN_PASSWORD_ENV: ADMIN_PW + "-long-enough"}
-    try:
+    with scratch_cluster("mnistflow-envdb-") as (base, cluster):
         missing = run([mnistflow, "server", "--port", "1"], base, env, check=False)
         assert missing.returncode == 4
         assert "give --pg-dir (trial) or the team database: $MLFLOW_BACKEND_STORE_URI" in (
@@ -572,17 +550,9 @@ def test_server_takes_the_team_databases_from_the_environment_off_the_command_li
                 "bob", "bob-password-0123",
             )  # fmt: skip
             password = cluster.password()
-            shown = [
-                p.pid
-                for p in psutil.process_iter(["cmdline"])
-                if password in " ".join(p.info["cmdline"] or [])
-            ]
-            assert shown == []
+            assert processes_showing(password) == []
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=90)
         assert proc.returncode == 0
         assert password not in log.read_text()
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
