@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,22 @@ def shared_mnist() -> Path:
     if not (SHARED_MNIST / FILE_NAMES["train_images"]).exists():
         pytest.fail(f"real MNIST files not found at {SHARED_MNIST} (see README: data)")
     return SHARED_MNIST
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MB tmpfs mounted in the test's folder (needs root, as in CI)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

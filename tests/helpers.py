@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -228,3 +229,16 @@ def stage_env() -> dict[str, str]:
     env = workspace_env()
     env["PYTHONPATH"] = "src"
     return env
+
+
+def fill(disk: Path, leave_bytes: int) -> None:
+    """Fill the filesystem at ``disk`` until about ``leave_bytes`` stay free."""
+    free = shutil.disk_usage(disk).free
+    with (disk / "filler").open("wb") as fh:
+        fh.truncate(0)
+        chunk = b"\0" * (1 << 20)
+        remaining = free - leave_bytes
+        while remaining > 0:
+            n = min(len(chunk), remaining)
+            fh.write(chunk[:n])
+            remaining -= n

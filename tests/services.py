@@ -8,6 +8,7 @@ them: ``apt-get install -y postgresql``).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +25,9 @@ import pytest
 
 from mnistflow.tracking import postgres, server
 
-ADMIN_PW = "admin-pass-for-tests-0123"
-USER, USER_PW = "alice", "alice-pass-for-tests-4567"
+# random per session: a password found in a log, an artifact or a committed file leaked there
+ADMIN_PW = "admin-" + secrets.token_urlsafe(12)
+USER, USER_PW = "alice", "alice-" + secrets.token_urlsafe(12)
 START_TIMEOUT_S = 240
 
 
@@ -37,6 +40,7 @@ class TeamServer:
     password: str
     pg_dir: Path
     log: Path
+    admin_password: str
 
     def client_env(self, base: dict[str, str]) -> dict[str, str]:
         """``base`` plus what a team member sets."""
@@ -57,7 +61,7 @@ def postgres_available() -> bool:
     return True
 
 
-def _wait_healthy(uri: str, process: subprocess.Popen, log: Path) -> None:
+def wait_healthy(uri: str, process: subprocess.Popen, log: Path) -> None:
     start = time.monotonic()
     while time.monotonic() - start < START_TIMEOUT_S:
         if process.poll() is not None:
@@ -72,42 +76,103 @@ def _wait_healthy(uri: str, process: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"mnistflow server not healthy in {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="session", name="team_server")
-def team_server_fixture() -> Iterator[TeamServer]:
-    """``mnistflow server --pg-dir`` for the whole session, with a user ``alice``; on teardown
-    it is stopped by SIGTERM and must leave no PostgreSQL running."""
+def require_postgres() -> None:
+    """Skip, with the reason, where PostgreSQL's binaries are not installed."""
     if not postgres_available():
         pytest.skip(
             "PostgreSQL binaries (initdb, pg_ctl) not installed: apt-get install postgresql"
         )
-    # /tmp, world-traversable: as root the cluster runs as `postgres`, which cannot enter
-    # pytest's private tmp folders
-    base = Path(tempfile.mkdtemp(prefix="mnistflow-team-", dir="/tmp"))
+
+
+def server_base(prefix: str) -> Path:
+    """A fresh folder for a team server: in /tmp and world-traversable, because as root the
+    cluster runs as `postgres`, which cannot enter pytest's private tmp folders."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     base.chmod(0o755)
-    pg_dir, log = base / "pg", base / "server.log"
-    port = postgres.free_port()
+    return base
+
+
+@contextmanager
+def scratch_cluster(prefix: str) -> Iterator[tuple[Path, postgres.Cluster]]:
+    """A running throw-away PostgreSQL cluster in a fresh :func:`server_base` folder (yielded
+    with the folder); stopped and removed afterwards."""
+    require_postgres()
+    base = server_base(prefix)
+    cluster = postgres.Cluster(base / "pg")
+    cluster.init()
+    cluster.start()
+    try:
+        yield base, cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def processes_showing(secret: str) -> list[int]:
+    """The pids of every process on the machine whose command line contains ``secret``."""
+    import psutil
+
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if secret in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def start_team_server(
+    pg_dir: Path, port: int, log: Path, extra: Sequence[str] = ()
+) -> subprocess.Popen:
+    """``mnistflow server --pg-dir PG_DIR --port PORT [extra]`` (appending to ``log``), once
+    healthy.
+
+    A second start on the same ``pg_dir`` reuses the cluster: its data and users survive.
+    """
     env = {**os.environ, server.ADMIN_PASSWORD_ENV: ADMIN_PW}
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(var, None)
     cmd = [str(Path(sys.executable).parent / "mnistflow"), "server", "--pg-dir", str(pg_dir)]
-    with log.open("w") as out:
+    with log.open("a") as out:
         process = subprocess.Popen(
-            [*cmd, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env
+            [*cmd, "--port", str(port), *extra], stdout=out, stderr=subprocess.STDOUT, env=env
         )
-    uri = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(uri, process, log)
-        server.create_user(uri, server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
-        yield TeamServer(uri, USER, USER_PW, pg_dir, log)
-    finally:
+        wait_healthy(f"http://127.0.0.1:{port}", process, log)
+    except BaseException:
+        stop_team_server(process, pg_dir)
+        raise
+    return process
+
+
+def stop_team_server(process: subprocess.Popen, pg_dir: Path) -> bool:
+    """SIGTERM the server and wait; stop PostgreSQL if it was left running (returns whether)."""
+    if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=90)
         except subprocess.TimeoutExpired:
             process.kill()
-        cluster = postgres.Cluster(pg_dir)
-        still_running = cluster.running()
-        if still_running:
-            cluster.stop()
+            process.wait()
+    cluster = postgres.Cluster(pg_dir)
+    still_running = cluster.running()
+    if still_running:
+        cluster.stop()
+    return still_running
+
+
+@pytest.fixture(scope="session", name="team_server")
+def team_server_fixture() -> Iterator[TeamServer]:
+    """``mnistflow server --pg-dir`` for the whole session, with a user ``alice``; on teardown
+    it is stopped by SIGTERM and must leave no PostgreSQL running."""
+    require_postgres()
+    base = server_base("mnistflow-team-")
+    pg_dir, log = base / "pg", base / "server.log"
+    port = postgres.free_port()
+    process = start_team_server(pg_dir, port, log)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        server.create_user(uri, server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
+        yield TeamServer(uri, USER, USER_PW, pg_dir, log, ADMIN_PW)
+    finally:
+        still_running = stop_team_server(process, pg_dir)
         shutil.rmtree(base, ignore_errors=True)
         assert not still_running, "mnistflow server left PostgreSQL running after SIGTERM"

@@ -43,6 +43,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.hits[self.path] += 1
+        self.server.seen.append(self.path)
         route = self.server.routes.get(self.path)
         if route is None:
             self.send_error(404, "Not Found")
@@ -60,6 +61,7 @@ class MirrorServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.routes: dict[str, Route] = {}
         self.hits: Counter[str] = Counter()
+        self.seen: list[str] = []  # request paths in arrival order (shared with SilentServer)
         self.release = threading.Event()  # lets hanging handlers finish at teardown
 
     def url(self, prefix: str) -> str:
@@ -391,9 +393,14 @@ def test_all_mirrors_failed_lists_each_mirror_and_reason(
 
 
 class SilentServer:
-    """A TCP server on 127.0.0.1 that accepts connections and never answers; counts them."""
+    """A TCP server on 127.0.0.1 that accepts connections and never answers; counts them.
 
-    def __init__(self) -> None:
+    Each accepted connection is also appended to ``seen`` as ``"hung"`` (pass another
+    server's list to get one log of both servers' requests in arrival order).
+    """
+
+    def __init__(self, seen: list[str] | None = None) -> None:
+        self.seen = [] if seen is None else seen
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.05)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hung/"
@@ -409,6 +416,7 @@ class SilentServer:
             except TimeoutError:
                 continue
             self.connections.append(conn)  # kept open: the client waits for an answer
+            self.seen.append("hung")
 
     def close(self) -> None:
         self.stop.set()
@@ -419,32 +427,82 @@ class SilentServer:
 
 
 @pytest.mark.e2e
-def test_hung_mirror_is_tried_for_the_first_file_only_then_skipped(
+@pytest.mark.parametrize("defaults", [False, True], ids=["test-params", "default-params"])
+def test_hung_mirror_costs_one_timeout_then_is_tried_last(
     server: MirrorServer,
     tiny_mirror: tuple[Path, dict],
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    defaults: bool,
 ) -> None:
     folder, files = tiny_mirror
     for f in files.values():
         server.routes[f"/good/{f['name']}"] = serve((folder / f["name"]).read_bytes())
-    hung = SilentServer()
+    cfg = CFG
+    if defaults:  # params.yaml's retries, backoff and deadline; only the read timeout shorter
+        section = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["download"]
+        cfg = DownloadConfig(**section).model_copy(update={"read_timeout": CFG.read_timeout})
+    hung = SilentServer(server.seen)
     raw_dir = tmp_path / "raw"
-    start = time.monotonic()
     try:
         paths = download_dataset(
-            spec_of(files, [hung.url, server.url("/good/")]), raw_dir, CFG, None
+            spec_of(files, [hung.url, server.url("/good/")]), raw_dir, cfg, None
         )
     finally:
-        elapsed = time.monotonic() - start
         hung.close()
     assert len(paths) == 4
     assert_raw_dir_clean(raw_dir, files)
-    # the first file's attempts only (two 0.3 s read timeouts), not four files' worth
-    assert len(hung.connections) == CFG.retries
-    assert sum(server.hits.values()) == 4
-    assert elapsed < CFG.retries * (CFG.read_timeout + 0.5) + 2
-    assert caplog.text.count(f"mirror {hung.url} timed out: skipping it") == 1
+    # one timeout at the hung mirror, then straight on to the good one; never back
+    names = [f["name"] for f in files.values()]
+    assert server.seen == ["hung"] + [f"/good/{n}" for n in names]
+    assert caplog.text.count(f"mirror {hung.url} timed out: trying it last") == 1
+
+
+def hang_first(server: MirrorServer, then: Route) -> Route:
+    """Stall on the first request (the client's read timeout ends it), then behave like ``then``."""
+    calls = Counter[str]()
+    stall = hang(server, None)
+
+    def route(h: BaseHTTPRequestHandler) -> None:
+        calls["n"] += 1
+        (stall if calls["n"] == 1 else then)(h)
+
+    return route
+
+
+@pytest.mark.unit
+def test_timed_out_mirror_is_retried_only_after_every_other_mirror_failed(
+    server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
+) -> None:
+    folder, files = tiny_mirror
+    body = (folder / NAME).read_bytes()
+    server.routes[f"/slow/{NAME}"] = hang_first(server, serve(body))
+    server.routes[f"/html/{NAME}"] = serve(b"<html>login</html>", "text/html")
+    mirrors = [server.url("/slow/"), server.url("/gone/"), server.url("/html/")]
+    path = fetch_file(file_spec(files), tmp_path / "raw", mirrors, CFG)
+    assert path.read_bytes() == body
+    assert server.seen == [f"/slow/{NAME}", f"/gone/{NAME}", f"/html/{NAME}", f"/slow/{NAME}"]
+
+
+@pytest.mark.unit
+def test_hung_only_mirror_gets_all_its_attempts_and_the_error_says_so(
+    server: MirrorServer, tiny_mirror: tuple[Path, dict], tmp_path: Path
+) -> None:
+    _, files = tiny_mirror
+    cfg = CFG.model_copy(update={"retries": 3})
+    hung = SilentServer(server.seen)
+    raw_dir = tmp_path / "raw"
+    try:
+        with pytest.raises(DownloadError) as info:
+            fetch_file(file_spec(files), raw_dir, [hung.url, server.url("/gone/")], cfg)
+    finally:
+        hung.close()
+    # first attempt, the other mirror, then the remaining two attempts
+    assert server.seen == ["hung", f"/gone/{NAME}", "hung", "hung"]
+    lines = str(info.value).splitlines()
+    assert lines[1] == f"  - {hung.url}{NAME}: read timeout (no data for 0.3s) (after 3 attempts)"
+    assert lines[2] == f"  - {server.url('/gone/')}{NAME}: HTTP 404 Not Found"
+    assert list(raw_dir.iterdir()) == []
 
 
 def trickle(server: MirrorServer, body: bytes, every: float) -> Route:

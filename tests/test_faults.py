@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import resource
-import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -22,7 +20,14 @@ from mlflow.store.db.utils import _get_latest_schema_revision
 from mlflow.tracking import MlflowClient
 
 from mnistflow.tracking import store as store_mod
-from tests.helpers import copy_repo, run, stage_env, tiny_repo_after_repro, write_encoded
+from tests.helpers import (
+    copy_repo,
+    fill,
+    run,
+    stage_env,
+    tiny_repo_after_repro,
+    write_encoded,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -44,38 +49,6 @@ def tree_digest(root: Path, *parts: str) -> dict[str, str]:
 def leftovers(root: Path, *parts: str) -> list[Path]:
     """Temporary files or folders an interrupted write could leave behind."""
     return [p for part in parts for p in (root / part).rglob("*") if ".tmp" in p.name]
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MB tmpfs mounted in the test's folder (needs root, as in CI)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(disk: Path, leave_bytes: int) -> None:
-    """Fill the filesystem at ``disk`` until about ``leave_bytes`` stay free."""
-    free = shutil.disk_usage(disk).free
-    with (disk / "filler").open("wb") as fh:
-        fh.truncate(0)
-        chunk = b"\0" * (1 << 20)
-        remaining = free - leave_bytes
-        while remaining > 0:
-            n = min(len(chunk), remaining)
-            fh.write(chunk[:n])
-            remaining -= n
 
 
 def test_disk_full_while_unpack_writes_keeps_the_previous_outputs(small_disk: Path) -> None:

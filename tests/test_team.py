@@ -21,7 +21,14 @@ import pytest
 
 from mnistflow.tracking import datasets, postgres, server, store, sync
 from mnistflow.util.fileio import read_json
-from tests.helpers import copy_repo, run, use_tiny_dataset, workspace_env, write_idx_dataset
+from tests.helpers import (
+    REPO_ROOT,
+    copy_repo,
+    run,
+    use_tiny_dataset,
+    workspace_env,
+    write_idx_dataset,
+)
 from tests.services import TeamServer, team_server_fixture  # noqa: F401  (session fixture)
 
 ADMIN_PW = "unit-admin-pass-0123"
@@ -42,7 +49,9 @@ def test_server_command_is_mlflow_with_auth_postgres_and_proxied_artifacts() -> 
     cmd = server.server_command(options())
     assert cmd[:4] == [sys.executable, "-m", "mlflow", "server"]
     pairs = dict(itertools.pairwise(cmd))
-    assert pairs["--backend-store-uri"] == "postgresql://u:p@127.0.0.1:5432/mlflow"
+    # the URI holds the database password: it goes by environment (server_env), never argv
+    assert "--backend-store-uri" not in cmd
+    assert not any("postgresql://" in arg for arg in cmd)
     assert pairs["--artifacts-destination"] == "/srv/artifacts"
     assert pairs["--app-name"] == "basic-auth"
     assert pairs["--host"] == "127.0.0.1"
@@ -91,10 +100,12 @@ def test_admin_password_from_env_or_file(tmp_path: Path) -> None:
 def test_server_env_hands_over_auth_config_and_drops_client_settings(tmp_path: Path) -> None:
     env = server.server_env(
         {"MLFLOW_TRACKING_URI": "http://x", "MLFLOW_TRACKING_PASSWORD": "p", "PATH": "/bin"},
+        "postgresql://u:db-pw@h:1/mlflow",
         tmp_path / "auth.ini",
         ADMIN_PW,
         "secret",
     )
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql://u:db-pw@h:1/mlflow"
     assert env["MLFLOW_AUTH_CONFIG_PATH"] == str(tmp_path / "auth.ini")
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == ADMIN_PW
     assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "secret"
@@ -195,6 +206,18 @@ def test_redact_drops_userinfo() -> None:
 
 
 @pytest.mark.unit
+def test_the_reports_store_line_and_ui_command_carry_no_password() -> None:
+    from mnistflow.tracking.reports import run_links
+    from mnistflow.tracking.runs import Run
+
+    links = run_links(
+        Run("r1", "1", "postgresql://u:db-secret-pw@db.lan:5432/mlflow"), "e", "0123456789ab"
+    )
+    assert links.tracking_uri == "postgresql://db.lan:5432/mlflow"
+    assert "db-secret-pw" not in repr(links)
+
+
+@pytest.mark.unit
 def test_dataset_digest_fits_mlflows_column_and_keeps_the_full_hash() -> None:
     sha = "ab" * 32
     ds = datasets.meta_dataset("tiny", sha, "data/features/train.npz", (300, 784))
@@ -213,6 +236,7 @@ class ServerRepo:
     repo: Path
     env: dict[str, str]
     run_id: str
+    output: str  # what `dvc repro` printed (stdout and stderr)
 
 
 def server_runs(team: TeamServer) -> list:
@@ -237,10 +261,10 @@ def server_repo(team_server: TeamServer, tmp_path_factory: pytest.TempPathFactor
     )
     env = team_server.client_env(workspace_env(mirror))
     start = time.perf_counter()
-    run(["dvc", "repro"], repo, env)
+    proc = run(["dvc", "repro"], repo, env)
     print(f"dvc repro against the server: {time.perf_counter() - start:.1f} s")
     run_id = read_json(repo / "outputs/train/run.json")["run_id"]
-    return ServerRepo(repo, env, run_id)
+    return ServerRepo(repo, env, run_id, proc.stdout + proc.stderr)
 
 
 @pytest.mark.e2e
@@ -269,6 +293,78 @@ def test_authenticated_pipeline_logs_to_the_server_with_proxied_artifacts(
         listed = {a.path for a in MlflowClient(team_server.uri).list_artifacts(r.info.run_id)}
     assert {"report", "evaluate", "train"} <= listed
     assert any((team_server.pg_dir / "artifacts").rglob("report.md"))
+
+
+def _files_under(folder: Path) -> Iterator[Path]:
+    return (p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@pytest.mark.e2e
+def test_no_password_on_command_lines_in_logs_run_artifacts_or_files(
+    team_server: TeamServer, server_repo: ServerRepo
+) -> None:
+    """The database, admin and user passwords (random per session) appear nowhere a person
+    or a process of another user could read them: they travel by environment and 0600 files."""
+    import base64
+    import subprocess
+
+    import psutil
+    from mlflow.tracking import MlflowClient
+
+    db_pw = (team_server.pg_dir / "password").read_text().strip()
+    user_auth = base64.b64encode(f"{team_server.user}:{team_server.password}".encode())
+    secrets = [db_pw.encode(), team_server.admin_password.encode(), team_server.password.encode()]
+    secrets.append(user_auth)
+
+    def leaks(data: bytes) -> list[bytes]:
+        return [s for s in secrets if s in data]
+
+    # 1. command lines of every process on the machine, the server's among them
+    port = team_server.uri.rsplit(":", 1)[1]
+    servers = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        assert not leaks(cmdline.encode()), f"password on the command line of {proc.pid}"
+        if "mlflow" in cmdline and " server" in cmdline and port in cmdline:
+            servers.append(proc)
+    assert servers, "the mlflow server process was not found"
+    # ... it got the database through its environment (the process owner's to read)
+    environ = servers[0].environ()
+    assert db_pw in environ["MLFLOW_BACKEND_STORE_URI"]
+
+    # 2. logs: mnistflow server + mlflow server, PostgreSQL's, and the pipeline's output
+    logs = [team_server.log, team_server.pg_dir / "server.log"]
+    for log in logs:
+        assert not leaks(log.read_bytes()), f"password in {log}"
+    assert "Running stage 'train'" in server_repo.output
+    assert not leaks(server_repo.output.encode()), "password in the output of dvc repro"
+
+    # 3. the run's params, tags and metric names on the server
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", team_server.user)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", team_server.password)
+        data = MlflowClient(team_server.uri).get_run(server_repo.run_id).data
+    assert data.params
+    assert data.tags
+    recorded = [*data.params.items(), *data.tags.items(), *data.metrics]
+    assert not leaks(repr(recorded).encode()), "password in the run's params or tags"
+
+    # 4. every artifact the server stored
+    artifacts = list(_files_under(team_server.pg_dir / "artifacts"))
+    assert any(p.name == "report.md" for p in artifacts)
+    for path in artifacts:
+        assert not leaks(path.read_bytes()), f"password in artifact {path}"
+
+    # 5. the workspace the pipeline ran in (git history, outputs, DVC cache) and the
+    # repository's tracked files
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    files = [*_files_under(server_repo.repo), *(REPO_ROOT / n.decode() for n in tracked if n)]
+    assert len(files) > 100
+    for path in files:
+        if path.is_file():
+            assert not leaks(path.read_bytes()), f"password in {path}"
 
 
 @pytest.mark.e2e
@@ -377,3 +473,88 @@ def test_sync_twice_copies_each_local_run_once(
         assert {a.path for a in client.list_logged_model_artifacts(models[0].model_id)} >= {
             "MLmodel"
         }
+
+
+@pytest.mark.e2e
+def test_mnistflow_ui_on_a_database_keeps_its_password_off_command_lines_and_logs() -> None:
+    import signal
+    import subprocess
+    import urllib.request
+
+    import psutil
+
+    from tests.services import processes_showing, scratch_cluster
+
+    with scratch_cluster("mnistflow-ui-") as (base, cluster):
+        uri, password = cluster.create_database("mlflow"), cluster.password()
+        port = postgres.free_port()
+        env = {**workspace_env(), "MLFLOW_TRACKING_URI": uri}
+        log = base / "ui.log"
+        with log.open("w") as out:
+            ui = subprocess.Popen(
+                [str(Path(sys.executable).parent / "mnistflow"), "ui", "--port", str(port)],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                assert ui.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3):
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            # the UI answers on the database, and no process shows its password
+            assert processes_showing(password) == []
+            assert any("mlflow" in " ".join(c.cmdline()) for c in psutil.Process(ui.pid).children())
+        finally:
+            ui.send_signal(signal.SIGTERM)
+            ui.wait(timeout=60)
+        assert password not in log.read_text()
+
+
+@pytest.mark.e2e
+def test_server_takes_the_team_databases_from_the_environment_off_the_command_line() -> None:
+    import signal
+    import subprocess
+
+    from tests.services import processes_showing, scratch_cluster, wait_healthy
+
+    mnistflow = str(Path(sys.executable).parent / "mnistflow")
+    env = {**workspace_env(), server.ADMIN_PASSWORD_ENV: ADMIN_PW + "-long-enough"}
+    with scratch_cluster("mnistflow-envdb-") as (base, cluster):
+        missing = run([mnistflow, "server", "--port", "1"], base, env, check=False)
+        assert missing.returncode == 4
+        assert "give --pg-dir (trial) or the team database: $MLFLOW_BACKEND_STORE_URI" in (
+            missing.stderr
+        )
+        env[server.BACKEND_STORE_ENV] = cluster.create_database(server.BACKEND_DB)
+        no_auth = run([mnistflow, "server", "--port", "1"], base, env, check=False)
+        assert no_auth.returncode == 4
+        assert "$MNISTFLOW_AUTH_DATABASE_URI (or --auth-database-uri) is required" in (
+            no_auth.stderr
+        )
+        env[server.AUTH_DATABASE_ENV] = cluster.create_database(server.AUTH_DB)
+        port, log = postgres.free_port(), base / "server.log"
+        args = ["server", "--port", str(port), "--artifacts-destination", str(base / "art")]
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [mnistflow, *args], cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}", proc, log)
+            server.create_user(
+                f"http://127.0.0.1:{port}", server.DEFAULT_ADMIN, env[server.ADMIN_PASSWORD_ENV],
+                "bob", "bob-password-0123",
+            )  # fmt: skip
+            password = cluster.password()
+            assert processes_showing(password) == []
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=90)
+        assert proc.returncode == 0
+        assert password not in log.read_text()

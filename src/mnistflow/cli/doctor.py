@@ -13,7 +13,7 @@ import time
 
 from mnistflow.config import load_params
 from mnistflow.tracking import liveness
-from mnistflow.tracking.store import TrackingError, store_settings
+from mnistflow.tracking.store import TrackingError, redact, store_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def command(args: argparse.Namespace) -> int:
 
     store = store_settings(load_params(args.params))
     out = sys.stdout
-    out.write(f"store: {store.tracking_uri}\n")
+    out.write(f"store: {redact(store.tracking_uri)}\n")
     client = MlflowClient(store.tracking_uri)
     try:
         experiment = client.get_experiment_by_name(store.experiment_name)

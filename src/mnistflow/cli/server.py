@@ -10,8 +10,10 @@ from pathlib import Path
 
 from mnistflow.tracking import postgres
 from mnistflow.tracking.server import (
+    AUTH_DATABASE_ENV,
     AUTH_DB,
     BACKEND_DB,
+    BACKEND_STORE_ENV,
     DEFAULT_ADMIN,
     DEFAULT_PERMISSION,
     ServerError,
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mnistflow server``."""
-    store = parser.add_mutually_exclusive_group(required=True)
+    store = parser.add_mutually_exclusive_group()
     store.add_argument(
         "--pg-dir",
         type=Path,
@@ -34,12 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     store.add_argument(
         "--backend-store-uri",
-        help="team: an existing PostgreSQL database, postgresql://user:pw@host:5432/mlflow",
+        help="team: an existing PostgreSQL database, postgresql://user:pw@host:5432/mlflow "
+        f"(default: ${BACKEND_STORE_ENV}; prefer it: a command line is visible in ps)",
     )
     parser.add_argument(
         "--auth-database-uri",
         help="the auth app's users database (required with --backend-store-uri; "
-        f"with --pg-dir: database {AUTH_DB!r} of the cluster)",
+        f"default: ${AUTH_DATABASE_ENV}; with --pg-dir: database {AUTH_DB!r} of the cluster)",
     )
     parser.add_argument(
         "--artifacts-destination",
@@ -68,8 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """ServerError if ``host:port`` is taken (before the slow start)."""
+    """ServerError if ``host:port`` is taken (before the slow start).
+
+    SO_REUSEADDR, as uvicorn binds: connections of a server that just died linger in
+    TIME_WAIT for a minute and must not stop its restart; a listening socket still does.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -96,22 +104,28 @@ def command(args: argparse.Namespace) -> int:
             default_permission=args.default_permission,
         )
 
-    if args.backend_store_uri:
-        if not args.auth_database_uri:
+    auth_uri = args.auth_database_uri or os.environ.get(AUTH_DATABASE_ENV)
+    if args.pg_dir is None:
+        backend_uri = args.backend_store_uri or os.environ.get(BACKEND_STORE_ENV)
+        if not backend_uri:
             raise ServerError(
-                "--auth-database-uri is required with --backend-store-uri (a second "
-                "database for the users, e.g. postgresql://…/mlflow_auth)"
+                f"give --pg-dir (trial) or the team database: ${BACKEND_STORE_ENV} "
+                "(or --backend-store-uri)"
+            )
+        if not auth_uri:
+            raise ServerError(
+                f"${AUTH_DATABASE_ENV} (or --auth-database-uri) is required with a backend "
+                "store URI (a second database for the users, e.g. postgresql://…/mlflow_auth)"
             )
         default_artifacts = str(Path("mlflow-artifacts").resolve())
-        opts = options(args.backend_store_uri, args.auth_database_uri, default_artifacts)
-        return run_server(opts, password)
+        return run_server(options(backend_uri, auth_uri, default_artifacts), password)
 
     cluster = postgres.Cluster(args.pg_dir.resolve())
     cluster.init()
     try:
         cluster.start()
         backend = cluster.create_database(BACKEND_DB)
-        auth = args.auth_database_uri or cluster.create_database(AUTH_DB)
+        auth = auth_uri or cluster.create_database(AUTH_DB)
         return run_server(options(backend, auth, str(cluster.folder / "artifacts")), password)
     finally:
         cluster.stop()

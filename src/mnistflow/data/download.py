@@ -6,9 +6,11 @@ building, content hashing, error text); the second half does the I/O (HTTP throu
 with connect/read timeouts, retries, local copies) and owns the rule that nothing unverified
 is left in ``raw_dir``.
 
-Hung mirrors cost little: a mirror that timed out (connect, read, or the per-file deadline
-``download.file_deadline`` that also stops a server trickling bytes) is skipped for the rest
-of the run's files.
+Hung mirrors cost little: a timeout (connect, read, or the per-file deadline
+``download.file_deadline`` that also stops a server trickling bytes) moves to the next mirror
+at once, without retrying the same mirror, and the mirror is skipped for the rest of the run's
+files. A mirror that timed out is come back to, with its remaining attempts, only when no other
+mirror produced the file.
 """
 
 from __future__ import annotations
@@ -62,13 +64,18 @@ class FetchError(Exception):
         transient: whether retrying the same mirror may help (timeouts, 5xx, resets).
         timeout: the mirror did not answer in time (connect, read or the file deadline);
             it is then skipped for the remaining files.
+        resume_at: the attempt to make when the mirror is come back to after the others
+            (set when a timeout cut its attempts short); None: nothing left to try.
     """
 
-    def __init__(self, reason: str, transient: bool, timeout: bool = False) -> None:
+    def __init__(
+        self, reason: str, transient: bool, timeout: bool = False, resume_at: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.transient = transient
         self.timeout = timeout
+        self.resume_at = resume_at
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -371,17 +378,26 @@ def _fetch_once(
 
 
 def _try_source(
-    source: Source, target: Path, spec: FileSpec, cfg: DownloadConfig
+    source: Source,
+    target: Path,
+    spec: FileSpec,
+    cfg: DownloadConfig,
+    attempts: range,
+    stop_on_timeout: bool,
 ) -> FetchError | None:
     """Fetch one file from one source with retries; rename it to ``target`` only if valid.
 
-    All attempts together get ``cfg.file_deadline`` seconds.
+    All attempts of this call together get ``cfg.file_deadline`` seconds.
+
+    Args:
+        attempts: the attempt numbers to make (1-based, out of ``cfg.retries``).
+        stop_on_timeout: return after a timeout instead of retrying (other mirrors remain).
 
     Returns:
         None on success, else why the source failed (the reason names the attempts).
     """
     deadline = time.monotonic() + cfg.file_deadline
-    for attempt in range(1, cfg.retries + 1):
+    for attempt in attempts:
         try:
             # atomic_path removes the temporary file on failure and renames it on success
             with atomic_path(target) as tmp:
@@ -390,6 +406,16 @@ def _try_source(
             if not failure.transient:
                 log.warning("%s: %s", source, failure.reason)
                 return failure
+            if failure.timeout and stop_on_timeout and attempt < cfg.retries:
+                log.warning(
+                    "%s: %s (attempt %d/%d), trying the next mirror first",
+                    source,
+                    failure.reason,
+                    attempt,
+                    cfg.retries,
+                )
+                reason = f"{failure.reason} (attempt {attempt} of {cfg.retries})"
+                return FetchError(reason, transient=True, timeout=True, resume_at=attempt + 1)
             if attempt == cfg.retries:
                 log.warning("%s: %s (attempt %d/%d)", source, failure.reason, attempt, attempt)
                 reason = f"{failure.reason} (after {cfg.retries} attempts)"
@@ -406,7 +432,7 @@ def _try_source(
             time.sleep(delay)
         else:
             return None
-    raise AssertionError("unreachable: retries >= 1 is validated in params")
+    raise AssertionError("unreachable: the last attempt returns")
 
 
 def _remove_stale_temporaries(raw_dir: Path, name: str) -> None:
@@ -427,15 +453,17 @@ def fetch_file(
 
     An existing file with the right decompressed hash is kept (no network); an invalid
     one is deleted first. Mirrors are tried in order, each with ``cfg.retries`` attempts
-    on transient errors, all within ``cfg.file_deadline`` seconds.
+    on transient errors, all within ``cfg.file_deadline`` seconds. A timeout moves on to
+    the next mirror at once; the mirrors that timed out (now or on an earlier file) are
+    come back to, in order, only when no other mirror produced the file.
 
     Args:
         spec: the file's name and decompressed SHA-256.
         raw_dir: the destination folder.
         mirrors: mirrors in the order to try.
         cfg: timeouts, retries, backoff, deadline.
-        timed_out: mirrors that timed out earlier in this run: skipped, and a mirror that
-            times out now is added (shared between the files of one download).
+        timed_out: mirrors that timed out earlier in this run: left for last, and a mirror
+            that times out now is added (shared between the files of one download).
 
     Returns:
         The path of the verified file.
@@ -457,25 +485,38 @@ def fetch_file(
             return target
 
     timed_out = set() if timed_out is None else timed_out
-    failures: list[tuple[Source, str]] = []
+    failures: dict[str, tuple[Source, str]] = {}
+    # mirror -> the attempts still left to it when it comes back last (after a timeout)
+    deferred: dict[str, range] = {}
     for mirror in mirrors:
         try:
             source = source_for(mirror, spec.name)
         except ValueError as exc:
-            failures.append((Source(mirror, None, None), str(exc)))
+            failures[mirror] = (Source(mirror, None, None), str(exc))
             continue
         if mirror in timed_out:
-            failures.append((source, "skipped: it timed out on an earlier file of this run"))
+            log.info("%s: left for last (it timed out on an earlier file)", source)
+            deferred[mirror] = range(1, cfg.retries + 1)
             continue
-        failure = _try_source(source, target, spec, cfg)
+        failure = _try_source(source, target, spec, cfg, range(1, cfg.retries + 1), True)
         if failure is None:
             log.info("%s: downloaded from %s and verified", spec.name, source)
             return target
-        failures.append((source, failure.reason))
+        failures[mirror] = (source, failure.reason)
         if failure.timeout:
-            log.warning("mirror %s timed out: skipping it for the remaining files", mirror)
+            log.warning("mirror %s timed out: trying it last from now on", mirror)
             timed_out.add(mirror)
-    raise DownloadError(failure_message(spec.name, failures))
+            if failure.resume_at is not None:
+                deferred[mirror] = range(failure.resume_at, cfg.retries + 1)
+    for mirror, attempts in deferred.items():
+        source = source_for(mirror, spec.name)
+        log.warning("%s: no other mirror has the file; retrying this one", source)
+        failure = _try_source(source, target, spec, cfg, attempts, False)
+        if failure is None:
+            log.info("%s: downloaded from %s and verified", spec.name, source)
+            return target
+        failures[mirror] = (source, failure.reason)
+    raise DownloadError(failure_message(spec.name, [failures[m] for m in mirrors if m in failures]))
 
 
 def download_dataset(

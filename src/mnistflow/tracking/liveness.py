@@ -106,10 +106,12 @@ class Heartbeat:
         """Start beating (the first beat is in the owner tags)."""
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop beating and wait for the thread (at most one store write)."""
+    def stop(self, wait: bool = True) -> None:
+        """Stop beating; wait for the thread (at most one store write) unless ``wait`` is
+        False (a lost server: that write may be retrying for minutes; the thread is a daemon).
+        """
         self._stop.set()
-        if self._thread.is_alive():
+        if wait and self._thread.is_alive():
             self._thread.join()
 
 

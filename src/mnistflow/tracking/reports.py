@@ -13,18 +13,20 @@ from mnistflow.reporting import figures, report
 from mnistflow.tracking import ui
 from mnistflow.tracking.record import ELAPSED, VAL_SCORE
 from mnistflow.tracking.runs import Run
+from mnistflow.tracking.store import redact
 from mnistflow.util.fileio import write_text
 
 
 def run_links(run: Run, experiment_name: str, commit: str) -> report.RunLinks:
-    """Where ``run`` lives: ids, commit, store, UI command and URL."""
+    """Where ``run`` lives: ids, commit, store (without a password), UI command and URL."""
+    uri = redact(run.uri)
     return report.RunLinks(
         run_id=run.run_id,
         commit=commit,
         experiment_id=run.experiment_id,
         experiment_name=experiment_name,
-        tracking_uri=run.uri,
-        ui_command=ui.ui_shell_command(run.uri),
+        tracking_uri=uri,
+        ui_command=ui.ui_shell_command(uri),
         run_url=ui.run_url(run.experiment_id, run.run_id),
     )
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mnistflow.tracking import ui
+from mnistflow.tracking.store import redact
 from mnistflow.util.errors import UserError
 from mnistflow.util.processes import run_until_stopped
 
@@ -62,7 +63,7 @@ def serve(tracking_uri: str, model_uri: str, host: str, port: int) -> int:
     except ui.UiError as exc:
         raise ServeError(str(exc)) from exc
 
-    log.info("serving %s from %s on %s", model_uri, tracking_uri, ui.base_url(host, port))
+    log.info("serving %s from %s on %s", model_uri, redact(tracking_uri), ui.base_url(host, port))
     process = subprocess.Popen(
         serve_command(model_uri, host, port),
         env=serve_env(tracking_uri, dict(os.environ)),

@@ -9,6 +9,11 @@ The admin password comes from ``MNISTFLOW_ADMIN_PASSWORD`` or a file, is handed 
 ``MLFLOW_AUTH_ADMIN_PASSWORD`` (never written to disk by us) and only matters the first time
 the auth database is created: afterwards the admin exists and keeps its password.
 
+No password is ever on a command line (``ps`` shows every user's): the backend store URI,
+which holds the database password, reaches ``mlflow server`` as ``MLFLOW_BACKEND_STORE_URI``
+in its environment (MLflow's own variable for ``--backend-store-uri``), the auth database's
+URI through the 0600 ini file.
+
 The command line and the ini file are pure functions (:func:`server_command`,
 :func:`auth_ini`); :func:`serve` runs everything until Ctrl-C/SIGTERM and stops it again.
 """
@@ -29,12 +34,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mnistflow.tracking.store import BACKEND_STORE_ENV
 from mnistflow.util.errors import UserError
 from mnistflow.util.processes import run_until_stopped
 
 log = logging.getLogger(__name__)
 
 ADMIN_PASSWORD_ENV = "MNISTFLOW_ADMIN_PASSWORD"
+AUTH_DATABASE_ENV = "MNISTFLOW_AUTH_DATABASE_URI"
 SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
 MLFLOW_DEFAULT_PASSWORD = "password1234"  # MLflow's documented example: never accepted
 MIN_PASSWORD_LENGTH = 12
@@ -115,10 +122,10 @@ def auth_ini(database_uri: str, admin_username: str, default_permission: str) ->
 
 
 def server_command(opts: ServerOptions) -> list[str]:
-    """The ``mlflow server`` command line (this environment's MLflow)."""
+    """The ``mlflow server`` command line (this environment's MLflow); no URI with a password:
+    the backend store goes through :func:`server_env`."""
     args = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", opts.backend_store_uri,
         "--serve-artifacts",
         "--artifacts-destination", opts.artifacts_destination,
         "--app-name", "basic-auth",
@@ -132,12 +139,18 @@ def server_command(opts: ServerOptions) -> list[str]:
 
 
 def server_env(
-    base: Mapping[str, str], ini_path: Path, admin_password: str, secret_key: str
+    base: Mapping[str, str],
+    backend_store_uri: str,
+    ini_path: Path,
+    admin_password: str,
+    secret_key: str,
 ) -> dict[str, str]:
-    """The server's environment: auth config, admin password, Flask secret, no telemetry."""
+    """The server's environment: backend store, auth config, admin password, Flask secret,
+    no telemetry."""
     env = dict(base)
     env.update(
         {
+            BACKEND_STORE_ENV: backend_store_uri,
             "MLFLOW_AUTH_CONFIG_PATH": str(ini_path),
             "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
             SECRET_KEY_ENV: secret_key,
@@ -173,7 +186,7 @@ def run_server(opts: ServerOptions, password: str) -> int:
             auth_ini(opts.auth_database_uri, opts.admin_username, opts.default_permission)
         )
         secret = os.environ.get(SECRET_KEY_ENV) or secrets.token_hex(32)
-        env = server_env(os.environ, ini, password, secret)
+        env = server_env(os.environ, opts.backend_store_uri, ini, password, secret)
         log.info(
             "starting mlflow server on %s:%d (%d worker(s))", opts.host, opts.port, opts.workers
         )

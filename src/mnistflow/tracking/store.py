@@ -46,6 +46,11 @@ class TrackingError(UserError):
     exit_code = 4
 
 
+# Read by `mlflow server` and `mlflow ui` for --backend-store-uri: a store URI (which may hold
+# a password) passed in the environment, never on a command line others see in `ps`.
+BACKEND_STORE_ENV = "MLFLOW_BACKEND_STORE_URI"
+
+
 def store_root(cwd: Path) -> Path:
     """The project root that holds the store (``workspace.find_root``), as a TrackingError."""
     try:
@@ -113,7 +118,7 @@ def ensure_experiment(uri: str, name: str, root: Path) -> str:
             client = MlflowClient(tracking_uri=uri)
             exp = client.get_experiment_by_name(name)
             if exp is None:
-                log.info("creating MLflow experiment %r in %s", name, uri)
+                log.info("creating MLflow experiment %r in %s", name, redact(uri))
                 try:
                     return client.create_experiment(name, artifact_location=artifacts)
                 except MlflowException as exc:
@@ -263,7 +268,9 @@ def _write_lock(conn: sqlite3.Connection, uri: str, wait: float) -> None:
     except sqlite3.OperationalError as exc:
         if "locked" not in str(exc) and "busy" not in str(exc):
             raise
-        log.info("MLflow store %s is locked by another process: waiting up to %g s", uri, wait)
+        log.info(
+            "MLflow store %s is locked by another process: waiting up to %g s", redact(uri), wait
+        )
         conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
         conn.execute("BEGIN IMMEDIATE")
 

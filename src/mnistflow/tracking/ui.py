@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from mnistflow.tracking.store import BACKEND_STORE_ENV, redact
 from mnistflow.util.errors import UserError
 from mnistflow.util.processes import run_until_stopped
 
@@ -39,24 +40,22 @@ class UiError(UserError):
     """The UI could not be started."""
 
 
-def _ui_args(tracking_uri: str, host: str, port: int) -> list[str]:
-    """``mlflow``'s arguments for the UI on a store.
+def _ui_args(tracking_uri: str | None, host: str, port: int) -> list[str]:
+    """``mlflow``'s arguments for the UI on a store (None: the store is given by
+    ``MLFLOW_BACKEND_STORE_URI`` in the environment instead).
 
     One worker process: the UI serves one person, and the default (4) costs ~4x the memory
     and start-up time on a 2-core machine.
     """
-    return [
-        "ui",
-        "--backend-store-uri", tracking_uri,
-        "--host", host,
-        "--port", str(port),
-        "--workers", "1",
-    ]  # fmt: skip
+    store = [] if tracking_uri is None else ["--backend-store-uri", tracking_uri]
+    return ["ui", *store, "--host", host, "--port", str(port), "--workers", "1"]
 
 
-def ui_command(tracking_uri: str, host: str, port: int) -> list[str]:
-    """The ``mlflow ui`` command line for a store, run with this environment's MLflow."""
-    return [sys.executable, "-m", "mlflow", *_ui_args(tracking_uri, host, port)]
+def ui_command(host: str, port: int) -> list[str]:
+    """The ``mlflow ui`` command line, run with this environment's MLflow; the store goes by
+    environment (:func:`start`): a database URI may hold a password, and ``ps`` shows
+    every command line."""
+    return [sys.executable, "-m", "mlflow", *_ui_args(None, host, port)]
 
 
 def base_url(host: str, port: int) -> str:
@@ -131,10 +130,9 @@ def start(tracking_uri: str, host: str, port: int) -> subprocess.Popen:
     # The GenAI job runner (LLM judges) is not used here; with it the server also takes
     # 15 s to exit after SIGTERM.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    log.info("starting the MLflow UI on %s for %s", base_url(host, port), tracking_uri)
-    process = subprocess.Popen(
-        ui_command(tracking_uri, host, port), env=env, start_new_session=True
-    )
+    env[BACKEND_STORE_ENV] = tracking_uri
+    log.info("starting the MLflow UI on %s for %s", base_url(host, port), redact(tracking_uri))
+    process = subprocess.Popen(ui_command(host, port), env=env, start_new_session=True)
     log.info("mlflow ui running as process group %d", process.pid)
     return process
 
@@ -157,7 +155,9 @@ def serve(tracking_uri: str, experiment_name: str, host: str, port: int) -> int:
     exp_id = experiment_id(tracking_uri, experiment_name)
     if exp_id is None:
         log.warning(
-            "no experiment %r in %s yet: run the pipeline first", experiment_name, tracking_uri
+            "no experiment %r in %s yet: run the pipeline first",
+            experiment_name,
+            redact(tracking_uri),
         )
     else:
         save_leaderboard_view(tracking_uri, exp_id)

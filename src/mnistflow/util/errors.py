@@ -10,7 +10,7 @@ traceback. Exit codes (also in docs/faults.md):
 2     bad params, bad command-line input (such as a run id the store does not have) or a
       missing/unreadable file
 3     bad or unreachable data (download mirrors, IDX files)
-4     the MLflow tracking store cannot be used (unreachable, locked, credentials)
+4     the MLflow tracking store cannot be used (down or lost mid-run, locked, credentials)
 5     an external tool failed (git, dvc)
 6     no room to write an output (disk full, quota, file-size limit); earlier outputs stay
 7     a comparison came out different and the two runs were computed under different
