@@ -2,7 +2,7 @@
 
 Prints test accuracy, fit time, total `dvc repro` time (all five stages, cold), the peak
 memory of the largest stage process and the load average; for an online-augmentation preset
-(issue 12: presets/best.yaml) also the epochs and the mean time per epoch, and the best
+(presets/best.yaml) also the epochs and the mean time per epoch, and the best
 validation score when the preset holds rows out. Usage: python benchmarks/best.py [--preset NAME]
 [--mirror DIR] [--keep]
 """
@@ -26,8 +26,8 @@ from pipeline import REPO, bench_env, measure  # benchmarks/pipeline.py
 import yaml
 from mlflow.tracking import MlflowClient
 
-# preset -> (accuracy, cold pipeline time, peak RSS) targets: issue 12 for best (online
-# augmentation), issue 5 for the fixed copies it replaced
+# preset -> (accuracy, cold pipeline time, peak RSS) targets: for best (online augmentation)
+# and for the fixed copies it replaced
 TARGETS = {
     "best": (">= 0.993", "<= 600 s", "<= 1024 MB"),
     "copies": (">= 0.99", "<= 600 s", "<= 4096 MB"),

@@ -1,4 +1,4 @@
-"""Explore online augmentation (issue 12) on the validation split, through the train stage's
+"""Explore online augmentation on the validation split, through the train stage's
 own code (:func:`mnistflow.modeling.training.fit` with ``train.online_augment``).
 
 The last 10,000 training images are the validation set (deskewed when the trial deskews,
