@@ -50,7 +50,7 @@ def test_leaderboard_view_selects_the_key_columns() -> None:
 def _chromium() -> str:
     path = shutil.which("chromium")
     if path is None:
-        pytest.fail("Debian's chromium is not installed: run `make browser` (apt-get install)")
+        pytest.fail("Debian's chromium is not installed: run `make services` (apt-get install)")
     return path
 
 
