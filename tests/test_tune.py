@@ -119,6 +119,34 @@ def test_a_runs_flags_give_back_the_trials_overrides(params: dict) -> None:
 
 
 @pytest.mark.unit
+def test_the_parallel_coordinates_place_each_value_on_its_axis(
+    params: dict, tmp_path: Path
+) -> None:
+    from mnistflow.tuning import report
+
+    dims = tune_space(params)
+    assert space.unit_position(dims["train.alpha"], 1e-4) == pytest.approx(0.5)  # log scale
+    assert space.unit_position(dims["train.hidden_layer_sizes"], [512]) == 1.0
+    assert space.unit_position(dims["train.hidden_layer_sizes"], "[256, 128]") == 0.5
+    assert space.axis_labels(dims["train.alpha"]) == ["1e-06", "0.01"]
+    trials = [
+        dict(zip(dims, row, strict=True))
+        for row in (
+            (1e-5, 1e-3, 64, "[512]", "divide255"),
+            (1e-3, 1e-4, 300, "[100, 50, 25]", "standardize"),
+        )
+    ]
+    target = report.parallel_figure(
+        list(dims),
+        [[space.unit_position(d, t[k]) for k, d in dims.items()] for t in trials],
+        [0.95, 0.97],
+        [space.axis_labels(d) for d in dims.values()],
+        tmp_path / "parallel.png",
+    )
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.unit
 def test_in_memory_study_suggests_within_the_space_and_records_overrides(params: dict) -> None:
     import optuna
 
@@ -423,7 +451,8 @@ def test_two_workers_run_trials_at_once_then_promote_and_best(tmp_path: Path) ->
         r for r in trial_runs(uri, "mnist-mlp-tune") if worker.TAG_PARENT_OF in r.data.tags
     ]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/history.png", "report/importances.png", "report/report.md"} <= logged
+    assert {"report/history.png", "report/importances.png", "report/parallel.png",
+            "report/report.md"} <= logged  # fmt: skip
     assert parent.data.metrics["best_test_accuracy"] == pytest.approx(
         metrics["test_accuracy"], abs=1e-6
     )
