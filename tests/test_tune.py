@@ -354,6 +354,15 @@ def check_study(study, runs: list, n_trials: int, uri: str) -> None:
     assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
 
 
+def start_pool(repo: Path, env: dict[str, str], workers: int) -> subprocess.Popen:
+    """`mnistflow tune --workers N` with its (and its workers') stderr in ``repo/tune.log``:
+    a pipe nobody reads while the test polls would fill up and stop the workers."""
+    with (repo / "tune.log").open("w") as log:
+        return subprocess.Popen(
+            [MNISTFLOW, "tune", "--workers", str(workers)], cwd=repo, env=env, stderr=log
+        )
+
+
 def running_at_once(url: str, proc: subprocess.Popen, deadline_s: float = 600) -> set[str]:
     """Poll the Optuna storage until two trials of different workers are RUNNING, mid-fit
     (an epoch reported), at the same moment; return those workers (the storage, not the
@@ -391,12 +400,10 @@ def test_two_workers_run_trials_at_once_then_promote_and_best(tmp_path: Path) ->
     repo, env = tiny_tune_repo(tmp_path, "repo", max_iter=60)
     url = f"sqlite:///{repo}/optuna.db"
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [MNISTFLOW, "tune", "--workers", "2"], cwd=repo, env=env, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc = start_pool(repo, env, 2)
     both = running_at_once(url, proc)
-    err = proc.communicate(timeout=1200)[1]
+    proc.wait(timeout=1200)
+    err = (repo / "tune.log").read_text()
     assert proc.returncode == 0, err[-3000:]
     assert len(both) == 2, err[-3000:]
     print(f"6 trials on 2 local workers: {time.perf_counter() - start:.1f} s")
@@ -468,13 +475,11 @@ def test_a_stopped_pool_leaves_no_trial_and_no_run_running(tmp_path: Path) -> No
 
     repo, env = tiny_tune_repo(tmp_path, "repo", max_iter=5000, pruner="none")
     url = f"sqlite:///{repo}/optuna.db"
-    proc = subprocess.Popen(
-        [MNISTFLOW, "tune", "--workers", "2"], cwd=repo, env=env, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc = start_pool(repo, env, 2)
     both = running_at_once(url, proc)
     proc.send_signal(signal.SIGTERM)
-    err = proc.communicate(timeout=300)[1]
+    proc.wait(timeout=300)
+    err = (repo / "tune.log").read_text()
     assert len(both) == 2, err[-3000:]
     assert proc.returncode == 143, err[-3000:]
     trials = optuna.load_study(study_name="mnist-mlp-tune", storage=url).get_trials()
