@@ -425,6 +425,13 @@ def test_two_workers_run_trials_at_once_then_promote_and_best(tmp_path: Path) ->
         assert "result: identical" in again.stdout, again.stdout + again.stderr[-3000:]
         assert f"val_accuracy of each of {len(t.intermediate_values)} epochs" in again.stdout
     print(f"pruned trials: {len(pruned)}")
+    tampered = best_trial.user_attrs[worker.ATTR_RUN]
+    client = MlflowClient(uri)
+    client.log_metric(tampered, "val_accuracy", 0.123, step=len(best_trial.intermediate_values))
+    differ = run([MNISTFLOW, "reproduce", tampered], repo, env, check=False)
+    assert differ.returncode == 1, differ.stdout + differ.stderr[-3000:]
+    assert "result: NOT identical" in differ.stdout
+    assert "val_accuracy" in differ.stdout.split("result:")[1]
 
     # --promote: any trial (here not the best) as a real experiment with its params
     other = next(t for t in study.trials if t.number != best_trial.number and t.params)
@@ -445,7 +452,6 @@ def test_two_workers_run_trials_at_once_then_promote_and_best(tmp_path: Path) ->
     assert "mnist-mlp-tune-best" in dvc_experiments(repo, env)
     metrics = fileio.read_json(repo / "outputs/evaluate/metrics.json")
     assert load_params(repo / "params.yaml")["train"]["alpha"] == best_trial.params["train.alpha"]
-    client = MlflowClient(uri)
     evaluated = trial_runs(uri, "mnist-mlp")  # the two experiments' pipeline runs
     assert len(evaluated) == 2
     assert metrics["test_accuracy"] in [

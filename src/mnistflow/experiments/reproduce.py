@@ -397,14 +397,16 @@ def reproduce(run_id: str, cwd: Path, uri: str, keep: bool) -> int:
     if mismatched_params:
         problems.append(f"params differ: {', '.join(mismatched_params)}")
     rows = compare_metrics(run.metrics, rerun.metrics)
+    header = f"run {run_id} (commit {commit[:12]}) reproduced as run {new_id}"
+    return print_result(header, rows, problems)
+
+
+def print_result(header: str, rows: list[MetricRow], problems: list[str]) -> int:
+    """Print ``header``, the comparison table and the verdict (``problems`` and the metrics
+    that differ); return the exit code."""
     different = [r.name for r in rows if not r.identical]
     if different:
-        problems.append(f"metrics differ: {', '.join(different)}")
-
+        problems = [*problems, f"metrics differ: {', '.join(different)}"]
     verdict = "identical" if not problems else "NOT identical: " + "; ".join(problems)
-    sys.stdout.write(
-        f"run {run_id} (commit {commit[:12]}) reproduced as run {new_id}\n"
-        f"{format_table(rows)}\n"
-        f"result: {verdict}\n"
-    )
+    sys.stdout.write(f"{header}\n{format_table(rows)}\nresult: {verdict}\n")
     return EXIT_IDENTICAL if not problems else EXIT_DIFFERENT

@@ -11,7 +11,6 @@ aside) and ``val_accuracy`` of every epoch. Nothing is written to MLflow or Optu
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,11 @@ import yaml
 from mnistflow.config import load_config
 from mnistflow.data.encode import dataset_sha256
 from mnistflow.experiments.reproduce import (
-    EXIT_DIFFERENT,
-    EXIT_IDENTICAL,
     LoggedRun,
     MetricRow,
     ReproduceError,
     compare_metrics,
-    format_table,
+    print_result,
 )
 from mnistflow.modeling.metrics import VAL_ACCURACY
 from mnistflow.tracking.record import TRAIN_LOSS
@@ -98,11 +95,8 @@ def reproduce_trial(run: LoggedRun, root: Path, uri: str) -> int:
     table = compare_metrics(run.metrics, rerun)
     same = history == result.val_accuracy
     table.append(MetricRow(f"{VAL_ACCURACY} of each of {len(history)} epochs", None, None, same))
-    different = [r.name for r in table if not r.identical]
-    verdict = "identical" if not different else "NOT identical: " + ", ".join(different)
-    sys.stdout.write(
+    header = (
         f"run {run.run_id} (trial #{run.tags[worker.TAG_TRIAL]} of study "
-        f"{run.tags[worker.TAG_STUDY]!r}) rerun in-process\n{format_table(table)}\n"
-        f"result: {verdict}\n"
+        f"{run.tags[worker.TAG_STUDY]!r}) rerun in-process"
     )
-    return EXIT_IDENTICAL if not different else EXIT_DIFFERENT
+    return print_result(header, table, [])
