@@ -6,7 +6,8 @@ dataset of their own into a throw-away copy of this working tree; by default all
 --validation of the training rows held out), --epochs epochs per fit, no pruning:
 
 1. Throughput: `mnistflow tune --workers 1` (--trials-1 trials), then `--workers 2`
-   (--trials-2 trials in all). Trials per hour from the study (first trial's start to the
+   (--trials-2 trials in all), both on the same four fixed configurations (:data:`FIXED`,
+   enqueued in the study, cycled). Trials per hour from the study (first trial's start to the
    last one's end) and from the wall time of the whole command (start-up and data load
    included).
 2. Fixed overhead per trial: each 1-worker trial's duration in Optuna minus its own fit time
@@ -148,10 +149,36 @@ def study_span(trials: list) -> float:
     return (max(t.datetime_complete for t in trials) - start).total_seconds()
 
 
+# The configurations both throughput studies run (enqueued, so 1 and 2 workers fit the same
+# work: a sampled study's trial times vary tenfold with layer and batch sizes).
+FIXED = [
+    {"train.alpha": 1e-4, "train.learning_rate_init": 1e-3, "train.batch_size": 128,
+     "train.hidden_layer_sizes": "[100, 50, 25]", "encode.scaling": "divide255"},
+    {"train.alpha": 1e-5, "train.learning_rate_init": 3e-3, "train.batch_size": 256,
+     "train.hidden_layer_sizes": "[256, 128]", "encode.scaling": "standardize"},
+    {"train.alpha": 1e-3, "train.learning_rate_init": 1e-3, "train.batch_size": 64,
+     "train.hidden_layer_sizes": "[100, 50, 25]", "encode.scaling": "standardize"},
+    {"train.alpha": 3e-5, "train.learning_rate_init": 2e-3, "train.batch_size": 512,
+     "train.hidden_layer_sizes": "[512]", "encode.scaling": "divide255"},
+]  # fmt: skip
+
+
+def enqueue(ws: Path, study: str, trials: int) -> None:
+    """Create ``study`` with the first ``trials`` of :data:`FIXED` (cycled) waiting."""
+    import optuna
+
+    created = optuna.create_study(
+        study_name=study, storage=f"sqlite:///{ws}/optuna.db", direction="maximize"
+    )
+    for i in range(trials):
+        created.enqueue_trial(FIXED[i % len(FIXED)])
+
+
 def worker_parts(ws: Path, env: dict, mnistflow: str, params: Params, args) -> None:
     """Parts 1 and 2: in-process trials on 1 and 2 workers, overhead per trial."""
     rows_out = []
     for study, workers, trials in (("w1", 1, args.trials_1), ("w2", 2, args.trials_2)):
+        enqueue(ws, study, trials)
         cmd = [mnistflow, "tune", "--study", study, "--workers", str(workers),
                "--trials", str(trials // workers)]  # fmt: skip
         wall = measure(cmd, ws, env).seconds

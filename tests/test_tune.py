@@ -119,6 +119,34 @@ def test_a_runs_flags_give_back_the_trials_overrides(params: dict) -> None:
 
 
 @pytest.mark.unit
+def test_the_parallel_coordinates_place_each_value_on_its_axis(
+    params: dict, tmp_path: Path
+) -> None:
+    from mnistflow.tuning import report
+
+    dims = tune_space(params)
+    assert space.unit_position(dims["train.alpha"], 1e-4) == pytest.approx(0.5)  # log scale
+    assert space.unit_position(dims["train.hidden_layer_sizes"], [512]) == 1.0
+    assert space.unit_position(dims["train.hidden_layer_sizes"], "[256, 128]") == 0.5
+    assert space.axis_labels(dims["train.alpha"]) == ["1e-06", "0.01"]
+    trials = [
+        dict(zip(dims, row, strict=True))
+        for row in (
+            (1e-5, 1e-3, 64, "[512]", "divide255"),
+            (1e-3, 1e-4, 300, "[100, 50, 25]", "standardize"),
+        )
+    ]
+    target = report.parallel_figure(
+        list(dims),
+        [[space.unit_position(d, t[k]) for k, d in dims.items()] for t in trials],
+        [0.95, 0.97],
+        [space.axis_labels(d) for d in dims.values()],
+        tmp_path / "parallel.png",
+    )
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.unit
 def test_in_memory_study_suggests_within_the_space_and_records_overrides(params: dict) -> None:
     import optuna
 
@@ -326,6 +354,15 @@ def check_study(study, runs: list, n_trials: int, uri: str) -> None:
     assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
 
 
+def start_pool(repo: Path, env: dict[str, str], workers: int) -> subprocess.Popen:
+    """`mnistflow tune --workers N` with its (and its workers') stderr in ``repo/tune.log``:
+    a pipe nobody reads while the test polls would fill up and stop the workers."""
+    with (repo / "tune.log").open("w") as log:
+        return subprocess.Popen(
+            [MNISTFLOW, "tune", "--workers", str(workers)], cwd=repo, env=env, stderr=log
+        )
+
+
 def running_at_once(url: str, proc: subprocess.Popen, deadline_s: float = 600) -> set[str]:
     """Poll the Optuna storage until two trials of different workers are RUNNING, mid-fit
     (an epoch reported), at the same moment; return those workers (the storage, not the
@@ -363,12 +400,10 @@ def test_two_workers_run_trials_at_once_then_promote_and_best(tmp_path: Path) ->
     repo, env = tiny_tune_repo(tmp_path, "repo", max_iter=60)
     url = f"sqlite:///{repo}/optuna.db"
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [MNISTFLOW, "tune", "--workers", "2"], cwd=repo, env=env, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc = start_pool(repo, env, 2)
     both = running_at_once(url, proc)
-    err = proc.communicate(timeout=1200)[1]
+    proc.wait(timeout=1200)
+    err = (repo / "tune.log").read_text()
     assert proc.returncode == 0, err[-3000:]
     assert len(both) == 2, err[-3000:]
     print(f"6 trials on 2 local workers: {time.perf_counter() - start:.1f} s")
@@ -390,6 +425,13 @@ def test_two_workers_run_trials_at_once_then_promote_and_best(tmp_path: Path) ->
         assert "result: identical" in again.stdout, again.stdout + again.stderr[-3000:]
         assert f"val_accuracy of each of {len(t.intermediate_values)} epochs" in again.stdout
     print(f"pruned trials: {len(pruned)}")
+    tampered = best_trial.user_attrs[worker.ATTR_RUN]
+    client = MlflowClient(uri)
+    client.log_metric(tampered, "val_accuracy", 0.123, step=len(best_trial.intermediate_values))
+    differ = run([MNISTFLOW, "reproduce", tampered], repo, env, check=False)
+    assert differ.returncode == 1, differ.stdout + differ.stderr[-3000:]
+    assert "result: NOT identical" in differ.stdout
+    assert "val_accuracy" in differ.stdout.split("result:")[1]
 
     # --promote: any trial (here not the best) as a real experiment with its params
     other = next(t for t in study.trials if t.number != best_trial.number and t.params)
@@ -410,7 +452,6 @@ def test_two_workers_run_trials_at_once_then_promote_and_best(tmp_path: Path) ->
     assert "mnist-mlp-tune-best" in dvc_experiments(repo, env)
     metrics = fileio.read_json(repo / "outputs/evaluate/metrics.json")
     assert load_params(repo / "params.yaml")["train"]["alpha"] == best_trial.params["train.alpha"]
-    client = MlflowClient(uri)
     evaluated = trial_runs(uri, "mnist-mlp")  # the two experiments' pipeline runs
     assert len(evaluated) == 2
     assert metrics["test_accuracy"] in [
@@ -431,7 +472,8 @@ def test_two_workers_run_trials_at_once_then_promote_and_best(tmp_path: Path) ->
         r for r in trial_runs(uri, "mnist-mlp-tune") if worker.TAG_PARENT_OF in r.data.tags
     ]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/history.png", "report/importances.png", "report/report.md"} <= logged
+    assert {"report/history.png", "report/importances.png", "report/parallel.png",
+            "report/report.md"} <= logged  # fmt: skip
     assert parent.data.metrics["best_test_accuracy"] == pytest.approx(
         metrics["test_accuracy"], abs=1e-6
     )
@@ -447,13 +489,11 @@ def test_a_stopped_pool_leaves_no_trial_and_no_run_running(tmp_path: Path) -> No
 
     repo, env = tiny_tune_repo(tmp_path, "repo", max_iter=5000, pruner="none")
     url = f"sqlite:///{repo}/optuna.db"
-    proc = subprocess.Popen(
-        [MNISTFLOW, "tune", "--workers", "2"], cwd=repo, env=env, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc = start_pool(repo, env, 2)
     both = running_at_once(url, proc)
     proc.send_signal(signal.SIGTERM)
-    err = proc.communicate(timeout=300)[1]
+    proc.wait(timeout=300)
+    err = (repo / "tune.log").read_text()
     assert len(both) == 2, err[-3000:]
     assert proc.returncode == 143, err[-3000:]
     trials = optuna.load_study(study_name="mnist-mlp-tune", storage=url).get_trials()

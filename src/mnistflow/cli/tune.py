@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from mnistflow.config import load_config
+from mnistflow.config import Params, load_config
 from mnistflow.util.errors import UserError
 from mnistflow.util.workspace import find_root
 
@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 REPORTS_DIR = Path("reports/tune")
 WORKERS_ENV = "MNISTFLOW_TUNE_WORKERS"
+# One BLAS thread per worker process (the workers share the cores); train.threads still sets
+# the threads of each fit.
+BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,11 +63,13 @@ def workers_wanted(given: int | None) -> int:
     Raises:
         UserError: not a positive number.
     """
-    from mnistflow.tuning.worker import default_workers
-
     raw = given if given is not None else os.environ.get(WORKERS_ENV, "").strip() or None
-    if raw is None:
-        return default_workers()
+    if raw is None:  # the cores this process may use
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
     try:
         n = int(raw)
     except ValueError:
@@ -89,17 +94,27 @@ def command(args: argparse.Namespace) -> int:
         if args.promote is not None:
             return best.run_promote(params, root, study, url, args.promote)
         return best.run_best(params, root, study, url, REPORTS_DIR / study, not args.no_exp)
-    from mnistflow.tuning import worker
-
     n = workers_wanted(args.workers)
     if n == 1:
-        worker.prepare_worker_process()
-        worker.run_worker(params, root, study, url, args.trials)
-        return 0
+        return start_worker(params, root, study, url, args.trials)
     argv = ["--params", str(Path(args.params).resolve())]
     if args.log_level:
         argv += ["--log-level", args.log_level]
     argv += ["tune", "--workers", "1", "--study", study]
     if args.trials is not None:
         argv += ["--trials", str(args.trials)]
-    return worker.run_pool(n, argv, url)
+    from mnistflow.tuning.worker import run_pool
+
+    return run_pool(n, argv, url)
+
+
+def start_worker(params: Params, root: Path, study: str, url: str, trials: int | None) -> int:
+    """Where every worker process starts (``--workers 1``, and each process of ``--workers
+    N``): the per-process set-up before NumPy loads (one BLAS thread), then its share of the
+    study."""
+    for var in BLAS_ENV:
+        os.environ[var] = "1"
+    from mnistflow.tuning.worker import run_worker  # NumPy, scikit-learn, MLflow load here
+
+    run_worker(params, root, study, url, trials)
+    return 0

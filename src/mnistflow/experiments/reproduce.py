@@ -409,12 +409,27 @@ def reproduce(run_id: str, cwd: Path, uri: str, keep: bool) -> int:
     if mismatched_params:
         problems.append(f"params differ: {', '.join(mismatched_params)}")
     rows = compare_metrics(run.metrics, rerun.metrics)
-    code, verdict = judge(problems, [r.name for r in rows if not r.identical], run.tags, rerun.tags)
-    sys.stdout.write(
-        f"run {run_id} (commit {commit[:12]}) reproduced as run {new_id}\n"
-        f"{format_table(rows)}\n"
-        f"result: {verdict}\n"
-    )
+    header = f"run {run_id} (commit {commit[:12]}) reproduced as run {new_id}"
+    return print_result(header, rows, problems, run.tags, rerun.tags)
+
+
+def print_result(
+    header: str,
+    rows: list[MetricRow],
+    problems: list[str],
+    logged: Mapping[str, str],
+    rerun: Mapping[str, str],
+) -> int:
+    """Print ``header``, the comparison table and the verdict; return the exit code.
+
+    Args:
+        header: the first line (which run was reproduced as which).
+        rows: the metric comparison.
+        problems: differences that are not metrics (status, params, data).
+        logged, rerun: the two runs' tags, for :func:`judge`.
+    """
+    code, verdict = judge(problems, [r.name for r in rows if not r.identical], logged, rerun)
+    sys.stdout.write(f"{header}\n{format_table(rows)}\nresult: {verdict}\n")
     return code
 
 

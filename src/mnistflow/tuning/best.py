@@ -12,10 +12,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mnistflow.config import Params
+from mnistflow.config import Params, tune_space
 from mnistflow.experiments.presets import apply_preset, set_flags
 from mnistflow.modeling.metrics import HEADLINE
-from mnistflow.tuning import report, storage, worker
+from mnistflow.tuning import report, space, storage, worker
 from mnistflow.util import fileio
 from mnistflow.util.dvc import dvc
 
@@ -97,6 +97,14 @@ def run_best(
         [t.number for t in complete], [float(t.value) for t in complete], baseline,
         out_dir / "history.png",
     )  # fmt: skip
+    dims = tune_space(params.raw)
+    report.parallel_figure(
+        list(dims),
+        [[space.unit_position(d, t.params[k]) for k, d in dims.items()] for t in complete],
+        [float(t.value) for t in complete],
+        [space.axis_labels(d) for d in dims.values()],
+        out_dir / "parallel.png",
+    )
     found = importances(study)
     if found:
         report.importance_figure(found, out_dir / "importances.png")

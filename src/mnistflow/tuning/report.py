@@ -7,7 +7,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from mnistflow.util import fileio
@@ -64,6 +67,37 @@ def numerics_line(fingerprints: Mapping[str, int]) -> str:
     )
 
 
+def parallel_figure(
+    keys: Sequence[str],
+    positions: Sequence[Sequence[float]],
+    values: Sequence[float],
+    labels: Sequence[Sequence[str]],
+    target: Path,
+) -> Path:
+    """Parallel coordinates: one line per complete trial across the searched keys, each axis
+    from 0 to 1 (``positions``, labelled with ``labels`` spread evenly along it), coloured by
+    the trial's validation accuracy, the best drawn last."""
+    fig = Figure(figsize=(2.5 + 1.8 * len(keys), 4.5))
+    ax = fig.add_subplot()
+    cmap = colormaps["viridis"]
+    low, high = min(values), max(values)
+    norm = Normalize(low, high if high > low else low + 1e-9)
+    for row, value in sorted(zip(positions, values, strict=True), key=lambda p: p[1]):
+        ax.plot(range(len(keys)), row, color=cmap(norm(value)), alpha=0.8, linewidth=1.2)
+    for i, texts in enumerate(labels):
+        ax.axvline(i, color="grey", linewidth=0.8)
+        for j, text in enumerate(texts):
+            y = j / (len(texts) - 1) if len(texts) > 1 else 0.5
+            ax.annotate(text, (i, y), xytext=(4, 0), textcoords="offset points", fontsize=7,
+                        va="center")  # fmt: skip
+    ax.set_xticks(range(len(keys)), keys, rotation=15, fontsize=8)
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(keys) - 0.4)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="validation accuracy")
+    fig.subplots_adjust(left=0.04, bottom=0.18)
+    return _save(fig, target)
+
+
 def markdown(
     study: str,
     counts: Mapping[str, int],
@@ -103,6 +137,7 @@ def markdown(
         "![optimisation history](history.png)",
         "",
     ]
+    lines += ["![parallel coordinates of the complete trials](parallel.png)", ""]
     if importances:
         lines += ["![parameter importances](importances.png)", ""]
     else:

@@ -11,7 +11,6 @@ aside) and ``val_accuracy`` of every epoch. Nothing is written to MLflow or Optu
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,7 @@ from mnistflow.experiments.reproduce import (
     MetricRow,
     ReproduceError,
     compare_metrics,
-    format_table,
-    judge,
+    print_result,
 )
 from mnistflow.modeling.metrics import VAL_ACCURACY
 from mnistflow.tracking.record import TRAIN_LOSS
@@ -99,12 +97,9 @@ def reproduce_trial(run: LoggedRun, root: Path, uri: str) -> int:
     table = compare_metrics(run.metrics, rerun)
     same = history == result.val_accuracy
     table.append(MetricRow(f"{VAL_ACCURACY} of each of {len(history)} epochs", None, None, same))
-    different = [r.name for r in table if not r.identical]
     here = numerics.tags(numerics.observe())
-    code, verdict = judge([], different, run.tags, here)
-    sys.stdout.write(
+    header = (
         f"run {run.run_id} (trial #{run.tags[worker.TAG_TRIAL]} of study "
-        f"{run.tags[worker.TAG_STUDY]!r}) rerun in-process\n{format_table(table)}\n"
-        f"result: {verdict}\n"
+        f"{run.tags[worker.TAG_STUDY]!r}) rerun in-process"
     )
-    return code
+    return print_result(header, table, [], run.tags, here)

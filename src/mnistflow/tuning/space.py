@@ -3,6 +3,7 @@ as params overrides (``-S key=value`` flags) that reproduce it with ``dvc exp ru
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,3 +80,22 @@ def set_flags(values: Mapping[str, Any]) -> list[str]:
     from mnistflow.experiments.presets import set_flags as flags
 
     return flags(dict(values))
+
+
+def unit_position(dim: Dimension, value: Any) -> float:
+    """Where ``value`` lies on its dimension, from 0 (low, first choice) to 1 (high, last
+    choice); log ranges on a log scale."""
+    if isinstance(dim, CategoricalDim):
+        labels = [choice_label(c) for c in dim.choices]
+        return labels.index(choice_label(value)) / max(1, len(labels) - 1)
+    low, high, v = float(dim.low), float(dim.high), float(value)
+    if dim.log:
+        low, high, v = math.log(low), math.log(high), math.log(v)
+    return (v - low) / (high - low)
+
+
+def axis_labels(dim: Dimension) -> list[str]:
+    """The labels of a dimension's axis, evenly spread from 0 to 1: its range or choices."""
+    if isinstance(dim, CategoricalDim):
+        return [str(choice_label(c)) for c in dim.choices]
+    return [f"{dim.low:g}", f"{dim.high:g}"]

@@ -1,6 +1,6 @@
 """One worker's share of a study: trials until the study has ``tune.n_trials`` finished ones.
 
-A worker process (:func:`prepare_worker_process` first) loads the training rows once
+A worker process (started by ``cli.tune.start_worker``) loads the training rows once
 (:mod:`mnistflow.tuning.objective`), joins the study and runs trial after trial in-process:
 encode with the trial's settings (cached per distinct ``encode:`` section), fit, score the
 held-out rows after every epoch, report each score to Optuna (which may prune the trial).
@@ -47,8 +47,6 @@ ATTR_RUN = "mlflow_run_id"  # trial user attr: its MLflow run
 ATTR_WORKER = "worker"  # trial user attr: "host:pid"
 ATTR_NUMERICS = "numerics_fingerprint"  # trial user attr: its floating-point environment
 PARAM_OVERRIDES = "tune.overrides"  # the run's param holding the -S flags
-# Environment of a worker process: one BLAS thread each (the pool's workers share the cores).
-BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -110,17 +108,6 @@ def finished_trials(study: Any) -> int:
     from optuna.trial import TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-
-
-def prepare_worker_process() -> None:
-    """What every worker process does first, before it loads any data: one BLAS thread
-    (:data:`BLAS_ENV` for the libraries not loaded yet, threadpoolctl for those that are).
-    ``train.threads`` still sets the threads of each fit."""
-    from threadpoolctl import threadpool_limits
-
-    for var in BLAS_ENV:
-        os.environ[var] = "1"
-    threadpool_limits(limits=1)
 
 
 def run_provenance(params: Params, root: Path) -> dict[str, str]:
@@ -279,18 +266,13 @@ def run_worker(
     return len(mine)
 
 
-def default_workers() -> int:
-    """One worker per core this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def run_pool(n: int, argv: Sequence[str], url: str) -> int:
     """Start ``n`` worker processes (``python -m mnistflow.cli <argv>``; the storage URL goes
     in the environment, never on a command line) and wait for all of them; return the first
     non-zero exit code, else 0. An interruption of this process stops them (SIGTERM)."""
     from mnistflow.tuning.storage import STORAGE_ENV
 
-    env = {**os.environ, STORAGE_ENV: url, **{var: "1" for var in BLAS_ENV}}
+    env = {**os.environ, STORAGE_ENV: url}
     command = [sys.executable, "-m", "mnistflow.cli", *argv]
     procs = [subprocess.Popen(command, env=env) for _ in range(n)]
     log.info("started %d workers (pids %s)", n, ", ".join(str(p.pid) for p in procs))
