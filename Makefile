@@ -90,7 +90,7 @@ repro: setup ## set up and run the pipeline on params.yaml (dvc repro)
 bench: setup ## benchmark: cold/no-op/param-change repro vs a bare script, peak memory
 	$(BIN)/python benchmarks/pipeline.py
 
-bench-numerics: setup ## the pinned floating-point environment's cost: fit time pinned vs native (~4 min)
+bench-numerics: setup ## the pinned floating-point environment's cost: fit time pinned vs native (~2 min)
 	$(BIN)/python benchmarks/numerics.py
 
 bench-best: setup ## the best preset (presets/best.yaml), cold: accuracy, pipeline time, peak memory
