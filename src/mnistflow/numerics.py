@@ -77,7 +77,6 @@ class Plan:
 
     requested: str  # the mode asked for (MNISTFLOW_NUMERICS, default pinned)
     pinned: bool  # the pin's variables are set
-    cpu_level: str  # x86-64-v4 / -v3 / -v2 / x86-64, or the machine name (aarch64...)
     preset: dict[str, str]  # the watched variables as they were before any pin
     updates: dict[str, str | None] = field(default_factory=dict)  # None: remove the variable
     note: str = ""  # why the pin is off, for the one log line
@@ -151,17 +150,17 @@ def plan(environ: Mapping[str, str], machine: str, flags: frozenset[str]) -> Pla
     # Back to what the user's environment had: the watched variables of the preset only.
     restore: dict[str, str | None] = {name: preset.get(name) for name in WATCHED}
     if requested == "native":
-        return Plan(requested, False, level, preset, restore, f"{MODE_ENV}=native")
+        return Plan(requested, False, preset, restore, f"{MODE_ENV}=native")
     if level not in ("x86-64-v3", "x86-64-v4"):
         missing = ", ".join(sorted(LEVEL_FLAGS - flags)) if flags else "flags unknown"
         note = (
             f"this CPU ({level}; {missing}) cannot run the pinned {LEVEL} kernels: it runs its "
             "own, so its results are comparable only with machines of the same kind"
         )
-        return Plan(requested, False, level, preset, restore, note)
+        return Plan(requested, False, preset, restore, note)
     updates: dict[str, str | None] = {**restore, **PINNED}
     updates.update(dict.fromkeys(CLEARED))
-    return Plan(requested, True, level, preset, updates)
+    return Plan(requested, True, preset, updates)
 
 
 def read_cpuinfo() -> str:
