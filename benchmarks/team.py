@@ -37,7 +37,8 @@ from store_growth import fill, timed  # benchmarks/store_growth.py
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.helpers: the tiny dataset and repo copies of the tests
 
-from mnistflow.tracking import postgres, server, store  # noqa: E402
+from mnistflow.ops import postgres, tracking_server  # noqa: E402
+from mnistflow.tracking import store  # noqa: E402
 
 from tests.helpers import copy_repo, use_tiny_dataset, workspace_env, write_idx_dataset  # noqa: E402
 
@@ -55,7 +56,7 @@ def load() -> str:
 def start_server(base: Path) -> tuple[subprocess.Popen, str]:
     """`mnistflow server --pg-dir` on a free port, healthy, with the user USER."""
     port = postgres.free_port()
-    env = {**os.environ, server.ADMIN_PASSWORD_ENV: ADMIN_PW}
+    env = {**os.environ, tracking_server.ADMIN_PASSWORD_ENV: ADMIN_PW}
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(var, None)
     log = (base / "server.log").open("w")
@@ -77,7 +78,7 @@ def start_server(base: Path) -> tuple[subprocess.Popen, str]:
             if time.monotonic() > deadline:
                 raise SystemExit("mnistflow server did not become healthy") from None
             time.sleep(0.5)
-    server.create_user(uri, server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
+    tracking_server.create_user(uri, tracking_server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
     return proc, uri
 
 

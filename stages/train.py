@@ -1,6 +1,6 @@
 """Stage train: fit the MLPClassifier on the encoded training set; one MLflow run per fit.
 
-The run logs the served model (:mod:`mnistflow.tracking.models`: raw images in, digit and
+The run logs the served model (:mod:`mnistflow.serving.logged_model`: raw images in, digit and
 probabilities out; two test images of paths.arrays are its input example). Outputs (paths
 from params.yaml): paths.model (pickle), paths.loss_curve (csv, DVC plot), paths.train_metrics
 (json, deterministic), paths.run_info (the MLflow run evaluate continues; the one per-run
@@ -22,7 +22,8 @@ from mnistflow.data.online import OnlineData
 from mnistflow.modeling.model import ignored_settings
 from mnistflow.modeling.training import fit, model_bytes
 from mnistflow.reporting.tables import loss_csv
-from mnistflow.tracking import datasets, liveness, models, provenance, record, store
+from mnistflow.serving import logged_model
+from mnistflow.tracking import datasets, liveness, provenance, record, store
 from mnistflow.tracking.runs import mlflow_run
 from mnistflow.util import fileio
 from mnistflow.util.entrypoint import run_main
@@ -81,7 +82,7 @@ def main() -> None:
         record.log_fit(run, result)
         record.log_encoding(run, encoding)
         run.log_artifact(paths.loss_curve, "train")
-        models.log_model(result.model, encoding, examples, n_classes)
+        logged_model.log_model(result.model, encoding, examples, n_classes)
         run.set_tags({"mnistflow.stage": "trained"})
         # The model and run info last: an interruption while logging leaves no model.
         fileio.write_bytes(paths.model, model_bytes(result.model))

@@ -21,7 +21,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from mnistflow.data.encode import Encoding
-from mnistflow.tracking import models, runs, store
+from mnistflow.serving import logged_model
+from mnistflow.tracking import runs, store
 
 EXPERIMENT = "mnist-mlp"
 
@@ -130,7 +131,9 @@ def log_run(
                 run.log_metric("train_loss", loss, step=epoch)
             if accuracy is None:
                 raise RuntimeError("simulated crash during fit")
-            models.log_model(model, Encoding("divide255"), mnist_like_digits(2, seed=5)[0], 10)
+            logged_model.log_model(
+                model, Encoding("divide255"), mnist_like_digits(2, seed=5)[0], 10
+            )
             run.log_metrics(
                 {
                     "fit_time_s": float(fit_time or 0.0),

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from mnistflow.tracking import postgres, server
-
 # random per session: a password found in a log, an artifact or a committed file leaked there
+from mnistflow.ops import postgres, tracking_server
+
 ADMIN_PW = "admin-" + secrets.token_urlsafe(12)
 USER, USER_PW = "alice", "alice-" + secrets.token_urlsafe(12)
 START_TIMEOUT_S = 240
@@ -127,7 +127,7 @@ def start_team_server(
 
     A second start on the same ``pg_dir`` reuses the cluster: its data and users survive.
     """
-    env = {**os.environ, server.ADMIN_PASSWORD_ENV: ADMIN_PW}
+    env = {**os.environ, tracking_server.ADMIN_PASSWORD_ENV: ADMIN_PW}
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(var, None)
     cmd = [str(Path(sys.executable).parent / "mnistflow"), "server", "--pg-dir", str(pg_dir)]
@@ -170,7 +170,7 @@ def team_server_fixture() -> Iterator[TeamServer]:
     process = start_team_server(pg_dir, port, log)
     uri = f"http://127.0.0.1:{port}"
     try:
-        server.create_user(uri, server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
+        tracking_server.create_user(uri, tracking_server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
         yield TeamServer(uri, USER, USER_PW, pg_dir, log, ADMIN_PW)
     finally:
         still_running = stop_team_server(process, pg_dir)

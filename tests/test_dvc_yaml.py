@@ -86,14 +86,16 @@ def test_params_are_checked_before_any_other_stage() -> None:
             assert "${paths.check_params}" in spec["deps"], name
 
 
+@pytest.mark.parametrize("package", ["tuning", "ops"])
 @pytest.mark.parametrize(
     "script", sorted((REPO_ROOT / "stages").glob("*.py")), ids=lambda p: p.name
 )
-def test_no_stage_imports_the_tuning_package(script: Path) -> None:
-    """A stage has one mode: nothing it imports, directly or through other modules, comes from
-    ``mnistflow.tuning`` (so no stage can read a trial, report to a study or change what it
-    writes for one)."""
-    tuning = (PACKAGE / "tuning").relative_to(REPO_ROOT).as_posix() + "/"
+def test_no_stage_imports_tuning_or_operations(script: Path, package: str) -> None:
+    """A stage has one mode and needs no service: nothing it imports, directly or through
+    other modules, comes from ``mnistflow.tuning`` (so no stage can read a trial, report to a
+    study or change what it writes for one) or ``mnistflow.ops`` (team server, PostgreSQL,
+    sync, UI: editing them never reruns a stage)."""
+    prefix = (PACKAGE / package).relative_to(REPO_ROOT).as_posix() + "/"
     needed = closure(script)
     assert needed, f"{script.name}: no package module found; is the import reader broken?"
-    assert not [m for m in needed if m.startswith(tuning)], script.name
+    assert not [m for m in needed if m.startswith(prefix)], script.name

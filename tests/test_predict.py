@@ -15,14 +15,14 @@ from mnistflow.config import RegistryConfig
 from mnistflow.data.encode import Encoding, flatten
 from mnistflow.data.idx import IMAGES_MAGIC, LABELS_MAGIC, gunzip, parse_idx
 from mnistflow.data.preprocess import ImageError, load_digit, to_mnist
-from mnistflow.tracking import runs
-from mnistflow.tracking.predict import (
+from mnistflow.serving.predict import (
     PredictError,
     load_run_model,
     predict_files,
     resolve_model,
 )
-from mnistflow.tracking.registry import register
+from mnistflow.serving.registry import register
+from mnistflow.tracking import runs
 from mnistflow.util.fileio import load_npz, read_json
 from tests.helpers import (
     FILE_NAMES,

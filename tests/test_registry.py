@@ -9,15 +9,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mnistflow.reporting.leaderboard import shape_table
-from mnistflow.tracking.models import load_model
-from mnistflow.tracking.query import fetch_runs
-from mnistflow.tracking.registry import (
+from mnistflow.serving.logged_model import load_model
+from mnistflow.serving.registry import (
     RegistryConfig,
     RegistryError,
     best_finished,
     register,
     rollback,
 )
+from mnistflow.tracking.query import fetch_runs
 from mnistflow.tracking.store import ensure_experiment
 from tests.mlflow_fixtures import EXPERIMENT, Store, copy_store, log_run, shared_store
 

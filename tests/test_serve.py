@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnistflow.modeling.serving import PIXEL_COLUMNS
-from mnistflow.tracking.models import load_model, predict_images
+from mnistflow.serving.inputs import PIXEL_COLUMNS
+from mnistflow.serving.logged_model import load_model, predict_images
 from mnistflow.util.fileio import load_npz, read_json
 from tests.helpers import copy_repo, run, use_tiny_dataset, workspace_env, write_idx_dataset
 

@@ -28,7 +28,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mnistflow.tracking import postgres, runs, server
+from mnistflow.ops import postgres, tracking_server
+from mnistflow.tracking import runs
 from mnistflow.util.fileio import read_json
 from tests.helpers import copy_repo, fill, run, stage_env, write_encoded
 from tests.services import (
@@ -84,7 +85,7 @@ def restartable() -> Iterator[Restartable]:
     pg_dir, log, port = base / "pg", base / "server.log", postgres.free_port()
     srv = Restartable(pg_dir, port, log, start_team_server(pg_dir, port, log))
     try:
-        server.create_user(srv.uri, server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
+        tracking_server.create_user(srv.uri, tracking_server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
         yield srv
     finally:
         still_running = stop_team_server(srv.process, pg_dir)
@@ -271,11 +272,11 @@ def test_server_unreachable_is_no_answer_not_an_answer_that_says_no(
 def test_port_check_still_refuses_a_port_someone_listens_on() -> None:
     import socket
 
-    from mnistflow.cli.server import check_port_free
+    from mnistflow.util.processes import ServiceError, check_port_free
 
     with socket.create_server(("127.0.0.1", 0)) as listening:
         port = listening.getsockname()[1]
-        with pytest.raises(server.ServerError, match=f"port {port} on 127.0.0.1 is in use"):
+        with pytest.raises(ServiceError, match=f"port {port} on 127.0.0.1 is in use"):
             check_port_free("127.0.0.1", port)
     check_port_free("127.0.0.1", port)  # closed: free again
 
@@ -419,7 +420,7 @@ def test_full_artifact_store_during_log_model_is_one_line_and_the_run_and_model_
     artifacts = ["--artifacts-destination", str(small_disk / "artifacts")]
     srv = Restartable(pg_dir, port, log, start_team_server(pg_dir, port, log, artifacts))
     try:
-        server.create_user(srv.uri, server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
+        tracking_server.create_user(srv.uri, tracking_server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
         ws, env = workspace(tmp_path, srv, n_train=300, hidden=512)
         env.update(short_retries(1, timeout=120))
         fill(small_disk, leave_bytes=1 << 20)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mnistflow.modeling.serving import (
+from mnistflow.serving.inputs import (
     PIXEL_COLUMNS,
     InputError,
     images_from_frame,

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from mnistflow.tracking import datasets, postgres, server, store, sync
+from mnistflow.ops import postgres, sync, tracking_server
+from mnistflow.tracking import datasets, store
 from mnistflow.util.fileio import read_json
 from tests.helpers import (
     REPO_ROOT,
@@ -34,19 +35,19 @@ from tests.services import TeamServer, team_server_fixture  # noqa: F401  (sessi
 ADMIN_PW = "unit-admin-pass-0123"
 
 
-def options(**changes: object) -> server.ServerOptions:
+def options(**changes: object) -> tracking_server.ServerOptions:
     base = {
         "backend_store_uri": "postgresql://u:p@127.0.0.1:5432/mlflow",
         "auth_database_uri": "postgresql://u:p%40x@127.0.0.1:5432/mlflow_auth",
         "artifacts_destination": "/srv/artifacts",
     }
     base.update(changes)
-    return server.ServerOptions(**base)  # type: ignore[arg-type]
+    return tracking_server.ServerOptions(**base)  # type: ignore[arg-type]
 
 
 @pytest.mark.unit
 def test_server_command_is_mlflow_with_auth_postgres_and_proxied_artifacts() -> None:
-    cmd = server.server_command(options())
+    cmd = tracking_server.server_command(options())
     assert cmd[:4] == [sys.executable, "-m", "mlflow", "server"]
     pairs = dict(itertools.pairwise(cmd))
     # the URI holds the database password: it goes by environment (server_env), never argv
@@ -58,13 +59,15 @@ def test_server_command_is_mlflow_with_auth_postgres_and_proxied_artifacts() -> 
     assert pairs["--workers"] == "1"
     assert "--serve-artifacts" in cmd
     assert "--allowed-hosts" not in cmd
-    wide = server.server_command(options(host="0.0.0.0", allowed_hosts="mlflow.lan,10.0.0.5"))
+    wide = tracking_server.server_command(
+        options(host="0.0.0.0", allowed_hosts="mlflow.lan,10.0.0.5")
+    )
     assert wide[wide.index("--allowed-hosts") + 1] == "mlflow.lan,10.0.0.5"
 
 
 @pytest.mark.unit
 def test_auth_ini_is_read_back_by_configparser_without_a_password() -> None:
-    text = server.auth_ini("postgresql://u:p%40x@h:1/mlflow_auth", "boss", "EDIT")
+    text = tracking_server.auth_ini("postgresql://u:p%40x@h:1/mlflow_auth", "boss", "EDIT")
     parser = configparser.ConfigParser()
     parser.read_string(text)
     section = parser["mlflow"]
@@ -82,23 +85,26 @@ def test_auth_ini_is_read_back_by_configparser_without_a_password() -> None:
     [("", "no admin password"), ("password1234", "example"), ("short", "at least")],
 )
 def test_admin_password_refuses_missing_default_and_short(value: str, message: str) -> None:
-    with pytest.raises(server.ServerError, match=message):
-        server.admin_password(None, {server.ADMIN_PASSWORD_ENV: value})
+    with pytest.raises(tracking_server.ServerError, match=message):
+        tracking_server.admin_password(None, {tracking_server.ADMIN_PASSWORD_ENV: value})
 
 
 @pytest.mark.unit
 def test_admin_password_from_env_or_file(tmp_path: Path) -> None:
-    assert server.admin_password(None, {server.ADMIN_PASSWORD_ENV: f" {ADMIN_PW}\n"}) == ADMIN_PW
+    assert (
+        tracking_server.admin_password(None, {tracking_server.ADMIN_PASSWORD_ENV: f" {ADMIN_PW}\n"})
+        == ADMIN_PW
+    )
     file = tmp_path / "pw"
     file.write_text(ADMIN_PW + "\n")
-    assert server.admin_password(file, {}) == ADMIN_PW
-    with pytest.raises(server.ServerError, match="missing"):
-        server.admin_password(tmp_path / "missing", {})
+    assert tracking_server.admin_password(file, {}) == ADMIN_PW
+    with pytest.raises(tracking_server.ServerError, match="missing"):
+        tracking_server.admin_password(tmp_path / "missing", {})
 
 
 @pytest.mark.unit
 def test_server_env_hands_over_auth_config_and_drops_client_settings(tmp_path: Path) -> None:
-    env = server.server_env(
+    env = tracking_server.server_env(
         {"MLFLOW_TRACKING_URI": "http://x", "MLFLOW_TRACKING_PASSWORD": "p", "PATH": "/bin"},
         "postgresql://u:db-pw@h:1/mlflow",
         tmp_path / "auth.ini",
@@ -115,7 +121,7 @@ def test_server_env_hands_over_auth_config_and_drops_client_settings(tmp_path: P
 
 @pytest.mark.unit
 def test_database_uri_quotes_the_password() -> None:
-    from mnistflow.tracking.postgres import database_uri
+    from mnistflow.ops.postgres import database_uri
 
     assert (
         database_uri("u", "a@b/c", 5433, "mlflow")
@@ -525,20 +531,20 @@ def test_server_takes_the_team_databases_from_the_environment_off_the_command_li
     from tests.services import processes_showing, scratch_cluster, wait_healthy
 
     mnistflow = str(Path(sys.executable).parent / "mnistflow")
-    env = {**workspace_env(), server.ADMIN_PASSWORD_ENV: ADMIN_PW + "-long-enough"}
+    env = {**workspace_env(), tracking_server.ADMIN_PASSWORD_ENV: ADMIN_PW + "-long-enough"}
     with scratch_cluster("mnistflow-envdb-") as (base, cluster):
         missing = run([mnistflow, "server", "--port", "1"], base, env, check=False)
         assert missing.returncode == 4
         assert "give --pg-dir (trial) or the team database: $MLFLOW_BACKEND_STORE_URI" in (
             missing.stderr
         )
-        env[server.BACKEND_STORE_ENV] = cluster.create_database(server.BACKEND_DB)
+        env[tracking_server.BACKEND_STORE_ENV] = cluster.create_database(tracking_server.BACKEND_DB)
         no_auth = run([mnistflow, "server", "--port", "1"], base, env, check=False)
         assert no_auth.returncode == 4
         assert "$MNISTFLOW_AUTH_DATABASE_URI (or --auth-database-uri) is required" in (
             no_auth.stderr
         )
-        env[server.AUTH_DATABASE_ENV] = cluster.create_database(server.AUTH_DB)
+        env[tracking_server.AUTH_DATABASE_ENV] = cluster.create_database(tracking_server.AUTH_DB)
         port, log = postgres.free_port(), base / "server.log"
         args = ["server", "--port", str(port), "--artifacts-destination", str(base / "art")]
         with log.open("w") as out:
@@ -547,9 +553,9 @@ def test_server_takes_the_team_databases_from_the_environment_off_the_command_li
             )
         try:
             wait_healthy(f"http://127.0.0.1:{port}", proc, log)
-            server.create_user(
-                f"http://127.0.0.1:{port}", server.DEFAULT_ADMIN, env[server.ADMIN_PASSWORD_ENV],
-                "bob", "bob-password-0123",
+            tracking_server.create_user(
+                f"http://127.0.0.1:{port}", tracking_server.DEFAULT_ADMIN,
+                env[tracking_server.ADMIN_PASSWORD_ENV], "bob", "bob-password-0123",
             )  # fmt: skip
             password = cluster.password()
             assert processes_showing(password) == []

@@ -21,10 +21,11 @@ from mlflow.tracking import MlflowClient
 from mnistflow.config import MlflowConfig, TrainConfig, config, load_params
 from mnistflow.data.encode import Encoding
 from mnistflow.modeling.model import build_classifier, fit_with_progress
-from mnistflow.modeling.serving import PIXEL_COLUMNS, pixel_frame
-from mnistflow.tracking import models, provenance, runs
+from mnistflow.serving import logged_model
+from mnistflow.serving.digit_model import load_estimator
+from mnistflow.serving.inputs import PIXEL_COLUMNS, pixel_frame
+from mnistflow.tracking import provenance, runs
 from mnistflow.tracking import store as store_mod
-from mnistflow.tracking.digit_model import load_estimator
 from mnistflow.util.signals import Interrupted, raise_on_signals
 from tests.helpers import (
     REPO_ROOT,
@@ -201,7 +202,7 @@ def test_run_logs_params_metrics_artifacts_model_and_tags(
             run.log_metric("train_loss", loss, step=epoch)
         run.log_metrics({"test_accuracy": 0.5})
         run.log_artifact(artifact, "train")
-        models.log_model(model, Encoding("divide255"), images[:3], 10)
+        logged_model.log_model(model, Encoding("divide255"), images[:3], 10)
         run_id = run.run_id
     client = MlflowClient(uri)
     got = client.get_run(run_id)

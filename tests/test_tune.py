@@ -534,7 +534,7 @@ def test_bad_tune_params_fail_before_any_work(tmp_path: Path, tune: dict, messag
 
 def optuna_database(team) -> str:
     """A database ``optuna`` in the team server's throw-away cluster; its SQLAlchemy URL."""
-    from mnistflow.tracking import postgres
+    from mnistflow.ops import postgres
 
     port = int((team.pg_dir / "data" / "postmaster.pid").read_text().splitlines()[3])
     cluster = postgres.Cluster(team.pg_dir, port)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mnistflow.tracking.ui import VIEW_KEY, leaderboard_view, runs_url
+from mnistflow.ops.ui import VIEW_KEY, leaderboard_view
+from mnistflow.tracking.links import runs_url
 from tests.helpers import REPO_ROOT, workspace_env
 from tests.mlflow_fixtures import EXPERIMENT, copy_store, shared_store
 

@@ -8,7 +8,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from mnistflow.tracking.server import ServerError, create_user
+from mnistflow.ops.tracking_server import ServerError, create_user
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""``mnistflow predict``: the command line of :mod:`mnistflow.tracking.predict`."""
+"""``mnistflow predict``: the command line of :mod:`mnistflow.serving.predict`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mnistflow.config import MlflowConfig, RegistryConfig, config, dataset_spec, load_params
 from mnistflow.data.preprocess import read_grayscale
-from mnistflow.tracking.predict import load_run_model, predict_files, resolve_model
+from mnistflow.serving.predict import load_run_model, predict_files, resolve_model
 from mnistflow.tracking.store import check_server, resolve_tracking_uri
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""``mnistflow register``: the command line of :mod:`mnistflow.tracking.registry`."""
+"""``mnistflow register``: the command line of :mod:`mnistflow.serving.registry`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 from mnistflow.config import RegistryConfig, config, load_params
 from mnistflow.modeling.metrics import HEADLINE
-from mnistflow.tracking.registry import register, rollback
+from mnistflow.serving.registry import register, rollback
 from mnistflow.tracking.store import check_server, store_settings
 
 log = logging.getLogger(__name__)

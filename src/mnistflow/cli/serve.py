@@ -1,4 +1,4 @@
-"""``mnistflow serve``: the command line of :mod:`mnistflow.tracking.serve`."""
+"""``mnistflow serve``: the command line of :mod:`mnistflow.serving.scoring_server`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 
 from mnistflow.config import MlflowConfig, RegistryConfig, config, dataset_spec, load_params
-from mnistflow.tracking.predict import load_run_model, resolve_model
-from mnistflow.tracking.serve import DEFAULT_PORT, HOST, ServeError, serve
+from mnistflow.serving.predict import load_run_model, resolve_model
+from mnistflow.serving.scoring_server import DEFAULT_PORT, HOST, ServeError, serve
 from mnistflow.tracking.store import resolve_tracking_uri
 
 log = logging.getLogger(__name__)

@@ -1,15 +1,15 @@
-"""``mnistflow server``: the team's MLflow tracking server (:mod:`mnistflow.tracking.server`)."""
+"""``mnistflow server``: the team's MLflow tracking server
+(:mod:`mnistflow.ops.tracking_server`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import socket
 from pathlib import Path
 
-from mnistflow.tracking import postgres
-from mnistflow.tracking.server import (
+from mnistflow.ops import postgres
+from mnistflow.ops.tracking_server import (
     AUTH_DATABASE_ENV,
     AUTH_DB,
     BACKEND_DB,
@@ -21,6 +21,7 @@ from mnistflow.tracking.server import (
     admin_password,
     run_server,
 )
+from mnistflow.util.processes import check_port_free
 
 log = logging.getLogger(__name__)
 
@@ -70,26 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=command)
 
 
-def check_port_free(host: str, port: int) -> None:
-    """ServerError if ``host:port`` is taken (before the slow start).
-
-    SO_REUSEADDR, as uvicorn binds: connections of a server that just died linger in
-    TIME_WAIT for a minute and must not stop its restart; a listening socket still does.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise ServerError(f"port {port} on {host} is in use; choose another --port") from exc
-
-
 def command(args: argparse.Namespace) -> int:
     """Start the server (and the trial cluster); stop both on Ctrl-C/SIGTERM."""
     password = admin_password(args.admin_password_file, os.environ)  # first: fail fast
     if not 0 < args.port < 65536 or args.workers < 1:
         raise ServerError("--port must be in 1..65535 and --workers at least 1")
-    check_port_free(args.host, args.port)
+    check_port_free(args.host, args.port, ServerError)
 
     def options(backend: str, auth: str, artifacts: str) -> ServerOptions:
         return ServerOptions(

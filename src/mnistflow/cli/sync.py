@@ -1,4 +1,4 @@
-"""``mnistflow sync``: the command line of :mod:`mnistflow.tracking.sync`."""
+"""``mnistflow sync``: the command line of :mod:`mnistflow.ops.sync`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from mnistflow.config import MlflowConfig, config, load_params
+from mnistflow.ops.sync import sync
 from mnistflow.tracking.store import TrackingError, check_store, resolve_tracking_uri, store_root
-from mnistflow.tracking.sync import sync
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

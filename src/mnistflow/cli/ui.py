@@ -1,4 +1,4 @@
-"""``mnistflow ui``: the command line of :mod:`mnistflow.tracking.ui`."""
+"""``mnistflow ui``: the command line of :mod:`mnistflow.ops.ui`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 
 from mnistflow.config import MlflowConfig, config, load_params
+from mnistflow.ops.ui import DEFAULT_PORT, HOST, UiError, serve
 from mnistflow.tracking.store import resolve_tracking_uri
-from mnistflow.tracking.ui import DEFAULT_PORT, HOST, UiError, serve
 
 log = logging.getLogger(__name__)
 

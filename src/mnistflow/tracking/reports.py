@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from mnistflow.modeling import metrics as m
 from mnistflow.reporting import figures, report
-from mnistflow.tracking import ui
+from mnistflow.tracking import links
 from mnistflow.tracking.record import ELAPSED, VAL_SCORE
 from mnistflow.tracking.runs import Run
 from mnistflow.tracking.store import redact
@@ -26,8 +26,8 @@ def run_links(run: Run, experiment_name: str, commit: str) -> report.RunLinks:
         experiment_id=run.experiment_id,
         experiment_name=experiment_name,
         tracking_uri=uri,
-        ui_command=ui.ui_shell_command(uri),
-        run_url=ui.run_url(run.experiment_id, run.run_id),
+        ui_command=links.ui_shell_command(uri),
+        run_url=links.run_url(run.experiment_id, run.run_id),
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -18,10 +19,32 @@ from mnistflow.util.signals import Interrupted, raise_on_signals
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
+LOOPBACK = "127.0.0.1"  # where every unauthenticated child server binds (never 0.0.0.0)
 
 
 class ServiceError(UserError):
     """A child server exited early or did not answer in time."""
+
+
+def base_url(host: str, port: int) -> str:
+    """A child server's root URL."""
+    return f"http://{host}:{port}"
+
+
+def check_port_free(host: str, port: int, error: type[UserError] = ServiceError) -> None:
+    """Raise ``error`` if something listens on ``host:port``.
+
+    SO_REUSEADDR as the servers themselves bind: a port a stopped server left in TIME_WAIT
+    must not stop its restart; a listening socket still does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise error(
+                f"port {port} on {host} is in use ({exc.strerror}); choose another with --port"
+            ) from exc
 
 
 def wait_for_health(

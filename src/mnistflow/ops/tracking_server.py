@@ -1,7 +1,7 @@
 """The team's MLflow tracking server: PostgreSQL backend, proxied artifacts, basic auth.
 
 ``mlflow server --app-name basic-auth`` with its backend store in PostgreSQL (an existing
-database, or a throw-away cluster from :mod:`mnistflow.tracking.postgres`), artifacts proxied
+database, or a throw-away cluster from :mod:`mnistflow.ops.postgres`), artifacts proxied
 through the server (``mlflow-artifacts:/`` URIs; a folder or ``s3://``), and MLflow's auth app,
 whose users live in a second database named in an ini file (``MLFLOW_AUTH_CONFIG_PATH``).
 

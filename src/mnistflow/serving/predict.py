@@ -1,7 +1,7 @@
 """Classify images with a logged model: the champion or a given run's.
 
 Images become MNIST digits (:mod:`mnistflow.data.preprocess`), then go to the run's logged
-model (:mod:`mnistflow.tracking.models`), the one ``mnistflow serve`` serves: it applies the
+model (:mod:`mnistflow.serving.logged_model`), the one ``mnistflow serve`` serves: it applies the
 run's own encoding and answers the argmax digit, as evaluate's headline does.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from mnistflow.data.preprocess import load_digit
-from mnistflow.modeling.serving import DIGIT_COLUMN, probability_columns
-from mnistflow.tracking import models
+from mnistflow.serving import logged_model
+from mnistflow.serving.inputs import DIGIT_COLUMN, probability_columns
+from mnistflow.serving.registry import RegistryConfig
 from mnistflow.tracking.artifacts import DATASET_TAG, MODEL_ARTIFACT
-from mnistflow.tracking.registry import RegistryConfig
 from mnistflow.util.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def resolve_model(
 
 
 def load_run_model(tracking_uri: str, model_uri: str) -> Any:
-    """Load a run's logged model (:mod:`mnistflow.tracking.models`) as MLflow pyfunc.
+    """Load a run's logged model (:mod:`mnistflow.serving.logged_model`) as MLflow pyfunc.
 
     Raises:
         PredictError: it cannot be loaded, or it is an older run's bare sklearn model.
@@ -85,7 +85,7 @@ def load_run_model(tracking_uri: str, model_uri: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     try:
-        model = models.load_model(tracking_uri, model_uri)
+        model = logged_model.load_model(tracking_uri, model_uri)
     except MlflowException as exc:
         raise PredictError(f"cannot load {model_uri}: {exc.message}") from exc
     except ValueError as exc:
@@ -104,7 +104,7 @@ def predict_files(model: Any, paths: Sequence[Path]) -> list[Prediction]:
         ImageError: the first unusable file.
     """
     digits = np.stack([load_digit(p) for p in paths])
-    out = models.predict_images(model, digits)
+    out = logged_model.predict_images(model, digits)
     proba = out[probability_columns(out.shape[1] - 1)].to_numpy()
     chosen = out[DIGIT_COLUMN].to_numpy()
     return [

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mnistflow.data.encode import Encoding
-from mnistflow.modeling.serving import (
+from mnistflow.serving.inputs import (
     DIGIT_COLUMN,
     PIXEL_COLUMNS,
     pixel_frame,
@@ -63,7 +63,7 @@ def log_model(estimator: Any, encoding: Encoding, examples: np.ndarray, n_classe
     import mlflow.pyfunc
     import mlflow.sklearn
 
-    from mnistflow.tracking import digit_model  # imports MLflow: only when logging
+    from mnistflow.serving import digit_model  # imports MLflow: only when logging
 
     with tempfile.TemporaryDirectory() as tmp:
         sk_folder = Path(tmp) / MODEL_ESTIMATOR

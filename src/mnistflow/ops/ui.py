@@ -14,20 +14,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 
+from mnistflow.tracking.links import runs_url, ui_args
 from mnistflow.tracking.store import BACKEND_STORE_ENV, redact
 from mnistflow.util.errors import UserError
-from mnistflow.util.processes import run_until_stopped
+from mnistflow.util.processes import base_url, check_port_free, run_until_stopped
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"  # never 0.0.0.0: the UI has no authentication
-DEFAULT_PORT = 5000  # mlflow ui's own default
 READY_TIMEOUT_S = 180.0  # ~20 s measured; generous because the machine is shared
 STOP_TIMEOUT_S = 15.0
 VIEW_KEY = "mnistflow-leaderboard"  # the shared view's key (experiment tag suffix)
@@ -40,46 +37,11 @@ class UiError(UserError):
     """The UI could not be started."""
 
 
-def _ui_args(tracking_uri: str | None, host: str, port: int) -> list[str]:
-    """``mlflow``'s arguments for the UI on a store (None: the store is given by
-    ``MLFLOW_BACKEND_STORE_URI`` in the environment instead).
-
-    One worker process: the UI serves one person, and the default (4) costs ~4x the memory
-    and start-up time on a 2-core machine.
-    """
-    store = [] if tracking_uri is None else ["--backend-store-uri", tracking_uri]
-    return ["ui", *store, "--host", host, "--port", str(port), "--workers", "1"]
-
-
 def ui_command(host: str, port: int) -> list[str]:
     """The ``mlflow ui`` command line, run with this environment's MLflow; the store goes by
     environment (:func:`start`): a database URI may hold a password, and ``ps`` shows
     every command line."""
-    return [sys.executable, "-m", "mlflow", *_ui_args(None, host, port)]
-
-
-def base_url(host: str, port: int) -> str:
-    """The server's root URL."""
-    return f"http://{host}:{port}"
-
-
-def runs_url(host: str, port: int, experiment_id: str | None, view: str | None = None) -> str:
-    """The runs table of an experiment, optionally in a shared view (the UI's root when the
-    experiment is unknown)."""
-    if experiment_id is None:
-        return f"{base_url(host, port)}/"
-    url = f"{base_url(host, port)}/#/experiments/{experiment_id}/runs"
-    return f"{url}?viewStateShareKey={view}" if view else url
-
-
-def run_url(experiment_id: str, run_id: str, host: str = HOST, port: int = DEFAULT_PORT) -> str:
-    """One run's page in the UI (not the GenAI landing page)."""
-    return f"{base_url(host, port)}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-def ui_shell_command(tracking_uri: str, host: str = HOST, port: int = DEFAULT_PORT) -> str:
-    """:func:`ui_command` as one line to paste into a shell (for reports)."""
-    return shlex.join(["mlflow", *_ui_args(tracking_uri, host, port)])
+    return [sys.executable, "-m", "mlflow", *ui_args(None, host, port)]
 
 
 def leaderboard_view(param_keys: Sequence[str]) -> dict[str, object]:
@@ -111,20 +73,9 @@ def save_leaderboard_view(tracking_uri: str, experiment_id: str) -> None:
         client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + VIEW_KEY, value)
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raise UiError if something already listens on ``host:port``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise UiError(
-                f"port {port} on {host} is in use ({exc.strerror}); choose another with --port"
-            ) from exc
-
-
 def start(tracking_uri: str, host: str, port: int) -> subprocess.Popen:
     """Start ``mlflow ui`` in its own process group (so stopping it stops its workers)."""
-    check_port_free(host, port)
+    check_port_free(host, port, UiError)
     env = dict(os.environ)
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline machines; nobody's business
     # The GenAI job runner (LLM judges) is not used here; with it the server also takes
@@ -151,7 +102,7 @@ def serve(tracking_uri: str, experiment_name: str, host: str, port: int) -> int:
     Returns:
         0 after a stop by the user, else the server's exit code.
     """
-    check_port_free(host, port)  # before the slow store queries: fail fast
+    check_port_free(host, port, UiError)  # before the slow store queries: fail fast
     exp_id = experiment_id(tracking_uri, experiment_name)
     if exp_id is None:
         log.warning(

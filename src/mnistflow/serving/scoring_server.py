@@ -3,7 +3,7 @@
 The server loads ``models:/<dataset's model name>@<registry.alias>`` from the project's store
 (MLFLOW_TRACKING_URI set for the child) in this environment (``--env-manager local``), and
 answers POST /invocations: pixel columns in, digit and probabilities out
-(:mod:`mnistflow.modeling.serving`).
+(:mod:`mnistflow.serving.inputs`).
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mnistflow.tracking import ui
 from mnistflow.tracking.store import redact
 from mnistflow.util.errors import UserError
-from mnistflow.util.processes import run_until_stopped
+from mnistflow.util.processes import LOOPBACK, base_url, check_port_free, run_until_stopped
 
 log = logging.getLogger(__name__)
 
-HOST = ui.HOST  # no authentication: never 0.0.0.0
+HOST = LOOPBACK  # no authentication: never 0.0.0.0
 DEFAULT_PORT = 5001  # beside the UI's 5000
 STOP_TIMEOUT_S = 15.0
 READY_TIMEOUT_S = 180.0  # ~15 s measured; the machine is shared
@@ -58,12 +57,9 @@ def serve(tracking_uri: str, model_uri: str, host: str, port: int) -> int:
     Returns:
         0 after a stop by the user, else the server's exit code.
     """
-    try:
-        ui.check_port_free(host, port)
-    except ui.UiError as exc:
-        raise ServeError(str(exc)) from exc
+    check_port_free(host, port, ServeError)
 
-    log.info("serving %s from %s on %s", model_uri, redact(tracking_uri), ui.base_url(host, port))
+    log.info("serving %s from %s on %s", model_uri, redact(tracking_uri), base_url(host, port))
     process = subprocess.Popen(
         serve_command(model_uri, host, port),
         env=serve_env(tracking_uri, dict(os.environ)),
@@ -75,12 +71,12 @@ def serve(tracking_uri: str, model_uri: str, host: str, port: int) -> int:
             "ready after %.1f s: POST %s/invocations (docs/experiments.md, Serving the "
             "champion). Ctrl-C stops it.",
             waited,
-            ui.base_url(host, port),
+            base_url(host, port),
         )
 
     return run_until_stopped(
         process,
-        ui.base_url(host, port),
+        base_url(host, port),
         "mlflow models serve",
         announce,
         READY_TIMEOUT_S,

@@ -4,7 +4,7 @@ This file is logged as MLflow *models-from-code* (``mlflow.pyfunc.log_model(pyth
 <this file>)``): loading a model executes this file (``set_model`` at the bottom) instead of
 unpickling a Python object. Its artifacts are the estimator in skops format, loaded with the
 fixed allow-list below (not one read from the model), and the run's fitted encoding as an
-``.npz`` read with ``allow_pickle=False``. The maths lives in :mod:`mnistflow.modeling.serving`,
+``.npz`` read with ``allow_pickle=False``. The maths lives in :mod:`mnistflow.serving.inputs`,
 :mod:`mnistflow.data.encode` and :mod:`mnistflow.modeling.model`, the modules the pipeline
 uses, so a served answer is the one evaluate scores.
 """
@@ -23,7 +23,7 @@ from mlflow.pyfunc import PythonModel
 
 from mnistflow.data.encode import Encoding
 from mnistflow.modeling.model import predict_scores
-from mnistflow.modeling.serving import InputError, images_from_frame, output_frame
+from mnistflow.serving.inputs import InputError, images_from_frame, output_frame
 from mnistflow.tracking.artifacts import MODEL_ENCODING, MODEL_ESTIMATOR, MODEL_N_CLASSES
 
 # Beyond skops' defaults, the only types an MLPClassifier (adam / sgd solver) holds.
