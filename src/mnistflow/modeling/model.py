@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from mnistflow.config import TrainConfig
+from mnistflow.internals import each_epoch
 
 log = logging.getLogger(__name__)
 # (epoch, loss, sklearn's early-stopping score or None) -> True to stop after this epoch
@@ -89,10 +89,8 @@ def fit_with_progress(
 ) -> MLPClassifier:
     """Fit ``model`` in place, calling ``on_epoch(epoch, loss, val_score)`` after each epoch.
 
-    sklearn's stochastic solvers call ``_update_no_improvement_count`` once per epoch, right
-    after recording the epoch's loss (and validation score); an instance attribute shadows
-    it for the duration of the fit and is removed afterwards, so the fitted model pickles as
-    a plain MLPClassifier. ``lbfgs`` has no epochs: one call with the final loss.
+    sklearn has no public per-epoch callback: :func:`mnistflow.internals.each_epoch` hooks
+    the end of each epoch. ``lbfgs`` has no epochs: one call with the final loss.
 
     Args:
         model: an unfitted classifier from build_classifier.
@@ -105,25 +103,18 @@ def fit_with_progress(
     Returns:
         The same, fitted model.
     """
-    original = model._update_no_improvement_count
 
-    def per_epoch(*args: Any, **kwargs: Any) -> Any:
-        result = original(*args, **kwargs)
+    def per_epoch() -> None:
         scores = model.validation_scores_
         if on_epoch(int(model.n_iter_), float(model.loss_), float(scores[-1]) if scores else None):
             raise _StopFitError
-        return result
 
-    model._update_no_improvement_count = per_epoch  # type: ignore[method-assign]
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            try:
-                model.fit(X, y)
-            except _StopFitError:
-                log.info("fit stopped after epoch %d of %d", model.n_iter_, model.max_iter)
-    finally:
-        del model._update_no_improvement_count
+    with warnings.catch_warnings(record=True) as caught, each_epoch(model, per_epoch):
+        warnings.simplefilter("always", ConvergenceWarning)
+        try:
+            model.fit(X, y)
+        except _StopFitError:
+            log.info("fit stopped after epoch %d of %d", model.n_iter_, model.max_iter)
     for w in caught:
         # max_iter reached before tol: said once, as the warning it is, in the log instead
         # of printed through the progress bar

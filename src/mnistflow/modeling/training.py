@@ -17,6 +17,12 @@ from tqdm import tqdm
 
 from mnistflow.config import TrainConfig
 from mnistflow.data.online import EpochFeed, OnlineData
+from mnistflow.internals import (
+    optimizer_gives_up,
+    reset_stalled_epochs,
+    set_step_size,
+    stalled_epochs,
+)
 from mnistflow.modeling.metrics import VAL_ACCURACY
 from mnistflow.modeling.model import (
     EpochCallback,
@@ -254,10 +260,10 @@ def train_epochs(
         for epoch in range(1, cfg.max_iter + 1):
             rows = epoch_rows(epoch)
             if epoch > 1 and cfg.lr_decay != 1.0:
-                _set_learning_rate(model, cfg.learning_rate_init * cfg.lr_decay ** (epoch - 1))
+                set_step_size(model, cfg.learning_rate_init * cfg.lr_decay ** (epoch - 1))
             if early and epoch > 1:
                 # the validation score, not partial_fit's training loss, drives the optimizer
-                model._no_improvement_count = 0
+                reset_stalled_epochs(model)
             model.partial_fit(rows, y, classes=classes)
             model.n_iter_ = epoch  # partial_fit counts its one epoch only
             score = None
@@ -278,11 +284,11 @@ def train_epochs(
             # optimizer stops (sgd 'adaptive' divides its rate by 5 instead, until < 1e-6).
             # Without early stopping partial_fit has already asked it and kept the count.
             if early and no_improvement > cfg.n_iter_no_change:
-                if model._optimizer.trigger_stopping("validation score stalled", False):
+                if optimizer_gives_up(model, "validation score stalled"):
                     log.info("validation score stalled: stopping after epoch %d", epoch)
                     break
                 no_improvement = 0
-            if not early and model._no_improvement_count > cfg.n_iter_no_change:
+            if not early and stalled_epochs(model) > cfg.n_iter_no_change:
                 log.info("training loss stalled: stopping after epoch %d", epoch)
                 break
     finally:
@@ -294,17 +300,6 @@ def train_epochs(
         model.best_validation_score_ = best_score
         model.best_loss_ = None
     return model
-
-
-def _set_learning_rate(model: MLPClassifier, rate: float) -> None:
-    """Set the step size of the next epoch on sklearn's optimizer (sklearn 1.9 internals:
-    adam derives its step from ``learning_rate_init`` at every update, sgd uses
-    ``learning_rate``, which only its 'invscaling'/'adaptive' schedules change)."""
-    optimizer = model._optimizer
-    if model.solver == "adam":
-        optimizer.learning_rate_init = rate
-    else:
-        optimizer.learning_rate = rate
 
 
 def model_bytes(model: MLPClassifier) -> bytes:

@@ -95,7 +95,7 @@ def _copy_models(src: Any, dst: Any, run: Any, new_id: str, exp_id: str, tmp: Pa
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=model.artifact_location,
             dst_path=str(folder),
-            tracking_uri=src._tracking_client.tracking_uri,
+            tracking_uri=src.tracking_uri,
         )
         copy = dst.create_logged_model(
             exp_id,

@@ -22,15 +22,10 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from mnistflow.data.encode import Encoding
+from mnistflow.internals import SKOPS_TRUSTED_TYPES
 from mnistflow.modeling.model import predict_scores
 from mnistflow.serving.inputs import InputError, images_from_frame, output_frame
 from mnistflow.tracking.artifacts import MODEL_ENCODING, MODEL_ESTIMATOR, MODEL_N_CLASSES
-
-# Beyond skops' defaults, the only types an MLPClassifier (adam / sgd solver) holds.
-SKOPS_TRUSTED_TYPES = [
-    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
-    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
-]
 
 
 def load_estimator(folder: str | Path) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mnistflow.data.encode import Encoding
+from mnistflow.internals import SKOPS_TRUSTED_TYPES
 from mnistflow.serving.inputs import (
     DIGIT_COLUMN,
     PIXEL_COLUMNS,
@@ -71,7 +72,7 @@ def log_model(estimator: Any, encoding: Encoding, examples: np.ndarray, n_classe
             estimator,
             str(sk_folder),
             serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
-            skops_trusted_types=digit_model.SKOPS_TRUSTED_TYPES,
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
             conda_env=conda_env(),
         )
         stats = save_npz(Path(tmp) / "stats.npz", **encoding.to_arrays())

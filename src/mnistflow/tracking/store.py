@@ -25,6 +25,7 @@ import psutil
 from filelock import FileLock, Timeout
 
 from mnistflow.config import MlflowConfig, baseline_accuracy, config, dataset_spec
+from mnistflow.internals import mlflow_schema_head
 from mnistflow.util.errors import UserError
 from mnistflow.util.workspace import find_root
 
@@ -189,11 +190,10 @@ def _http_get(url: str, headers: dict[str, str]) -> tuple[int, str]:
     if url.startswith("https://"):
         insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
         cafile = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None
-        context = (
-            ssl._create_unverified_context()
-            if insecure
-            else ssl.create_default_context(cafile=cafile)
-        )
+        context = ssl.create_default_context(cafile=None if insecure else cafile)
+        if insecure:  # as MLflow's client does with this variable
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
     request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(
@@ -290,8 +290,6 @@ def check_sqlite_store(uri: str) -> None:
         TrackingError: locked longer than the wait, not a database, or an old/half-migrated
             schema holding data.
     """
-    from mlflow.store.db.utils import _get_latest_schema_revision  # what MLflow verifies
-
     db = _sqlite_db(uri)
     if db is None or not db.is_file() or db.stat().st_size == 0:
         return  # MLflow creates it (an empty file is an empty database)
@@ -323,7 +321,7 @@ def check_sqlite_store(uri: str) -> None:
                 raise TrackingError(f"MLflow store {uri}: {exc}") from exc
             finally:
                 conn.close()
-            head = _get_latest_schema_revision()
+            head = mlflow_schema_head()
             if not tables or version == head:
                 return
             found = f"schema revision {version or 'none'}, this MLflow needs {head}"

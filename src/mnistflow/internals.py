@@ -1,0 +1,87 @@
+"""The one place that touches other libraries' private names, each checked against a version.
+
+scikit-learn's ``MLPClassifier`` has no public per-epoch callback, no public way to change the
+step size of a running optimizer and no public stop signal from ``partial_fit``; MLflow has no
+public "newest schema revision" to compare a half-created sqlite store with; skops needs the
+private optimizer classes an ``MLPClassifier`` pickles. Everything else in ``src/`` uses
+public APIs only (``tests/test_internals.py`` reads the code to prove it).
+
+Each use below is checked against the versions in :data:`CHECKED` (the locked ones, which are
+also the lower bounds in ``pyproject.toml``): ``tests/test_internals.py`` fails on any other
+installed version, so an upgrade is a deliberate step (rerun the tests, move the bound), not
+a silent change of behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sklearn.neural_network import MLPClassifier
+
+# library -> (lowest, highest) version these uses are tested with (both inclusive)
+CHECKED = {"scikit-learn": ("1.9.1", "1.9.1"), "mlflow": ("3.17.2", "3.17.2")}
+
+# Beyond skops' defaults, the only types an MLPClassifier (adam / sgd solver) holds.
+SKOPS_TRUSTED_TYPES = [
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+]
+
+
+@contextmanager
+def each_epoch(model: MLPClassifier, hook: Callable[[], None]) -> Iterator[None]:
+    """Call ``hook()`` after every epoch of ``model.fit`` (stochastic solvers).
+
+    sklearn calls ``_update_no_improvement_count`` once per epoch, right after recording the
+    epoch's loss (and validation score); an instance attribute shadows it while the block
+    runs and is removed afterwards, so the fitted model pickles as a plain MLPClassifier.
+    ``hook`` may raise to stop the fit after that epoch.
+    """
+    original = model._update_no_improvement_count
+
+    def per_epoch(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        hook()
+        return result
+
+    model._update_no_improvement_count = per_epoch  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del model._update_no_improvement_count
+
+
+def stalled_epochs(model: MLPClassifier) -> int:
+    """Epochs in a row without improvement, as sklearn's stop on ``tol`` counts them."""
+    return int(model._no_improvement_count)
+
+
+def reset_stalled_epochs(model: MLPClassifier) -> None:
+    """Start sklearn's count of epochs without improvement afresh."""
+    model._no_improvement_count = 0
+
+
+def optimizer_gives_up(model: MLPClassifier, reason: str) -> bool:
+    """Ask the optimizer, as ``fit`` does after ``n_iter_no_change`` stalled epochs, whether
+    to stop (sgd 'adaptive' divides its rate by 5 instead, until it is below 1e-6)."""
+    return bool(model._optimizer.trigger_stopping(reason, False))
+
+
+def set_step_size(model: MLPClassifier, rate: float) -> None:
+    """The step size of the next epoch on the running optimizer (adam derives its step from
+    ``learning_rate_init`` at every update, sgd uses ``learning_rate``, which only its
+    'invscaling'/'adaptive' schedules change)."""
+    optimizer = model._optimizer
+    if model.solver == "adam":
+        optimizer.learning_rate_init = rate
+    else:
+        optimizer.learning_rate = rate
+
+
+def mlflow_schema_head() -> str:
+    """The schema revision this MLflow creates and verifies a database store against."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return str(_get_latest_schema_revision())

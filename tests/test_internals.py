@@ -1,0 +1,157 @@
+"""Other libraries' private names are touched in one module only, at checked versions."""
+
+from __future__ import annotations
+
+import ast
+import sqlite3
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pytest
+from packaging.version import Version
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+
+from mnistflow import internals
+from tests.helpers import REPO_ROOT
+
+SRC = REPO_ROOT / "src" / "mnistflow"
+# Names with a leading underscore that are public API of their library (documented).
+PUBLIC_UNDERSCORED = {"_exit", "_replace", "_asdict", "_fields", "_make"}
+
+
+def private_uses(path: Path) -> list[str]:
+    """``name._private`` accesses on anything but self/cls, and imports of private names or
+    modules of other libraries, as ``file:line text``."""
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        name = None
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            base = node.value
+            own = isinstance(base, ast.Name) and base.id in {"self", "cls"}
+            if not own and not node.attr.startswith("__") and node.attr not in PUBLIC_UNDERSCORED:
+                name = node.attr
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            theirs = not node.module.startswith("mnistflow")
+            parts = node.module.split(".") + [a.name for a in node.names]
+            if theirs and any(p.startswith("_") and not p.startswith("__") for p in parts):
+                name = node.module
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and node.value.startswith(("sklearn.", "mlflow."))
+            and "._" in node.value
+        ):
+            name = node.value
+        if name is not None:
+            where = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+            found.append(f"{where}:{node.lineno} {name}")
+    return found
+
+
+@pytest.mark.unit
+def test_the_reader_finds_private_uses(tmp_path: Path) -> None:
+    """The oracle below is only as good as its reader: it must see each kind of use."""
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from mlflow.store.db.utils import _get_latest_schema_revision\n"
+        "model._optimizer.learning_rate = 1\n"
+        "T = 'sklearn.neural_network._stochastic_optimizers.AdamOptimizer'\n"
+        "self._mine = os._exit\n"
+    )
+    assert sorted(u.split(" ")[1] for u in private_uses(sample)) == [
+        "_optimizer",
+        "mlflow.store.db.utils",
+        "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    ]
+
+
+@pytest.mark.unit
+def test_no_private_names_of_other_libraries_outside_internals() -> None:
+    uses = [
+        use
+        for path in sorted(SRC.rglob("*.py"))
+        if path != SRC / "internals.py"
+        for use in private_uses(path)
+    ]
+    assert uses == []
+    assert private_uses(SRC / "internals.py"), "internals.py itself is read"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("library", sorted(internals.CHECKED))
+def test_installed_versions_are_the_checked_ones(library: str) -> None:
+    """Fails on an upgrade: rerun the suite on the new version, then move CHECKED and the
+    lower bound in pyproject.toml together."""
+    low, high = internals.CHECKED[library]
+    assert Version(low) <= Version(version(library)) <= Version(high)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("library", sorted(internals.CHECKED))
+def test_pyproject_lower_bounds_are_the_checked_versions(library: str) -> None:
+    deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    bounds = {d.split(">=")[1] for d in deps if d.split(">=")[0].split("[")[0] == library}
+    assert bounds == {internals.CHECKED[library][0]}
+
+
+def tiny() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = rng.random((60, 5))
+    return X, (X[:, 0] > 0.5).astype(int)
+
+
+@pytest.mark.unit
+def test_each_epoch_calls_the_hook_once_per_epoch_and_leaves_a_plain_model() -> None:
+    X, y = tiny()
+    model = MLPClassifier((4,), max_iter=3, random_state=0)
+    losses: list[float] = []
+    hook = internals.each_epoch(model, lambda: losses.append(model.loss_))
+    with pytest.warns(ConvergenceWarning), hook:
+        model.fit(X, y)
+    assert losses == model.loss_curve_  # the hook saw each epoch's loss, in order
+    assert "_update_no_improvement_count" not in vars(model)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_a_zero_step_size_freezes_the_weights(solver: str) -> None:
+    X, y = tiny()
+    model = MLPClassifier((4,), solver=solver, momentum=0.0, random_state=0)  # no carried step
+    model.partial_fit(X, y, classes=[0, 1])
+    before = [c.copy() for c in model.coefs_]
+    internals.set_step_size(model, 0.0)
+    model.partial_fit(X, y)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.coefs_, strict=True))
+    internals.set_step_size(model, 0.1)
+    model.partial_fit(X, y)
+    assert not np.array_equal(before[0], model.coefs_[0])
+
+
+@pytest.mark.unit
+def test_stalled_epochs_count_as_sklearn_stops_on_tol() -> None:
+    """With tol huge no epoch after the first (which improves on an infinite best loss)
+    counts as better: sklearn's count grows by one per partial_fit, the optimizer (adam)
+    then gives up, and a reset starts the count afresh."""
+    X, y = tiny()
+    model = MLPClassifier((4,), tol=1e9, n_iter_no_change=100, random_state=0)
+    for _ in range(3):
+        model.partial_fit(X, y, classes=[0, 1])
+    assert internals.stalled_epochs(model) == 2
+    assert internals.optimizer_gives_up(model, "test")
+    internals.reset_stalled_epochs(model)
+    assert internals.stalled_epochs(model) == 0
+
+
+@pytest.mark.e2e
+def test_mlflow_schema_head_is_the_revision_of_a_new_store(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()  # MLflow creates the store
+    with sqlite3.connect(db) as conn:
+        (revision,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert internals.mlflow_schema_head() == revision
