@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from mnistflow.config import load_config
 from mnistflow.data.download import download_dataset, env_mirror
+from mnistflow.stage_config import stage_config
 from mnistflow.util.entrypoint import run_main
 from mnistflow.util.workspace import find_root
 
@@ -15,7 +15,7 @@ log = logging.getLogger("mnistflow.stages.download")
 
 def main() -> None:
     """Read params, download and verify every file of ``data.dataset``."""
-    params = load_config()
+    params = stage_config("download")
     paths, name, spec, cfg = params.paths, params.dataset_name, params.dataset, params.download
     files = download_dataset(spec, paths.path("raw_dir"), cfg, env_mirror(), find_root())
     log.info("dataset %s: %d files verified in %s", name, len(files), paths.raw_dir)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from mnistflow.config import load_config
 from mnistflow.data.encode import encode_info, encode_splits
+from mnistflow.stage_config import stage_config
 from mnistflow.util.entrypoint import run_main
 from mnistflow.util.fileio import load_npz, save_npz, write_json
 
@@ -15,7 +15,7 @@ log = logging.getLogger("mnistflow.stages.encode")
 
 def main() -> None:
     """Read params, encode the unpacked arrays, write features, encoding stats and info."""
-    params = load_config()
+    params = stage_config("encode")
     paths, cfg = params.paths, params.encode
 
     encoded = encode_splits(load_npz(paths.arrays), cfg, len(params.dataset.classes))

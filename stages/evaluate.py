@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 from mnistflow import numerics
-from mnistflow.config import load_config
 from mnistflow.data.encode import features
 from mnistflow.modeling import metrics as m
 from mnistflow.modeling.model import decode_sets, loss_history, predict_scores
 from mnistflow.modeling.training import model_from_bytes
 from mnistflow.reporting import figures, misclassified, report, tables
+from mnistflow.stage_config import stage_config
 from mnistflow.tracking import record, reports, store
 from mnistflow.tracking.runs import flatten, mlflow_run
 from mnistflow.util import fileio
@@ -29,7 +29,7 @@ log = logging.getLogger("mnistflow.stages.evaluate")
 
 def main() -> None:
     """Evaluate and report."""
-    params = load_config()
+    params = stage_config("evaluate")
     paths, cfg, classes = params.paths, params.evaluate, list(params.dataset.classes)
     baseline = params.baseline_accuracy  # of this dataset
     run_info, info = fileio.read_json(paths.run_info), fileio.read_json(paths.encode_info)

@@ -16,13 +16,13 @@ from functools import partial
 from pathlib import Path
 
 from mnistflow import numerics
-from mnistflow.config import load_config
 from mnistflow.data.encode import Encoding, features
 from mnistflow.data.online import OnlineData
 from mnistflow.modeling.model import ignored_settings
 from mnistflow.modeling.training import fit, model_bytes
 from mnistflow.reporting.tables import loss_csv
 from mnistflow.serving import logged_model
+from mnistflow.stage_config import stage_config
 from mnistflow.tracking import datasets, liveness, provenance, record, store
 from mnistflow.tracking.runs import mlflow_run
 from mnistflow.util import fileio
@@ -33,7 +33,7 @@ log = logging.getLogger("mnistflow.stages.train")
 
 def main() -> None:
     """Train and record one run."""
-    params = load_config()
+    params = stage_config("train")
     paths, cfg, mlflow_cfg = params.paths, params.train, params.mlflow
     ignored = ignored_settings(cfg)
     for warning in ignored:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from mnistflow.config import load_config
 from mnistflow.data.idx import SPLITS, read_split
 from mnistflow.data.images import (
     images_manifest,
@@ -14,6 +13,7 @@ from mnistflow.data.images import (
     split_arrays,
     write_png_tree,
 )
+from mnistflow.stage_config import stage_config
 from mnistflow.util.entrypoint import run_main
 from mnistflow.util.fileio import atomic_path, save_npz, write_json
 
@@ -22,7 +22,7 @@ log = logging.getLogger("mnistflow.stages.unpack")
 
 def main() -> None:
     """Read params, unpack the raw files, write arrays, table, manifest and PNG tree."""
-    params = load_config()
+    params = stage_config("unpack")
     paths, cfg, spec = params.paths, params.unpack, params.dataset
 
     splits = {split: read_split(paths.path("raw_dir"), spec, split) for split in SPLITS}

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mnistflow.config import Params
+from mnistflow.config import EvaluateConfig, Params
 from mnistflow.data.encode import Encoding
 from mnistflow.modeling import metrics as m
 from mnistflow.tracking.artifacts import ENCODING_ARTIFACT
@@ -37,9 +37,10 @@ def train_params(params: Params) -> dict[str, Any]:
 def evaluate_params(params: Params) -> dict[str, Any]:
     """The ``evaluate`` settings of a run: the baseline of its own dataset only (logged as
     ``evaluate.baseline_accuracy.<dataset>``, the params.yaml key it came from)."""
+    fields = [name for name in EvaluateConfig.model_fields if name != "baseline_accuracy"]
     return {
-        **params.evaluate.as_dict(),
         "baseline_accuracy": {params.dataset_name: params.baseline_accuracy},
+        **{name: getattr(params.evaluate, name) for name in fields},
     }
 
 
