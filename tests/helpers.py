@@ -32,6 +32,23 @@ FILE_NAMES = {
     "test_images": "t10k-images-idx3-ubyte.gz",
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
+# The original baseline's settings, written out here and in no other test (never read from
+# params.yaml): tests/test_config.py checks the shipped params.yaml against them once; other
+# tests use them where they expect the baseline's values.
+BASELINE_TRAIN = {
+    "hidden_layer_sizes": [100, 50, 25],
+    "activation": "relu",
+    "solver": "adam",
+    "alpha": 0.0001,
+    "learning_rate": "adaptive",
+    "learning_rate_init": 0.001,
+    "max_iter": 20,
+    "random_state": 42,
+    "early_stopping": False,
+    "online_augment": False,
+}
+BASELINE_ENCODE = {"scaling": "divide255", "labels": "onehot", "deskew": False}
+BASELINE_AUGMENT_COPIES = 0  # encode.augment.copies: no augmented copies
 
 
 def synthetic_digits(n: int, seed: int, n_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
