@@ -166,6 +166,12 @@ class _Stub(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def log_in(monkeypatch: pytest.MonkeyPatch, password: str) -> None:
+    """The client's credentials: the stub's user with ``password``."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", STUB_USER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+
+
 @pytest.fixture
 def stub() -> Iterator[tuple[str, type[_Stub]]]:
     handler = type("Handler", (_Stub,), {"seen": []})
@@ -181,8 +187,7 @@ def test_check_store_sends_the_basic_credentials_and_passes(
     stub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     uri, handler = stub
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", STUB_USER)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", STUB_PASSWORD)
+    log_in(monkeypatch, STUB_PASSWORD)
     store.check_store(uri)
     assert handler.seen == [
         ("/health", None),
@@ -195,8 +200,7 @@ def test_check_store_refuses_a_wrong_password_without_showing_it(
     stub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     uri, handler = stub
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", STUB_USER)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-pw-42")
+    log_in(monkeypatch, "wrong-pw-42")
     with pytest.raises(store.TrackingError, match=r"credentials refused by .*HTTP 401") as e:
         store.check_store(uri)
     assert "wrong-pw-42" not in str(e.value)
@@ -215,8 +219,7 @@ def test_check_store_names_refused_credentials_without_the_password(
         store.check_store(uri)
     assert e.value.exit_code == 4
     handler.search = 403
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", STUB_USER)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", STUB_PASSWORD)
+    log_in(monkeypatch, STUB_PASSWORD)
     with pytest.raises(store.TrackingError, match="credentials refused") as e:
         store.check_store(uri)
     assert STUB_PASSWORD not in str(e.value)
@@ -227,8 +230,7 @@ def test_check_store_names_a_failing_database_and_a_missing_server(
     stub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     uri, handler = stub
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", STUB_USER)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", STUB_PASSWORD)
+    log_in(monkeypatch, STUB_PASSWORD)
     handler.search = 500
     with pytest.raises(store.TrackingError, match=f"{uri} failed.*does not exist"):
         store.check_store(uri)
