@@ -5,6 +5,7 @@ Tiny synthetic IDX datasets, temporary copies of the repository, and running com
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import os
@@ -78,11 +79,16 @@ def fetch_dataset(spec: DatasetSpec, sources: list[str], cfg: DownloadConfig, ca
 
     Fails the calling test with one line naming every source tried when no source has a file.
     """
-    try:
-        only = spec.model_copy(update={"mirrors": sources})
-        download_dataset(only, cache, cfg.model_copy(update={"mirror": ""}), None)
-    except DownloadError as exc:
-        pytest.fail(f"no source of the real data: {' '.join(str(exc).split())}", pytrace=False)
+    cache.mkdir(parents=True, exist_ok=True)
+    only = spec.model_copy(update={"mirrors": sources})
+    # one test session at a time fills the cache (the download removes stray temporaries)
+    with (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            download_dataset(only, cache, cfg.model_copy(update={"mirror": ""}), None)
+        except DownloadError as exc:
+            message = " ".join(str(exc).split())
+            pytest.fail(f"no source of the real data: {message}", pytrace=False)
     return cache
 
 
