@@ -8,6 +8,7 @@ honest.
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from collections.abc import Iterator
@@ -18,7 +19,14 @@ import pytest
 # First of the project: importing it pins the floating-point environment (mnistflow.numerics)
 # before tests.helpers loads numpy, so numbers computed here match the stages' own.
 import mnistflow  # noqa: F401
-from tests.helpers import FILE_NAMES, SHARED_MNIST, write_idx_dataset
+from mnistflow.config import DatasetSpec, DownloadConfig, config, load_params
+from tests.helpers import (
+    REPO_ROOT,
+    data_cache,
+    fetch_dataset,
+    real_data_sources,
+    write_idx_dataset,
+)
 
 TIERS = ("unit", "e2e", "slow", "browser")
 
@@ -66,10 +74,14 @@ def tiny_mirror(tmp_path: Path) -> tuple[Path, dict[str, dict]]:
 
 @pytest.fixture(scope="session")
 def shared_mnist() -> Path:
-    """The real MNIST files beside the repository (present on dev machines and in CI)."""
-    if not (SHARED_MNIST / FILE_NAMES["train_images"]).exists():
-        pytest.fail(f"real MNIST files not found at {SHARED_MNIST} (see README: data)")
-    return SHARED_MNIST
+    """A folder holding the four real MNIST files, verified: the test data cache
+    (:func:`tests.helpers.data_cache`), filled on first use the way the download stage
+    fetches, from the local mirror beside the repository (``../shared/mnist``) or the
+    mirrors of params.yaml. Fails (one line naming every source) when no source has them."""
+    params = load_params(REPO_ROOT / "params.yaml")
+    spec = config(params, "datasets.mnist", DatasetSpec)
+    cfg = config(params, "download", DownloadConfig)
+    return fetch_dataset(spec, real_data_sources(params, dict(os.environ)), cfg, data_cache())
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ Tiny synthetic IDX datasets, temporary copies of the repository, and running com
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import os
@@ -16,8 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
+from mnistflow.config import DatasetSpec, DownloadConfig, config
+from mnistflow.data.download import DownloadError, download_dataset, env_mirror, mirror_order
 from mnistflow.data.encode import Encoding
 from mnistflow.data.idx import encode_idx
 from mnistflow.util import fileio
@@ -32,6 +36,60 @@ FILE_NAMES = {
     "test_images": "t10k-images-idx3-ubyte.gz",
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
+# The original baseline's settings, written out here and in no other test (never read from
+# params.yaml): tests/test_config.py checks the shipped params.yaml against them once; other
+# tests use them where they expect the baseline's values.
+BASELINE_TRAIN = {
+    "hidden_layer_sizes": [100, 50, 25],
+    "activation": "relu",
+    "solver": "adam",
+    "alpha": 0.0001,
+    "learning_rate": "adaptive",
+    "learning_rate_init": 0.001,
+    "max_iter": 20,
+    "random_state": 42,
+    "early_stopping": False,
+    "online_augment": False,
+}
+BASELINE_ENCODE = {"scaling": "divide255", "labels": "onehot", "deskew": False}
+BASELINE_AUGMENT_COPIES = 0  # encode.augment.copies: no augmented copies
+
+
+def data_cache() -> Path:
+    """Where the real-data tests keep the MNIST files they fetched:
+    ``$XDG_CACHE_HOME/mnistflow/mnist`` (default ``~/.cache/mnistflow/mnist``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mnistflow" / "mnist"
+
+
+def real_data_sources(params: dict, environ: dict[str, str]) -> list[str]:
+    """The sources of the real MNIST files, in the download stage's order (MNISTFLOW_MIRROR,
+    download.mirror, the dataset's mirrors of params.yaml), with the local mirror beside the
+    repository (:data:`SHARED_MNIST`) before the public ones."""
+    spec = config(params, "datasets.mnist", DatasetSpec)
+    mirror = config(params, "download", DownloadConfig).mirror
+    local = [str(SHARED_MNIST), *spec.mirrors]
+    return mirror_order(env_mirror(environ), mirror, local, REPO_ROOT)
+
+
+def fetch_dataset(spec: DatasetSpec, sources: list[str], cfg: DownloadConfig, cache: Path) -> Path:
+    """``cache`` holding the dataset's four verified files, fetched by the download stage's
+    own code (:func:`mnistflow.data.download.download_dataset`) from the first of
+    ``sources`` that has each; valid files already in ``cache`` are kept.
+
+    Fails the calling test with one line naming every source tried when no source has a file.
+    """
+    cache.mkdir(parents=True, exist_ok=True)
+    only = spec.model_copy(update={"mirrors": sources})
+    # one test session at a time fills the cache (the download removes stray temporaries)
+    with (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            download_dataset(only, cache, cfg.model_copy(update={"mirror": ""}), None)
+        except DownloadError as exc:
+            message = " ".join(str(exc).split())
+            pytest.fail(f"no source of the real data: {message}", pytrace=False)
+    return cache
 
 
 def synthetic_digits(n: int, seed: int, n_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:

@@ -136,3 +136,14 @@ def test_check_test_labels_names_the_mismatch() -> None:
         m.check_test_labels(Y_TRUE, np.roll(Y_TRUE, 1), 3, 3, "a and b")
     with pytest.raises(ValueError, match="3 encoded classes, but 10 class names"):
         m.check_test_labels(Y_TRUE, Y_TRUE, 3, 10, "a and b")
+
+
+def test_describe_is_one_line_of_the_headline_and_the_set_sizes() -> None:
+    y = np.array([0, 1, 1, 0])
+    scores = np.array([[0.9, 0.1], [0.6, 0.7], [0.2, 0.8], [0.3, 0.4]])
+    ev = m.evaluate(y, scores, scores > 0.5, "exact_match", top_pairs=1)
+    # argmax 0, 1, 1, 1 (3 of 4 right); sets {0}, {0,1}, {1}, {} (2 exactly right)
+    assert m.describe(ev) == (
+        "test_accuracy 0.5000 (exact_match); argmax 0.7500, exact match 0.5000; "
+        "rows with no class 1, several 1"
+    )

@@ -14,7 +14,14 @@ from sklearn.neural_network import MLPClassifier
 
 from mnistflow.modeling.metrics import DVC_METRICS
 from mnistflow.util.fileio import read_json
-from tests.helpers import REPO_ROOT, copy_repo, run, use_tiny_dataset, workspace_env
+from tests.helpers import (
+    BASELINE_TRAIN,
+    REPO_ROOT,
+    copy_repo,
+    run,
+    use_tiny_dataset,
+    workspace_env,
+)
 
 
 def outputs_state(ws: Path) -> dict[str, bytes]:
@@ -50,7 +57,7 @@ def test_dvc_repro_tiny_logs_one_run_and_writes_dvc_metrics_and_plots(
     assert r.info.status == "FINISHED"
     assert read_json(ws / "outputs/train/run.json")["run_id"] == run_id
     # params, flattened, from every section the run depends on
-    assert r.data.params["train.hidden_layer_sizes"] == "[100, 50, 25]"
+    assert r.data.params["train.hidden_layer_sizes"] == str(BASELINE_TRAIN["hidden_layer_sizes"])
     assert r.data.params["train.max_iter"] == "2"
     assert r.data.params["encode.scaling"] == "divide255"
     assert r.data.params["data.dataset"] == "tiny"

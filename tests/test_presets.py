@@ -8,7 +8,7 @@ import pytest
 
 from mnistflow.config import EncodeConfig, ParamsError, TrainConfig, config, load_params
 from mnistflow.experiments.presets import apply_preset, load_preset, set_flags
-from tests.helpers import REPO_ROOT
+from tests.helpers import BASELINE_TRAIN, REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -28,8 +28,9 @@ def test_best_preset_applies_and_validates() -> None:
     assert encode.deskew is True
     assert encode.augment.copies == 0
     # the defaults stay the original baseline
-    assert config(params, "train", TrainConfig).hidden_layer_sizes == (100, 50, 25)
-    assert config(params, "train", TrainConfig).online_augment is False
+    train = config(params, "train", TrainConfig).as_dict()
+    assert train["hidden_layer_sizes"] == BASELINE_TRAIN["hidden_layer_sizes"]
+    assert train["online_augment"] is BASELINE_TRAIN["online_augment"]
     assert params["encode"]["deskew"] is False
 
 

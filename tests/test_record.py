@@ -14,7 +14,7 @@ from mnistflow.modeling import metrics as m
 from mnistflow.tracking import record
 from mnistflow.tracking.artifacts import ENCODING_ARTIFACT
 from mnistflow.util.fileio import load_npz
-from tests.helpers import REPO_ROOT
+from tests.helpers import BASELINE_TRAIN, REPO_ROOT
 
 
 class FakeRun:
@@ -65,7 +65,25 @@ def test_epochs_evaluation_and_run_info(fake: Any) -> None:
     ev = m.evaluate(y, scores, scores > 0.5, "argmax", top_pairs=1)
     record.log_evaluation(fake, ev, baseline=0.5)
     assert fake.tags == {"headline_metric": "test_accuracy_argmax"}
-    assert fake.metrics == m.mlflow_metrics(ev, 0.5)
+    # by hand: argmax predicts 0, 0, 1 (row 1 wrong); over 0.5 the sets are {0}, {0}, {1}
+    assert fake.metrics == pytest.approx(
+        {
+            "test_accuracy": 2 / 3,
+            "test_accuracy_argmax": 2 / 3,
+            "test_accuracy_exact_match": 2 / 3,
+            "baseline": 0.5,
+            "delta_to_baseline": 2 / 3 - 0.5,
+            "rows_no_class": 0,
+            "rows_multi_class": 0,
+            "n_test": 3,
+            "precision_class_0": 1 / 2,  # rows 0 and 1 predicted 0, only row 0 is a 0
+            "recall_class_0": 1.0,
+            "f1_class_0": 2 / 3,
+            "precision_class_1": 1.0,  # row 2 predicted 1, and it is
+            "recall_class_1": 1 / 2,  # of rows 1 and 2
+            "f1_class_1": 2 / 3,
+        }
+    )
     info = record.run_info(fake, "mnist-mlp", ["w"], {"pinned": "true", "fingerprint": "f"})
     assert info == {
         "run_id": "r1",
@@ -81,6 +99,6 @@ def test_train_params_are_flat_and_cover_encode_and_train() -> None:
     flat = record.train_params(load_config(REPO_ROOT / "params.yaml"))
     assert flat["data.dataset"] == "mnist"
     assert flat["encode.scaling"] == "divide255"
-    assert flat["train.hidden_layer_sizes"] == [100, 50, 25]
+    assert flat["train.hidden_layer_sizes"] == BASELINE_TRAIN["hidden_layer_sizes"]
     assert flat["mlflow.experiment_name"] == "mnist-mlp"
     assert "mlflow.tracking_uri" not in flat

@@ -35,19 +35,21 @@ def render(
     dataset: str = "mnist",
 ) -> str:
     return report.render(
-        evaluation(headline),
-        list(classes),
-        baseline=0.7,
-        labels=labels,
-        dataset=dataset,
-        model=report.architecture((100, 50, 25), "relu", "adam"),
-        n_iter=20,
-        ignored=ignored or [],
-        figures={"Confusion matrix": "confusion.png"},
-        misclassified_csv="outputs/evaluate/misclassified.csv",
-        run_info="outputs/train/run.json",
-        experiment_name="mnist-mlp",
-        numerics="pinned to x86-64-v3, fingerprint `abc`",
+        report.ReportInput(
+            ev=evaluation(headline),
+            class_names=list(classes),
+            baseline=0.7,
+            labels=labels,
+            dataset=dataset,
+            model=report.architecture((100, 50, 25), "relu", "adam"),
+            n_iter=20,
+            ignored=ignored or [],
+            figures={"Confusion matrix": "confusion.png"},
+            misclassified_csv="outputs/evaluate/misclassified.csv",
+            run_info="outputs/train/run.json",
+            experiment_name="mnist-mlp",
+            numerics="pinned to x86-64-v3, fingerprint `abc`",
+        )
     )
 
 

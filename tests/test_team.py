@@ -7,6 +7,7 @@ Unit tests cover the pure parts; the e2e tests run against a real PostgreSQL clu
 
 from __future__ import annotations
 
+import base64
 import configparser
 import http.server
 import itertools
@@ -132,14 +133,36 @@ def test_database_uri_quotes_the_password() -> None:
 # --- client preflight (store.check_store) against a stub HTTP server: no subprocess ---------
 
 
+# The only account of the stub server below
+STUB_USER, STUB_PASSWORD = "alice", "secret-pw"
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(user, password) of an ``Authorization: Basic`` header (RFC 7617), else None."""
+    if header is None or not header.startswith("Basic "):
+        return None
+    user, _, password = base64.b64decode(header.removeprefix("Basic ")).decode().partition(":")
+    return user, password
+
+
 class _Stub(http.server.BaseHTTPRequestHandler):
+    """MLflow's two preflight endpoints: ``/health`` (open) and the experiments search,
+    which answers 401 unless the request carries the stub's exact Basic credentials."""
+
     health = 200
-    search = 200
+    search = 200  # the search's status for an authorized request
+    seen: list[tuple[str, tuple[str, str] | None]]  # (path, credentials) of every request
 
     def do_GET(self) -> None:
-        status = self.health if self.path == "/health" else self.search
-        if self.path != "/health" and self.headers.get("Authorization") is None:
-            status = 401 if self.search == 200 else self.search
+        path = self.path.partition("?")[0]
+        credentials = basic_credentials(self.headers.get("Authorization"))
+        self.seen.append((path, credentials))
+        if path == "/health":
+            status = self.health
+        elif credentials != (STUB_USER, STUB_PASSWORD):
+            status = 401
+        else:
+            status = self.search
         body = b'{"message": "database \\"mlflow\\" does not exist"}' if status >= 500 else b"{}"
         self.send_response(status)
         self.end_headers()
@@ -149,9 +172,15 @@ class _Stub(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def log_in(monkeypatch: pytest.MonkeyPatch, password: str) -> None:
+    """The client's credentials: the stub's user with ``password``."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", STUB_USER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+
+
 @pytest.fixture
 def stub() -> Iterator[tuple[str, type[_Stub]]]:
-    handler = type("Handler", (_Stub,), {})
+    handler = type("Handler", (_Stub,), {"seen": []})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -160,12 +189,28 @@ def stub() -> Iterator[tuple[str, type[_Stub]]]:
 
 
 @pytest.mark.unit
-def test_check_store_passes_with_credentials(stub, monkeypatch: pytest.MonkeyPatch) -> None:
-    uri, _ = stub
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret-pw")
+def test_check_store_sends_the_basic_credentials_and_passes(
+    stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri, handler = stub
+    log_in(monkeypatch, STUB_PASSWORD)
     store.check_store(uri)
-    store.check_store("sqlite:///nowhere/mlflow.db")  # not a server: nothing to check
+    assert handler.seen == [
+        ("/health", None),
+        ("/api/2.0/mlflow/experiments/search", (STUB_USER, STUB_PASSWORD)),
+    ]
+
+
+@pytest.mark.unit
+def test_check_store_refuses_a_wrong_password_without_showing_it(
+    stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri, handler = stub
+    log_in(monkeypatch, "wrong-pw-42")
+    with pytest.raises(store.TrackingError, match=r"credentials refused by .*HTTP 401") as e:
+        store.check_store(uri)
+    assert "wrong-pw-42" not in str(e.value)
+    assert handler.seen[-1] == ("/api/2.0/mlflow/experiments/search", (STUB_USER, "wrong-pw-42"))
 
 
 @pytest.mark.unit
@@ -180,11 +225,10 @@ def test_check_store_names_refused_credentials_without_the_password(
         store.check_store(uri)
     assert e.value.exit_code == 4
     handler.search = 403
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret-pw")
+    log_in(monkeypatch, STUB_PASSWORD)
     with pytest.raises(store.TrackingError, match="credentials refused") as e:
         store.check_store(uri)
-    assert "secret-pw" not in str(e.value)
+    assert STUB_PASSWORD not in str(e.value)
 
 
 @pytest.mark.unit
@@ -192,8 +236,7 @@ def test_check_store_names_a_failing_database_and_a_missing_server(
     stub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     uri, handler = stub
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret-pw")
+    log_in(monkeypatch, STUB_PASSWORD)
     handler.search = 500
     with pytest.raises(store.TrackingError, match=f"{uri} failed.*does not exist"):
         store.check_store(uri)

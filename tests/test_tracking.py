@@ -28,6 +28,7 @@ from mnistflow.tracking import provenance, runs
 from mnistflow.tracking import store as store_mod
 from mnistflow.util.signals import Interrupted, raise_on_signals
 from tests.helpers import (
+    BASELINE_TRAIN,
     REPO_ROOT,
     copy_repo,
     run,
@@ -207,8 +208,8 @@ def test_run_logs_params_metrics_artifacts_model_and_tags(
     client = MlflowClient(uri)
     got = client.get_run(run_id)
     assert got.info.status == "FINISHED"
-    assert got.data.params["train.hidden_layer_sizes"] == "[100, 50, 25]"
-    assert got.data.params["train.alpha"] == "0.0001"
+    assert got.data.params["train.hidden_layer_sizes"] == str(BASELINE_TRAIN["hidden_layer_sizes"])
+    assert got.data.params["train.alpha"] == str(BASELINE_TRAIN["alpha"])
     assert got.data.params["data.dataset"] == "x"
     assert got.data.tags["is_baseline"] == "true"
     assert got.data.metrics["test_accuracy"] == 0.5
@@ -237,7 +238,7 @@ def test_run_logs_params_metrics_artifacts_model_and_tags(
         again.log_params({"train.alpha": 0.5, "evaluate.headline": "argmax"})
     got = client.get_run(run_id)
     assert got.info.status == "FINISHED"
-    assert got.data.params["train.alpha"] == "0.0001"
+    assert got.data.params["train.alpha"] == str(BASELINE_TRAIN["alpha"])
     assert got.data.tags["changed.train.alpha"] == "0.5"
     assert got.data.params["evaluate.headline"] == "argmax"
 
@@ -340,8 +341,8 @@ def test_git_tags_and_is_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "train.hidden_layer_sizes": [256, 128],
         "train.alpha": 0.001,
     }
-    changed["train"]["hidden_layer_sizes"] = [100, 50, 25]
-    changed["train"]["alpha"] = 1e-4
+    changed["train"]["hidden_layer_sizes"] = BASELINE_TRAIN["hidden_layer_sizes"]
+    changed["train"]["alpha"] = BASELINE_TRAIN["alpha"]
     assert provenance.is_baseline(changed, ws) == "true"
     # against an explicit baseline revision (dvc exp run sets DVC_EXP_BASELINE_REV)
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)

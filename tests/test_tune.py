@@ -27,6 +27,7 @@ from mnistflow.config import (
 from mnistflow.tuning import objective, space, storage, worker
 from mnistflow.util import fileio
 from tests.helpers import (
+    BASELINE_TRAIN,
     REPO_ROOT,
     copy_repo,
     run,
@@ -54,7 +55,7 @@ def test_shipped_space_parses_into_dimensions(params: dict) -> None:
     assert set(dims) == set(params["tune"]["space"])
     layers = dims["train.hidden_layer_sizes"]
     assert isinstance(layers, CategoricalDim)
-    assert [100, 50, 25] in [list(c) for c in layers.choices]
+    assert BASELINE_TRAIN["hidden_layer_sizes"] in [list(c) for c in layers.choices]
 
 
 @pytest.mark.unit

@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from mnistflow.config import MlflowConfig, config, load_params
-from mnistflow.ops.ui import DEFAULT_PORT, HOST, UiError, serve
+from mnistflow.ops.ui import UiError, serve
+from mnistflow.tracking.links import DEFAULT_PORT, HOST
 from mnistflow.tracking.store import resolve_tracking_uri
 
 log = logging.getLogger(__name__)

@@ -189,6 +189,16 @@ def evaluate(
     )
 
 
+def describe(ev: Evaluation) -> str:
+    """The evaluation in one line (the evaluate stage's log): headline, both accuracies and
+    the rows with no predicted class or several."""
+    return (
+        f"{HEADLINE} {ev.accuracy:.4f} ({ev.headline}); argmax {ev.accuracy_argmax:.4f}, "
+        f"exact match {ev.accuracy_exact_match:.4f}; rows with no class {ev.rows_no_class}, "
+        f"several {ev.rows_multi_class}"
+    )
+
+
 def headline_key(headline: str) -> str:
     """The metric name of a headline choice: ``test_accuracy_argmax`` or ``..._exact_match``."""
     return f"{HEADLINE}_{headline}"

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
-from mnistflow.config import TrainConfig
+from mnistflow.config import EvaluateConfig, TrainConfig
 from mnistflow.internals import each_epoch
+from mnistflow.modeling import metrics as m
 
 log = logging.getLogger(__name__)
 # (epoch, loss, sklearn's early-stopping score or None) -> True to stop after this epoch
@@ -167,3 +169,27 @@ def decode_sets(scores: np.ndarray, multilabel: bool) -> np.ndarray:
     sets = np.zeros(scores.shape, dtype=bool)
     sets[np.arange(scores.shape[0]), decode_argmax(scores)] = True
     return sets
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A model's answers on a labelled set and their evaluation."""
+
+    scores: np.ndarray  # per-class scores (n, k), :func:`predict_scores`
+    sets: np.ndarray  # predicted class sets, bool (n, k), :func:`decode_sets`
+    ev: m.Evaluation
+
+
+def score(
+    model: MLPClassifier,
+    X: np.ndarray,
+    y_true: np.ndarray,
+    multilabel: bool,
+    n_classes: int,
+    cfg: EvaluateConfig,
+) -> Scored:
+    """Score ``model`` on rows ``X`` of classes ``y_true`` and evaluate it with the
+    headline metric and number of confused pairs of ``cfg``."""
+    scores = predict_scores(model, X, n_classes)
+    sets = decode_sets(scores, multilabel)
+    return Scored(scores, sets, m.evaluate(y_true, scores, sets, cfg.headline, cfg.confused_pairs))

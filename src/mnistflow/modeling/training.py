@@ -78,6 +78,13 @@ class FitResult:
         """Training loss after the last epoch."""
         return float(self.model.loss_)
 
+    def describe(self) -> str:
+        """The fit in one line (the train stage's log): time, epochs, final loss."""
+        return (
+            f"fitted in {self.fit_time_s:.1f} s, {self.n_iter} epochs, "
+            f"final loss {self.final_loss:.5f}"
+        )
+
     def summary(self) -> dict[str, Any]:
         """The DVC metrics of the fit: deterministic numbers only (no timing); with
         validation rows also the last epoch's ``val_accuracy``."""

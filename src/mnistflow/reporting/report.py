@@ -7,7 +7,7 @@ is in :func:`run_section`, appended only to the copy logged to the MLflow run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mnistflow.modeling.metrics import Evaluation
@@ -55,24 +55,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def render(
-    ev: Evaluation,
-    class_names: Sequence[str],
-    baseline: float,
-    labels: str,
-    dataset: str,
-    model: str,
-    n_iter: int,
-    ignored: Sequence[str],
-    figures: dict[str, str],
-    misclassified_csv: str,
-    run_info: str,
-    experiment_name: str,
-    numerics: str,
-) -> str:
-    """Markdown for one evaluated run.
+@dataclass(frozen=True)
+class ReportInput:
+    """What the committed report says about one evaluated run (all deterministic).
 
-    Args:
+    Attributes:
         ev: the evaluation.
         class_names: display names, by class index.
         baseline: the dataset's reference accuracy (evaluate.baseline_accuracy.<dataset>).
@@ -88,6 +75,26 @@ def render(
         numerics: the floating-point environment of the fit, one sentence
             (``mnistflow.numerics.describe``).
     """
+
+    ev: Evaluation
+    class_names: Sequence[str]
+    baseline: float
+    labels: str
+    dataset: str
+    model: str
+    n_iter: int
+    ignored: Sequence[str]
+    figures: Mapping[str, str]
+    misclassified_csv: str
+    run_info: str
+    experiment_name: str
+    numerics: str
+
+
+def render(inp: ReportInput) -> str:
+    """Markdown for one evaluated run (:class:`ReportInput` says what each part is)."""
+    ev, class_names, baseline, dataset = inp.ev, inp.class_names, inp.baseline, inp.dataset
+    labels, ignored, figures = inp.labels, inp.ignored, inp.figures
     delta = ev.accuracy - baseline
     lines = [
         f"# {dataset}: test accuracy {_pct(ev.accuracy)} ({ev.headline})",
@@ -98,8 +105,8 @@ def render(
         f"- Argmax accuracy: {_pct(ev.accuracy_argmax)}; exact-match accuracy: "
         f"{_pct(ev.accuracy_exact_match)}.",
         f"- Rows with no predicted class: {ev.rows_no_class}; with several: {ev.rows_multi_class}.",
-        f"- Model: {model}; training: {n_iter} epochs; targets: {labels}.",
-        f"- Numerics: {numerics}.",
+        f"- Model: {inp.model}; training: {inp.n_iter} epochs; targets: {labels}.",
+        f"- Numerics: {inp.numerics}.",
         "",
     ]
     if labels == "onehot":
@@ -141,11 +148,11 @@ def render(
         lines += [f"### {title}", "", f"![{title}]({name})", ""]
     lines += [
         f"Every misclassified test image ({int(ev.wrong.sum())}, counted by the headline "
-        f"metric) is listed in `{misclassified_csv}` with its PNG path. {CAPTION_KEY}",
+        f"metric) is listed in `{inp.misclassified_csv}` with its PNG path. {CAPTION_KEY}",
         "",
         "## MLflow",
         "",
-        f"The run is in experiment `{experiment_name}`; its id is in `{run_info}`, the one "
+        f"The run is in experiment `{inp.experiment_name}`; its id is in `{inp.run_info}`, the one "
         "per-run file of the pipeline. Its copy of this report adds the fit time and a link; "
         "open the store with `mnistflow ui` (or `make ui`).",
         "",

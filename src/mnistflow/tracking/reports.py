@@ -1,18 +1,22 @@
-"""The MLflow run's copy of the report: the committed report plus what differs per run."""
+"""The evaluate stage's side of the MLflow run (:func:`log_evaluated`) and the run's copy of the
+report: the committed report plus what differs per run."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from mnistflow.config import Params
 from mnistflow.modeling import metrics as m
 from mnistflow.reporting import figures, report
-from mnistflow.tracking import links
+from mnistflow.tracking import links, record
 from mnistflow.tracking.record import ELAPSED, VAL_SCORE
-from mnistflow.tracking.runs import Run
+from mnistflow.tracking.runs import Run, flatten, mlflow_run
 from mnistflow.tracking.store import redact
 from mnistflow.util.fileio import write_text
 
@@ -70,3 +74,23 @@ def log_report(run: Run, report_dir: Path, experiment_name: str) -> None:
         text += "\n" + report.run_section(links, fit_time, figure)
         write_text(folder / "report.md", text)
         run.log_artifact(folder, "report")
+
+
+def log_evaluated(
+    uri: str,
+    run_info: Mapping[str, Any],
+    params: Params,
+    ev: m.Evaluation,
+    report_dir: Path,
+    artifacts: Sequence[str],
+) -> None:
+    """Continue the run of ``run_info`` (paths.run_info): evaluate's params, the evaluation,
+    the report and the ``artifacts`` (evaluate's files); tag it ``evaluated`` and end it."""
+    with mlflow_run(uri, run_info["experiment_id"], run_id=run_info["run_id"]) as run:
+        run.set_tags({"mnistflow.stage": "evaluate"})
+        run.log_params(flatten({"evaluate": record.evaluate_params(params)}))
+        record.log_evaluation(run, ev, params.baseline_accuracy)
+        log_report(run, report_dir, run_info["experiment_name"])
+        for path in artifacts:
+            run.log_artifact(path, "evaluate")
+        run.set_tags({"mnistflow.stage": "evaluated"})
