@@ -82,3 +82,11 @@ def test_each_command_the_docs_show_exists_as_written(page: str, command: str, w
         build_parser(chosen).parse_args(argv)
     except SystemExit as exc:
         pytest.fail(f"{page}: `{command}` does not parse (exit {exc.code})")
+
+
+def test_the_development_page_lists_every_make_target() -> None:
+    documented = set(
+        re.findall(r"`make ([a-z][a-z0-9-]*)", (REPO_ROOT / "docs/development.md").read_text())
+    )
+    helped = set(re.findall(r"^([a-z][a-z0-9-]*):.*##", (REPO_ROOT / "Makefile").read_text(), re.M))
+    assert helped - {"help"} <= documented
