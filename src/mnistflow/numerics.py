@@ -30,6 +30,7 @@ CPUs under the pin share one fingerprint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -163,8 +164,10 @@ def plan(environ: Mapping[str, str], machine: str, flags: frozenset[str]) -> Pla
     return Plan(requested, True, preset, updates)
 
 
+@functools.cache
 def read_cpuinfo() -> str:
-    """``/proc/cpuinfo`` (empty where there is none: macOS, Windows)."""
+    """``/proc/cpuinfo`` (empty where there is none: macOS, Windows), read once per process:
+    the pin at import and every :func:`observe` use the same text."""
     try:
         return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
