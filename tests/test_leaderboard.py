@@ -23,8 +23,9 @@ from mnistflow.tracking.query import (
     LeaderboardError,
     experiment_run,
     fetch_runs,
+    fetch_top_runs,
 )
-from tests.mlflow_fixtures import EXPERIMENT, Store, shared_store
+from tests.mlflow_fixtures import EXPERIMENT, Store, copy_store, shared_store
 
 pytestmark = pytest.mark.unit
 
@@ -244,3 +245,68 @@ def test_leaderboard_from_a_real_store(store: Store, tmp_path: Path) -> None:
         assert img.format == "PNG"
         assert img.size == (800, 500)
     assert not list(markdown.parent.glob(".*.tmp"))  # atomic writes left nothing behind
+
+
+def test_shape_table_keeps_the_best_and_the_newest_incomplete() -> None:
+    runs = _runs(
+        [
+            {"run_id": "a", "run_name": "a", "status": "FINISHED", "metrics.test_accuracy": 0.95,
+             "params.train.alpha": "1"},
+            {"run_id": "b", "run_name": "b", "status": "FINISHED", "metrics.test_accuracy": 0.99,
+             "params.train.alpha": "2"},
+            {"run_id": "c", "run_name": "c", "status": "FAILED", "params.train.alpha": "3"},
+            {"run_id": "d", "run_name": "d", "status": "FINISHED", "metrics.test_accuracy": 0.97,
+             "metrics.fit_time_s": 9.0, "params.train.alpha": "4"},
+            {"run_id": "e", "run_name": "e", "status": "FINISHED", "metrics.test_accuracy": 0.97,
+             "metrics.fit_time_s": 3.0, "params.train.alpha": "5"},
+            {"run_id": "f", "run_name": "f", "status": "KILLED", "params.train.alpha": "2"},
+        ]
+    )  # fmt: skip
+    board = shape_table(runs, 0.97, "mnist", top=2)
+    assert list(board.ranked["run"]) == ["b", "e"]  # the 0.97 tie: the shorter fit
+    assert list(board.incomplete["run"]) == ["f", "c"]  # newest first
+    assert board.varying == ("train.alpha",)
+    text = to_markdown(board, "exp", None)
+    assert (
+        "The best 2 runs by headline accuracy (`test_accuracy`; at most `leaderboard.top` = 2"
+        in text
+    )
+    assert (
+        "## Runs without a headline accuracy (failed, killed or running) (the newest 2 at most)"
+        in text
+    )
+    assert list(shape_table(runs, 0.97, "mnist", top=1).ranked["run"]) == ["b"]
+    assert len(shape_table(runs, 0.97, "mnist").ranked) == 4  # no top: every run
+
+
+def test_fetch_top_runs_asks_the_store_for_the_best_and_the_newest_unfinished(
+    store: Store, tmp_path: Path
+) -> None:
+    """The fixture's accuracies: wide-alpha 0.9811, baseline 0.9712, small 0.9405; crashed
+    FAILED. Runs of another dataset never come back; an untagged run counts by its param."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    own = copy_store(store, tmp_path)
+    client = MlflowClient(own.uri)
+    for name, accuracy, tags, params in (
+        ("other-dataset", 0.999, [RunTag("dataset", "fashion-mnist")], []),
+        ("untagged", 0.975, [], [Param("data.dataset", "mnist")]),
+    ):
+        run = client.create_run(own.experiment_id, run_name=name)
+        metric = Metric("test_accuracy", accuracy, 0, 0)
+        client.log_batch(run.info.run_id, metrics=[metric], params=params, tags=tags)
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+    def names(top: int) -> set[str]:
+        return set(fetch_top_runs(own.uri, EXPERIMENT, "mnist", top)["run_name"])
+
+    assert names(1) == {"wide-alpha", "crashed"}  # the best (by tag and by param), unfinished
+    assert names(2) == {"wide-alpha", "baseline", "untagged", "crashed"}  # 2 by tag, 2 by param
+    assert names(10) == {"wide-alpha", "baseline", "small", "untagged", "crashed"}
+    runs = fetch_top_runs(own.uri, EXPERIMENT, "mnist", 2)
+    board = shape_table(of_dataset(runs, "mnist"), 0.97, "mnist", top=2)
+    assert list(board.ranked["run"]) == ["wide-alpha", "untagged"]
+    assert list(board.incomplete["run"]) == ["crashed"]
+    with pytest.raises(LeaderboardError, match="no MLflow experiment 'nope'"):
+        fetch_top_runs(own.uri, "nope", "mnist", 1)

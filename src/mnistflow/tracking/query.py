@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from mnistflow.modeling.metrics import HEADLINE
+from mnistflow.tracking.artifacts import DATASET_TAG
 from mnistflow.tracking.provenance import EXP_NAME_TAG
 from mnistflow.util.errors import UserError
 
@@ -65,12 +66,62 @@ def fetch_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
 
     client = MlflowClient(tracking_uri)
     experiment = experiment_id(client, tracking_uri, experiment_name)
-    rows = []
+    rows = _search(client, experiment, "", None, None)
+    log.info("%d runs in experiment %r", len(rows), experiment_name)
+    return pd.DataFrame(rows)
+
+
+def fetch_top_runs(tracking_uri: str, experiment_name: str, dataset: str, top: int) -> pd.DataFrame:
+    """The runs a leaderboard of ``dataset`` shows: its best ``top`` in :data:`RANKING`
+    order and its newest ``top`` that did not finish, shaped as :func:`fetch_runs`.
+
+    The store filters, orders and limits (``search_runs`` with ``order_by`` and
+    ``max_results``), so the cost does not grow with the number of runs. A run's dataset is
+    its tag ``dataset``, else (runs from before the tag) its param ``data.dataset``: each is
+    asked for, so up to 4 ``top`` rows come back; the caller ranks and cuts them
+    (:func:`mnistflow.reporting.leaderboard.of_dataset` and ``shape_table(top=...)``).
+
+    Raises:
+        LeaderboardError: the experiment does not exist in the store.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = experiment_id(client, tracking_uri, experiment_name)
+    quoted = dataset.replace("'", "")  # dataset names are keys of params.yaml's datasets:
+    rows: dict[str, dict[str, object]] = {}
+    for of_dataset in (f"tags.{DATASET_TAG} = '{quoted}'", f"params.`data.dataset` = '{quoted}'"):
+        for extra, order in (("", RANKING), (UNFINISHED, ["attributes.start_time DESC"])):
+            for row in _search(client, experiment, of_dataset + extra, order, top):
+                rows.setdefault(str(row["run_id"]), row)
+    log.info("%d runs of dataset %s read from experiment %r", len(rows), dataset, experiment_name)
+    return pd.DataFrame(list(rows.values()))
+
+
+UNFINISHED = " AND attributes.status != 'FINISHED'"
+
+
+def _search(
+    client: MlflowClient,
+    experiment: str,
+    filter_string: str,
+    order_by: list[str] | None,
+    limit: int | None,
+) -> list[dict[str, object]]:
+    """Rows of the runs ``search_runs`` finds (all pages, or the first ``limit`` runs)."""
+    rows: list[dict[str, object]] = []
     token = None
-    while True:
-        page = client.search_runs([experiment], max_results=PAGE_SIZE, page_token=token)
+    while limit is None or len(rows) < limit:
+        size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(rows))
+        page = client.search_runs(
+            [experiment],
+            filter_string=filter_string,
+            order_by=order_by,
+            max_results=size,
+            page_token=token,
+        )
         for found in page:
-            row = {
+            row: dict[str, object] = {
                 "run_id": found.info.run_id,
                 "run_name": found.info.run_name,
                 "status": found.info.status,
@@ -83,8 +134,7 @@ def fetch_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
         token = page.token
         if not token:
             break
-    log.info("%d runs in experiment %r", len(rows), experiment_name)
-    return pd.DataFrame(rows)
+    return rows
 
 
 def experiment_run(tracking_uri: str, experiment_name: str, exp_name: str) -> str:
