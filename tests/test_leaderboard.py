@@ -280,12 +280,14 @@ def test_shape_table_keeps_the_best_and_the_newest_incomplete() -> None:
 
 
 def test_fetch_top_runs_asks_the_store_for_the_best_and_the_newest_unfinished(
-    store: Store, tmp_path: Path
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fixture's accuracies: wide-alpha 0.9811, baseline 0.9712, small 0.9405; crashed
-    FAILED. Runs of another dataset never come back; an untagged run counts by its param."""
+    FAILED. A run of another dataset, or without the dataset tag, never comes back."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
+
+    from mnistflow.tracking import query
 
     own = copy_store(store, tmp_path)
     client = MlflowClient(own.uri)
@@ -301,12 +303,22 @@ def test_fetch_top_runs_asks_the_store_for_the_best_and_the_newest_unfinished(
     def names(top: int) -> set[str]:
         return set(fetch_top_runs(own.uri, EXPERIMENT, "mnist", top)["run_name"])
 
-    assert names(1) == {"wide-alpha", "crashed"}  # the best (by tag and by param), unfinished
-    assert names(2) == {"wide-alpha", "baseline", "untagged", "crashed"}  # 2 by tag, 2 by param
-    assert names(10) == {"wide-alpha", "baseline", "small", "untagged", "crashed"}
+    # the oracle: the store ranking every run (RANKING, no threshold)
+    ranked = client.search_runs(
+        [own.experiment_id], "tags.dataset = 'mnist'", order_by=query.RANKING, max_results=10
+    )
+    assert [r.info.run_name for r in ranked][:3] == ["wide-alpha", "baseline", "small"]
+    for sample in (query.SAMPLE, 1):  # every run read; a threshold from the newest run or two
+        monkeypatch.setattr(query, "SAMPLE", sample)
+        assert names(1) == {"wide-alpha", "crashed"}  # the best; the unfinished
+        assert names(2) == {"wide-alpha", "baseline", "crashed"}
+        assert names(10) == {"wide-alpha", "baseline", "small", "crashed"}
+        for top in (1, 2, 3):
+            best = query.best_runs(client, own.experiment_id, "tags.dataset = 'mnist'", top)
+            assert [r.info.run_id for r in best] == [r.info.run_id for r in ranked[:top]]
     runs = fetch_top_runs(own.uri, EXPERIMENT, "mnist", 2)
     board = shape_table(of_dataset(runs, "mnist"), 0.97, "mnist", top=2)
-    assert list(board.ranked["run"]) == ["wide-alpha", "untagged"]
+    assert list(board.ranked["run"]) == ["wide-alpha", "baseline"]
     assert list(board.incomplete["run"]) == ["crashed"]
     with pytest.raises(LeaderboardError, match="no MLflow experiment 'nope'"):
         fetch_top_runs(own.uri, "nope", "mnist", 1)
