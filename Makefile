@@ -96,7 +96,7 @@ bench-numerics: setup ## the pinned floating-point environment's cost: fit time 
 bench-best: setup ## the best preset (presets/best.yaml), cold: accuracy, pipeline time, peak memory
 	$(BIN)/python benchmarks/best.py
 
-bench-store: setup services ## leaderboard/register/UI at 10/100/1000 runs; dvc exp show/queue status at 10/50/100 exps
+bench-store: setup services ## leaderboard/register at 100 and 10,000 runs, sqlite and team server (UI: sqlite); dvc exp show/queue status at 10/50/100 exps
 	$(BIN)/python benchmarks/store_growth.py
 
 bench-team: setup services ## team server vs sqlite: logging overhead, 8 concurrent runs, sync of 100 runs

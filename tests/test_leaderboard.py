@@ -23,8 +23,9 @@ from mnistflow.tracking.query import (
     LeaderboardError,
     experiment_run,
     fetch_runs,
+    fetch_top_runs,
 )
-from tests.mlflow_fixtures import EXPERIMENT, Store, shared_store
+from tests.mlflow_fixtures import EXPERIMENT, Store, copy_store, shared_store
 
 pytestmark = pytest.mark.unit
 
@@ -244,3 +245,80 @@ def test_leaderboard_from_a_real_store(store: Store, tmp_path: Path) -> None:
         assert img.format == "PNG"
         assert img.size == (800, 500)
     assert not list(markdown.parent.glob(".*.tmp"))  # atomic writes left nothing behind
+
+
+def test_shape_table_keeps_the_best_and_the_newest_incomplete() -> None:
+    runs = _runs(
+        [
+            {"run_id": "a", "run_name": "a", "status": "FINISHED", "metrics.test_accuracy": 0.95,
+             "params.train.alpha": "1"},
+            {"run_id": "b", "run_name": "b", "status": "FINISHED", "metrics.test_accuracy": 0.99,
+             "params.train.alpha": "2"},
+            {"run_id": "c", "run_name": "c", "status": "FAILED", "params.train.alpha": "3"},
+            {"run_id": "d", "run_name": "d", "status": "FINISHED", "metrics.test_accuracy": 0.97,
+             "metrics.fit_time_s": 9.0, "params.train.alpha": "4"},
+            {"run_id": "e", "run_name": "e", "status": "FINISHED", "metrics.test_accuracy": 0.97,
+             "metrics.fit_time_s": 3.0, "params.train.alpha": "5"},
+            {"run_id": "f", "run_name": "f", "status": "KILLED", "params.train.alpha": "2"},
+        ]
+    )  # fmt: skip
+    board = shape_table(runs, 0.97, "mnist", top=2)
+    assert list(board.ranked["run"]) == ["b", "e"]  # the 0.97 tie: the shorter fit
+    assert list(board.incomplete["run"]) == ["f", "c"]  # newest first
+    assert board.varying == ("train.alpha",)
+    text = to_markdown(board, "exp", None)
+    assert (
+        "The best 2 runs by headline accuracy (`test_accuracy`; at most `leaderboard.top` = 2"
+        in text
+    )
+    assert (
+        "## Runs without a headline accuracy (failed, killed or running) (the newest 2 at most)"
+        in text
+    )
+    assert list(shape_table(runs, 0.97, "mnist", top=1).ranked["run"]) == ["b"]
+    assert len(shape_table(runs, 0.97, "mnist").ranked) == 4  # no top: every run
+
+
+def test_fetch_top_runs_asks_the_store_for_the_best_and_the_newest_unfinished(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fixture's accuracies: wide-alpha 0.9811, baseline 0.9712, small 0.9405; crashed
+    FAILED. A run of another dataset, or without the dataset tag, never comes back."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from mnistflow.tracking import query
+
+    own = copy_store(store, tmp_path)
+    client = MlflowClient(own.uri)
+    for name, accuracy, tags, params in (
+        ("other-dataset", 0.999, [RunTag("dataset", "fashion-mnist")], []),
+        ("untagged", 0.975, [], [Param("data.dataset", "mnist")]),
+    ):
+        run = client.create_run(own.experiment_id, run_name=name)
+        metric = Metric("test_accuracy", accuracy, 0, 0)
+        client.log_batch(run.info.run_id, metrics=[metric], params=params, tags=tags)
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+    def names(top: int) -> set[str]:
+        return set(fetch_top_runs(own.uri, EXPERIMENT, "mnist", top)["run_name"])
+
+    # the oracle: the store ranking every run (RANKING, no threshold)
+    ranked = client.search_runs(
+        [own.experiment_id], "tags.dataset = 'mnist'", order_by=query.RANKING, max_results=10
+    )
+    assert [r.info.run_name for r in ranked][:3] == ["wide-alpha", "baseline", "small"]
+    for sample in (query.SAMPLE, 1):  # every run read; a threshold from the newest run or two
+        monkeypatch.setattr(query, "SAMPLE", sample)
+        assert names(1) == {"wide-alpha", "crashed"}  # the best; the unfinished
+        assert names(2) == {"wide-alpha", "baseline", "crashed"}
+        assert names(10) == {"wide-alpha", "baseline", "small", "crashed"}
+        for top in (1, 2, 3):
+            best = query.best_runs(client, own.experiment_id, "tags.dataset = 'mnist'", top)
+            assert [r.info.run_id for r in best] == [r.info.run_id for r in ranked[:top]]
+    runs = fetch_top_runs(own.uri, EXPERIMENT, "mnist", 2)
+    board = shape_table(of_dataset(runs, "mnist"), 0.97, "mnist", top=2)
+    assert list(board.ranked["run"]) == ["wide-alpha", "baseline"]
+    assert list(board.incomplete["run"]) == ["crashed"]
+    with pytest.raises(LeaderboardError, match="no MLflow experiment 'nope'"):
+        fetch_top_runs(own.uri, "nope", "mnist", 1)

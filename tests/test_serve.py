@@ -4,8 +4,11 @@ logged model's answers on the test set against evaluate's headline accuracy."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +24,15 @@ import pytest
 from mnistflow.serving.inputs import PIXEL_COLUMNS
 from mnistflow.serving.logged_model import load_model, predict_images
 from mnistflow.util.fileio import load_npz, read_json
-from tests.helpers import copy_repo, run, use_tiny_dataset, workspace_env, write_idx_dataset
+from tests.helpers import (
+    REPO_ROOT,
+    copy_repo,
+    run,
+    use_tiny_dataset,
+    workspace_env,
+    write_idx_dataset,
+)
+from tests.mlflow_fixtures import copy_store, mnist_like_digits, shared_store, tiny_model
 
 pytestmark = pytest.mark.e2e
 
@@ -69,14 +80,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def server(trained) -> Iterator[str]:
-    """`mnistflow serve` on a free port; its base URL once /ping answers."""
-    repo, env = trained
+@contextlib.contextmanager
+def _served(cwd: Path, env: dict[str, str]) -> Iterator[str]:
+    """`mnistflow serve` in ``cwd`` on a free port; its base URL once /ping answers."""
     port = _free_port()
     proc = subprocess.Popen(
         ["mnistflow", "serve", "--port", str(port)],
-        cwd=repo,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -99,6 +109,14 @@ def server(trained) -> Iterator[str]:
         assert proc.wait(timeout=60) == 0
         out = proc.stdout.read().decode() if proc.stdout else ""
         assert "Traceback" not in out, out[-3000:]
+
+
+@pytest.fixture
+def server(trained) -> Iterator[str]:
+    """`mnistflow serve` of the tiny repo's champion."""
+    repo, env = trained
+    with _served(repo, env) as url:
+        yield url
 
 
 def _post(url: str, body: object) -> tuple[int, dict]:
@@ -136,10 +154,57 @@ def test_served_champion_answers_digits_and_refuses_bad_requests(trained, server
         "value 300": {"dataframe_split": {"columns": PIXEL_COLUMNS, "data": [[300] * 784]}},
         "value 0.5": {"dataframe_split": {"columns": PIXEL_COLUMNS, "data": [[0.5] * 784]}},
         "not numbers": {"dataframe_split": {"columns": PIXEL_COLUMNS, "data": [["x"] * 784]}},
-        "an image array": {"inputs": images[:1].tolist()},
+        "an image 27x28": {"inputs": images[:1, 1:].tolist()},
     }
     for name, request in bad.items():
         status, body = _post(server, request)
         assert status == 400, (name, status, body)
         assert "stack_trace" not in body, name
     assert "0..255" in _post(server, bad["value 300"])[1]["message"]
+
+
+def _predictions(status: int, body: dict) -> list[int]:
+    assert status == 200, body
+    return [row["digit"] for row in body["predictions"]]
+
+
+def test_served_model_takes_pixel_columns_images_and_rows(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """The champion of a store logged as train logs it, served by `mnistflow serve`: each
+    request form answers what the fitted estimator answers on x/255, computed here."""
+    own = copy_store(shared_store(tmp_path_factory), tmp_path)
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")  # mnist, store in ./mlflow.db
+    (tmp_path / ".dvc").mkdir()  # the workspace root: where the store's default place is
+    env = workspace_env()
+    run(["mnistflow", "register"], tmp_path, env)  # the best run: wide-alpha
+    images, _ = mnist_like_digits(12, seed=7)
+    rows = images.reshape(len(images), -1)
+    champion = own.runs["wide-alpha"]
+    oracle = tiny_model(champion.hidden).predict(rows.astype(np.float32) / 255).tolist()
+    assert len(set(oracle)) > 1  # the images are not all one digit to this model
+
+    with _served(tmp_path, env) as url:
+        columns = {"dataframe_split": {"columns": PIXEL_COLUMNS, "data": rows.tolist()}}
+        assert _predictions(*_post(url, columns)) == oracle
+        assert _predictions(*_post(url, {"inputs": images.tolist()})) == oracle
+        assert _predictions(*_post(url, {"inputs": rows.tolist()})) == oracle
+
+        bad = {
+            "an image 27x28": ({"inputs": images[:1, 1:].tolist()}, r"got shape \(1, 27, 28\)"),
+            "rows of 783": ({"inputs": rows[:2, 1:].tolist()}, r"got shape \(2, 783\)"),
+            "value 300": (
+                {"inputs": np.where(images[:1] > 0, 300, 0).tolist()},
+                r"0\.\.255; image 0 pixel \[6\]\[\d+\] is 300",
+            ),
+            "negative": ({"inputs": [[-1] * 784]}, r"0\.\.255; row 0 pixel 0 is -1 "),
+            "a fraction": ({"inputs": [[0.5] * 784]}, r"row 0 pixel 0 is 0\.5"),
+            "text": ({"inputs": [["x"] * 784]}, "must be numbers"),
+            "ragged": ({"inputs": [[0] * 784, [0] * 10]}, "inhomogeneous"),
+            "no image": ({"inputs": []}, r"got shape \(0,\)"),
+        }
+        for name, (request, message) in bad.items():
+            status, body = _post(url, request)
+            assert status == 400, (name, status, body)
+            assert "stack_trace" not in body, name
+            assert re.search(message, body["message"]), (name, body["message"])

@@ -9,7 +9,9 @@ import pytest
 from mnistflow.serving.inputs import (
     PIXEL_COLUMNS,
     InputError,
+    images_from_array,
     images_from_frame,
+    images_from_input,
     output_frame,
     pixel_frame,
 )
@@ -61,6 +63,38 @@ def test_bad_inputs_are_refused_with_a_clear_message(edit, message: str) -> None
 def test_not_a_frame_is_refused() -> None:
     with pytest.raises(InputError, match=r"DataFrame.*ndarray"):
         images_from_frame(np.zeros((1, 784)))  # type: ignore[arg-type]
+
+
+def test_images_and_rows_arrays_are_images() -> None:
+    images = _images(3)
+    for given in (images, images.astype(np.int64), images.tolist(), images.reshape(3, 784)):
+        np.testing.assert_array_equal(images_from_array(given), images)
+        np.testing.assert_array_equal(images_from_input(given), images)
+    np.testing.assert_array_equal(images_from_input(pixel_frame(images)), images)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (np.zeros((1, 27, 28)), r"\(n, 28, 28\) or rows \(n, 784\); got shape \(1, 27, 28\)"),
+        (np.zeros((2, 783)), r"got shape \(2, 783\)"),
+        (np.zeros(784), r"got shape \(784,\)"),
+        (np.zeros((0, 784)), "at least one image"),
+        ([[0] * 784, [0] * 10], "unequal lengths"),
+        (np.full((1, 28, 28), 300), r"0\.\.255; image 0 pixel \[0\]\[0\] is 300 \(784 bad"),
+        (np.eye(28)[None] * -1, r"image 0 pixel \[0\]\[0\] is -1 \(28 bad"),
+        (np.full((2, 784), 0.5), r"row 0 pixel 0 is 0\.5"),
+        ([["x"] * 784], "must be numbers"),
+    ],
+)
+def test_bad_arrays_are_refused_with_a_clear_message(given, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        images_from_input(given)
+
+
+def test_other_inputs_are_refused() -> None:
+    with pytest.raises(InputError, match=r"px0\.\.px783, images .* got dict"):
+        images_from_input({"px0": [0]})
 
 
 def test_output_frame_is_the_argmax_digit_and_every_score() -> None:

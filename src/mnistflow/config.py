@@ -361,10 +361,11 @@ class MlflowConfig(Config):
 
 
 class LeaderboardConfig(Config):
-    """``leaderboard:``: where the leaderboard is written."""
+    """``leaderboard:``: where the leaderboard is written, and how many runs it shows."""
 
     markdown: str
     figure: str
+    top: int = Field(ge=1, le=10_000)  # the best N runs (and the newest N that did not finish)
 
 
 class RegistryConfig(Config):

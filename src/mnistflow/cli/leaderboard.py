@@ -10,7 +10,7 @@ from mnistflow.config import LeaderboardConfig, config, load_params
 from mnistflow.modeling.metrics import HEADLINE
 from mnistflow.reporting.leaderboard import of_dataset, shape_table, write_leaderboard
 from mnistflow.tracking.liveness import sweep
-from mnistflow.tracking.query import fetch_runs
+from mnistflow.tracking.query import fetch_top_runs
 from mnistflow.tracking.store import check_server, store_settings
 
 log = logging.getLogger(__name__)
@@ -27,17 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    """``mnistflow leaderboard``: rank the runs of params.yaml's dataset into leaderboard
-    files."""
+    """``mnistflow leaderboard``: the best ``leaderboard.top`` runs of params.yaml's dataset
+    (ranked by the store) into leaderboard files."""
     params = load_params(args.params)
     out = config(params, "leaderboard", LeaderboardConfig)
     store = store_settings(params)
     check_server(store.tracking_uri)  # a refused password: one line, exit 4, nothing written
     sweep(store.tracking_uri, store.experiment_name)  # no dead run ranked as RUNNING
+    runs = fetch_top_runs(store.tracking_uri, store.experiment_name, store.dataset, out.top)
     board = shape_table(
-        of_dataset(fetch_runs(store.tracking_uri, store.experiment_name), store.dataset),
-        store.baseline_accuracy,
-        store.dataset,
+        of_dataset(runs, store.dataset), store.baseline_accuracy, store.dataset, out.top
     )
     write_leaderboard(
         board, store.experiment_name, Path(out.markdown), Path(out.figure), args.all_columns

@@ -1,6 +1,6 @@
-"""Leaderboard of every MLflow run of the experiment: a markdown table and a figure.
+"""Leaderboard of the MLflow runs of a dataset: a markdown table and a figure.
 
-``fetch_runs`` reads the runs through MLflow's client API (never the store's files);
+``fetch_top_runs`` reads the best runs through MLflow's client API (never the store's files);
 ``shape_table`` turns them into the ranked table and is pure, so it is testable without MLflow;
 ``to_markdown`` and ``plot`` render it; ``write_leaderboard`` writes both files atomically.
 """
@@ -66,6 +66,7 @@ class Leaderboard:
     baseline_accuracy: float
     dataset: str = ""
     varying: tuple[str, ...] = ()  # params that differ between runs: columns after delta
+    top: int | None = None  # at most this many runs in each table (None: every run)
 
 
 # The markdown table's columns, params that differ between runs after delta; MORE only with
@@ -120,7 +121,9 @@ def of_dataset(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return runs[of_run == dataset]
 
 
-def shape_table(runs: pd.DataFrame, baseline_accuracy: float, dataset: str = "") -> Leaderboard:
+def shape_table(
+    runs: pd.DataFrame, baseline_accuracy: float, dataset: str = "", top: int | None = None
+) -> Leaderboard:
     """Rank runs by headline accuracy (pure).
 
     The delta is the run's own ``delta_to_baseline`` metric, else its accuracy minus the
@@ -132,10 +135,14 @@ def shape_table(runs: pd.DataFrame, baseline_accuracy: float, dataset: str = "")
         baseline_accuracy: the configured dataset's reference accuracy
             (:meth:`mnistflow.config.EvaluateConfig.baseline_for`).
         dataset: the configured dataset's name, for the texts.
+        top: keep the best ``top`` ranked runs and the newest ``top`` incomplete ones (the
+            params that differ are those of the runs kept); None: every run.
 
     Returns:
         The leaderboard.
     """
+    if top is not None:
+        runs = _kept(runs, top)
     accuracy = _number(_column(runs, f"metrics.{HEADLINE}"))
     own_baseline = _own_baseline(runs)
     delta = _number(_column(runs, "metrics.delta_to_baseline"))
@@ -195,7 +202,28 @@ def shape_table(runs: pd.DataFrame, baseline_accuracy: float, dataset: str = "")
         baseline_accuracy=baseline_accuracy,
         dataset=dataset,
         varying=tuple(varying),
+        top=top,
     )
+
+
+def _kept(runs: pd.DataFrame, top: int) -> pd.DataFrame:
+    """The best ``top`` runs with a headline accuracy (shape_table's order) and the newest
+    ``top`` without one."""
+    accuracy = _number(_column(runs, f"metrics.{HEADLINE}"))
+    order = pd.DataFrame(
+        {
+            "accuracy": accuracy,
+            "fit": _number(_column(runs, "metrics.fit_time_s")),
+            "start": pd.to_datetime(_column(runs, "start_time"), utc=True, errors="coerce"),
+        },
+        index=runs.index,
+    )
+    has = order["accuracy"].notna()
+    best = order[has].sort_values(
+        ["accuracy", "fit", "start"], ascending=[False, True, True], na_position="last"
+    )
+    newest = order[~has].sort_values("start", ascending=False, na_position="last")
+    return runs.loc[best.index[:top].append(newest.index[:top])]
 
 
 def _cell(value: object) -> str:
@@ -244,9 +272,14 @@ def to_markdown(
     of = f", dataset `{board.dataset}`" if board.dataset else ""
     lines = [f"# Leaderboard: MLflow experiment `{experiment_name}`{of}", ""]
     total = len(ranked) + len(board.incomplete)
+    shown = (
+        f"{total} runs, {len(ranked)} with a headline accuracy (`{HEADLINE}`), ranked best first"
+        if board.top is None
+        else f"The best {len(ranked)} runs by headline accuracy (`{HEADLINE}`; at most "
+        f"`leaderboard.top` = {board.top}, the store ranks them)"
+    )
     lines.append(
-        f"{total} runs, {len(ranked)} with a headline accuracy (`{HEADLINE}`), ranked best "
-        f"first. Δ is each run's delta to the baseline of its dataset "
+        f"{shown}. Δ is each run's delta to the baseline of its dataset "
         f"(`evaluate.baseline_accuracy.<dataset>`; {board.dataset or 'configured'}: "
         f"{board.baseline_accuracy:.4f}). Columns between delta and dataset: the params "
         "that differ between runs. A run is named after what made it: its DVC experiment, "
@@ -271,7 +304,12 @@ def to_markdown(
     else:
         lines.append("No run has a headline accuracy yet.")
     if len(board.incomplete):
-        lines += ["", "## Runs without a headline accuracy (failed, killed or running)", ""]
+        newest = "" if board.top is None else f" (the newest {board.top} at most)"
+        lines += [
+            "",
+            f"## Runs without a headline accuracy (failed, killed or running){newest}",
+            "",
+        ]
         incomplete = board.incomplete
         lines += _markdown_table(incomplete[columns(board, incomplete, all_columns)], {})
     if figure is not None:

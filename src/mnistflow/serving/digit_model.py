@@ -24,7 +24,7 @@ from mlflow.pyfunc import PythonModel
 from mnistflow.data.encode import Encoding
 from mnistflow.internals import SKOPS_TRUSTED_TYPES
 from mnistflow.modeling.model import predict_scores
-from mnistflow.serving.inputs import InputError, images_from_frame, output_frame
+from mnistflow.serving.inputs import InputError, images_from_input, output_frame
 from mnistflow.tracking.artifacts import MODEL_ENCODING, MODEL_ESTIMATOR, MODEL_N_CLASSES
 
 
@@ -47,7 +47,8 @@ def load_encoding(path: str | Path) -> Encoding:
 
 
 class DigitModel(PythonModel):
-    """MLflow pyfunc: a DataFrame of pixel columns -> ``digit`` and ``p0``.. columns."""
+    """MLflow pyfunc: pixel columns, images (n, 28, 28) or rows (n, 784) -> ``digit`` and
+    ``p0``.. columns."""
 
     def load_context(self, context: Any) -> None:
         """Load the estimator and the encoding from the model's artifacts."""
@@ -55,16 +56,18 @@ class DigitModel(PythonModel):
         self.encoding = load_encoding(context.artifacts[MODEL_ENCODING])
         self.n_classes = int(context.model_config[MODEL_N_CLASSES])
 
-    # model_input is hinted as a DataFrame, a type MLflow derives no signature from and
-    # validates nothing against: the logged signature alone says how the scoring server
-    # parses requests (a hint such as list[...] would replace it). Without any hint MLflow
-    # warns "Add type hints to the `predict` method" each time it loads this file.
+    # The logged signature has no input schema (:func:`mnistflow.serving.logged_model.signature`),
+    # so MLflow hands over what a request carries as it parsed it: a DataFrame for
+    # dataframe_split/records, an array for inputs/instances; this method checks either.
+    # The hint is one MLflow derives no signature from and validates nothing against
+    # (np.ndarray is the other; a union or list[...] would replace the logged signature).
+    # Without any hint MLflow warns "Add type hints to the `predict` method" at each load.
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         """Check the images, encode them as the run's encode stage did, score, shape."""
         try:
-            images = images_from_frame(model_input)
+            images = images_from_input(model_input)
         except InputError as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
         return predict_frame(self.estimator, self.encoding, self.n_classes, images)

@@ -20,7 +20,6 @@ from mnistflow.data.encode import Encoding
 from mnistflow.internals import SKOPS_TRUSTED_TYPES
 from mnistflow.serving.inputs import (
     DIGIT_COLUMN,
-    PIXEL_COLUMNS,
     pixel_frame,
     probability_columns,
 )
@@ -42,21 +41,23 @@ REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "scipy", "pandas", "skops")
 
 
 def signature(n_classes: int) -> Any:
-    """Input: pixel columns px0..px783; output: digit and p0.. (MLflow schema).
+    """Output only: ``digit`` and ``p0``.. (MLflow schema); no input schema.
 
-    The pixels are declared ``double``, not ``long``: the scoring server casts a request's
-    columns to the schema's types before the model sees them, and a cast to int64 would
-    silently turn 0.5 into 0. As doubles, the model's own check rejects non-integers.
+    A request may carry the images as pixel columns px0..px783 (``dataframe_split``), as
+    images (n, 28, 28) or as rows (n, 784) (``inputs``): no one MLflow input schema is all
+    three (a column schema refuses tensors, a tensor schema has one shape). Without one the
+    scoring server hands the parsed request to the model unchanged, and the model's own check
+    (:func:`mnistflow.serving.inputs.images_from_input`) refuses anything else with HTTP 400
+    naming the problem; it also refuses 0.5, which a cast to an integer schema would make 0.
     """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    inputs = Schema([ColSpec("double", c) for c in PIXEL_COLUMNS])
     outputs = Schema(
         [ColSpec("long", DIGIT_COLUMN)]
         + [ColSpec("double", c) for c in probability_columns(n_classes)]
     )
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    return ModelSignature(inputs=None, outputs=outputs)
 
 
 def log_model(estimator: Any, encoding: Encoding, examples: np.ndarray, n_classes: int) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from mnistflow.config import RegistryConfig
 from mnistflow.modeling.metrics import HEADLINE
 from mnistflow.tracking.artifacts import DATASET_TAG, MODEL_ARTIFACT
-from mnistflow.tracking.query import RANKING, experiment_id
+from mnistflow.tracking.query import best_runs, experiment_id
 from mnistflow.util.errors import UserError
 
 if TYPE_CHECKING:
@@ -47,18 +47,15 @@ def best_finished(client: MlflowClient, experiment: str, dataset: str) -> Run:
     """The leaderboard's first FINISHED run of ``dataset`` (tag ``dataset``) in experiment id
     ``experiment``.
 
-    The store filters and orders (:data:`~mnistflow.tracking.query.RANKING`) and returns one
-    run, so the cost does not grow with the number of runs.
+    The store filters and ranks (:func:`~mnistflow.tracking.query.best_runs`), so the cost
+    does not grow with the number of runs.
 
     Raises:
         RegistryError: no FINISHED run has a headline accuracy.
     """
     quoted = dataset.replace("'", "")  # dataset names are keys of params.yaml's datasets:
-    found = client.search_runs(
-        [experiment],
-        filter_string=f"attributes.status = 'FINISHED' AND tags.{DATASET_TAG} = '{quoted}'",
-        order_by=RANKING,
-        max_results=1,
+    found = best_runs(
+        client, experiment, f"attributes.status = 'FINISHED' AND tags.{DATASET_TAG} = '{quoted}'", 1
     )
     accuracy = found[0].data.metrics.get(HEADLINE) if found else None
     # missing and NaN accuracies sort last: if the first has none, no run has one

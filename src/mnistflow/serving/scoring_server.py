@@ -2,8 +2,8 @@
 
 The server loads ``models:/<dataset's model name>@<registry.alias>`` from the project's store
 (MLFLOW_TRACKING_URI set for the child) in this environment (``--env-manager local``), and
-answers POST /invocations: pixel columns in, digit and probabilities out
-(:mod:`mnistflow.serving.inputs`).
+answers POST /invocations: images (n, 28, 28), rows (n, 784) or pixel columns in, digit and
+probabilities out (:mod:`mnistflow.serving.inputs`).
 """
 
 from __future__ import annotations

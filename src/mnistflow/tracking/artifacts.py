@@ -6,7 +6,7 @@ from __future__ import annotations
 # The fitted encoding (scaling statistics) of a run: what prediction needs besides the model.
 ENCODING_ARTIFACT = "encode/stats.npz"
 
-# The logged model (tracking.models): its name, which the registry registers and predict and
+# The logged model (serving.logged_model): its name, which the registry registers and predict and
 # serve load, and the keys of what it carries.
 MODEL_ARTIFACT = "model"
 MODEL_ESTIMATOR = "sklearn-model"  # artifact: an MLflow sklearn model folder, skops format
