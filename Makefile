@@ -102,7 +102,7 @@ bench-store: setup services ## leaderboard/register/UI at 10/100/1000 runs; dvc 
 bench-team: setup services ## team server vs sqlite: logging overhead, 8 concurrent runs, sync of 100 runs
 	$(BIN)/python benchmarks/team.py
 
-bench-team-load: setup services ## team server under 4/16/64 concurrent writers, 1 and 2 server workers (~5 min)
+bench-team-load: setup services ## team server under 4/16/64 concurrent writers, 1 and 2 server workers (~10 min)
 	$(BIN)/python benchmarks/team_load.py
 
 bench-queue: setup ## queue throughput: 4 experiments on -j 2 against -j 1
