@@ -20,7 +20,7 @@ from typing import Any
 from filelock import FileLock
 
 from mnistflow.config import TuneConfig
-from mnistflow.tracking.store import redact
+from mnistflow.tracking.store import env_seconds, redact
 from mnistflow.util.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,9 @@ def outage_wait_s() -> float:
     Raises:
         UserError: not a number >= 0.
     """
-    raw = os.environ.get(OUTAGE_ENV, "").strip()
-    try:
-        wait = float(raw) if raw else OUTAGE_WAIT_S
-    except ValueError:
-        wait = -1
-    if wait < 0:
+    wait = env_seconds(OUTAGE_ENV, OUTAGE_WAIT_S)
+    if wait is None:
+        raw = os.environ.get(OUTAGE_ENV, "")
         raise UserError(f"${OUTAGE_ENV} must be a number of seconds >= 0, got {raw!r}")
     return wait
 

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 TAG_STUDY = "mnistflow.study"
 TAG_TRIAL = "mnistflow.trial"
 TAG_WORKER = "mnistflow.worker_host"
-TAG_STATE = "mnistflow.trial_state"  # COMPLETE | PRUNED
+TAG_STATE = "mnistflow.trial_state"  # COMPLETE | PRUNED | FAIL (cut by a storage outage)
 TAG_FLAGS = "mnistflow.dvc_overrides"  # the `dvc exp run -S` flags that reproduce the trial
 TAG_PARENT_OF = "mnistflow.study_parent"
 PARENT_TAG = "mlflow.parentRunId"
@@ -230,10 +230,13 @@ def thread_errors(run_objective: Objective) -> Any:
     return hook
 
 
-def retry_interrupted(study: Any, cfg: Any, number: int | None) -> None:
+def retry_interrupted(study: Any, cfg: Any, number: int | None, uri: str) -> None:
     """After a storage outage: this worker's trial ``number`` (the one it was running) ends
     FAIL if it is still RUNNING, and a FAIL one is enqueued again as a dead worker's would be
-    (``tune.max_retry``); a trial the outage did not stop (COMPLETE, PRUNED) is left alone."""
+    (``tune.max_retry``), its MLflow run (in ``uri``) tagged ``mnistflow.trial_state=FAIL``
+    (a fit that finished before the outage cut its result off leaves a FINISHED run); a trial
+    the outage did not stop (COMPLETE, PRUNED) is left alone."""
+    from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
 
     if number is None:
@@ -245,6 +248,8 @@ def retry_interrupted(study: Any, cfg: Any, number: int | None) -> None:
     trial = study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
     if trial.state == TrialState.FAIL:
         log.warning("trial %d: interrupted by the storage outage; FAIL, retried", number)
+        if ATTR_RUN in trial.user_attrs:
+            MlflowClient(uri).set_tag(trial.user_attrs[ATTR_RUN], TAG_STATE, "FAIL")
         storage.retry_callback(cfg)(study, trial)
 
 
@@ -290,7 +295,7 @@ def run_worker(
     try:
         while True:  # once, or again after each storage outage survived
             try:
-                retry_interrupted(study, cfg, run_objective.current)
+                retry_interrupted(study, cfg, run_objective.current, tracking.uri)
                 run_objective.current = None  # dealt with: a later outage must not retry it
                 mine = [t for t in study.get_trials(deepcopy=False)
                         if t.user_attrs.get(ATTR_WORKER) == worker_id()]  # fmt: skip
