@@ -32,7 +32,7 @@ endif
 STAMP := $(VENV)/.installed-pyc
 
 .DEFAULT_GOAL := help
-.PHONY: help setup services lint format test test-fast repro bench bench-best bench-queue bench-store bench-team bench-tune bench-numerics best \
+.PHONY: help setup services lint format test test-fast repro bench bench-best bench-queue bench-store bench-team bench-team-load bench-tune bench-numerics best \
         ui leaderboard sweep tune register predict reproduce serve server push pull lock lock-upgrade lock-check clean
 
 help: ## list the targets
@@ -101,6 +101,9 @@ bench-store: setup services ## leaderboard/register at 100 and 10,000 runs, sqli
 
 bench-team: setup services ## team server vs sqlite: logging overhead, 8 concurrent runs, sync of 100 runs
 	$(BIN)/python benchmarks/team.py
+
+bench-team-load: setup services ## team server under 4/16/64 concurrent writers, 1 and 2 server workers (~10 min)
+	$(BIN)/python benchmarks/team_load.py
 
 bench-queue: setup ## queue throughput: 4 experiments on -j 2 against -j 1
 	$(BIN)/python benchmarks/queue_throughput.py

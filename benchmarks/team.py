@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from store_growth import fill, timed  # benchmarks/store_growth.py
@@ -53,15 +54,30 @@ def load() -> str:
     return f"{os.getloadavg()[0]:.1f}"
 
 
-def start_server(base: Path) -> tuple[subprocess.Popen, str]:
-    """`mnistflow server --pg-dir` on a free port, healthy, with the user USER."""
+def scratch_base(prefix: str) -> Path:
+    """A fresh folder for a throw-away server; as root in /tmp and world-traversable, because
+    the cluster then runs as `postgres`, who must reach it."""
+    if os.geteuid() == 0:
+        base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        base.chmod(0o755)
+        return base
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def start_server(
+    base: Path, extra: Sequence[str] = (), add_user: bool = True
+) -> tuple[subprocess.Popen, str]:
+    """`mnistflow server --pg-dir BASE/pg [extra]` on a free port, healthy, with the user
+    USER (``add_user``: created now; a second start on the same BASE reuses the cluster, its
+    data and users)."""
     port = postgres.free_port()
     env = {**os.environ, tracking_server.ADMIN_PASSWORD_ENV: ADMIN_PW}
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(var, None)
-    log = (base / "server.log").open("w")
+    log = (base / "server.log").open("a")
+    cmd = [str(BIN / "mnistflow"), "server", "--pg-dir", str(base / "pg"), "--port", str(port)]
     proc = subprocess.Popen(
-        [str(BIN / "mnistflow"), "server", "--pg-dir", str(base / "pg"), "--port", str(port)],
+        [*cmd, *extra],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -78,7 +94,8 @@ def start_server(base: Path) -> tuple[subprocess.Popen, str]:
             if time.monotonic() > deadline:
                 raise SystemExit("mnistflow server did not become healthy") from None
             time.sleep(0.5)
-    tracking_server.create_user(uri, tracking_server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
+    if add_user:
+        tracking_server.create_user(uri, tracking_server.DEFAULT_ADMIN, ADMIN_PW, USER, USER_PW)
     return proc, uri
 
 
@@ -169,11 +186,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--sync-runs", type=int, default=100)
     args = parser.parse_args()
-    if os.geteuid() == 0:  # the cluster runs as `postgres`, who must reach the folder
-        base = Path(tempfile.mkdtemp(prefix="mnistflow-bench-team-", dir="/tmp"))
-        base.chmod(0o755)
-    else:
-        base = Path(tempfile.mkdtemp(prefix="mnistflow-bench-team-"))
+    base = scratch_base("mnistflow-bench-team-")
     mirror = base / "tiny-mirror"
     files = write_idx_dataset(mirror)
     start_load = load()

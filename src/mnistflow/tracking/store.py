@@ -212,14 +212,22 @@ def _server_message(body: str) -> str:
         return body.strip().splitlines()[0][:300] if body.strip() else ""
 
 
+def env_seconds(name: str, default: float) -> float | None:
+    """The environment variable ``name`` as seconds >= 0, ``default`` when unset or empty,
+    None when it is not such a number."""
+    text = os.environ.get(name, "").strip()
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
 def store_wait_s() -> float:
     """Seconds to wait for an sqlite store's write lock: ``MNISTFLOW_STORE_WAIT_S`` or 30."""
-    text = os.environ.get(STORE_WAIT_ENV, "").strip()
-    try:
-        value = float(text) if text else DEFAULT_STORE_WAIT_S
-    except ValueError:
-        value = -1.0
-    if value < 0:
+    value = env_seconds(STORE_WAIT_ENV, DEFAULT_STORE_WAIT_S)
+    if value is None:
+        text = os.environ.get(STORE_WAIT_ENV, "")
         log.warning("%s=%r is not a number >= 0; using %g", STORE_WAIT_ENV, text, 30)
         return DEFAULT_STORE_WAIT_S
     return value

@@ -20,7 +20,7 @@ from typing import Any
 from filelock import FileLock
 
 from mnistflow.config import TuneConfig
-from mnistflow.tracking.store import redact
+from mnistflow.tracking.store import env_seconds, redact
 from mnistflow.util.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,98 @@ STORAGE_ENV = "MNISTFLOW_OPTUNA_STORAGE"
 STORAGE_FILE = "optuna.db"
 SQLITE_BUSY_TIMEOUT_S = 60  # wait for another worker's write instead of "database is locked"
 CONNECT_ATTEMPTS = 5  # first workers on a fresh database race to create the tables
+OUTAGE_ENV = "MNISTFLOW_OPTUNA_OUTAGE_S"
+OUTAGE_WAIT_S = 300  # how long a worker waits for a lost storage (a database restart) to answer
 
 
 class StudyError(UserError):
     """The study's storage cannot be used, or the study has nothing to report yet."""
 
     exit_code = 4
+
+
+class StorageLostError(Exception):
+    """The storage's connection failed in another thread (Optuna's heartbeat): the trial it
+    belongs to stops at its next epoch."""
+
+
+def connection_lost(exc: BaseException) -> BaseException | None:
+    """The lost database connection ``exc`` is, or was raised from or while handling
+    (SQLAlchemy's ``OperationalError``, which Optuna wraps in ``StorageInternalError``, or
+    one seen by the heartbeat thread); None for anything else (a bug, bad data)."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    seen: BaseException | None = exc
+    for _ in range(20):  # the chain of causes; a cycle stops here
+        if seen is None:
+            return None
+        if isinstance(seen, (OperationalError, StorageLostError)) or (
+            isinstance(seen, DBAPIError) and seen.connection_invalidated
+        ):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def outage_wait_s() -> float:
+    """``$MNISTFLOW_OPTUNA_OUTAGE_S``, else :data:`OUTAGE_WAIT_S`.
+
+    Raises:
+        UserError: not a number >= 0.
+    """
+    wait = env_seconds(OUTAGE_ENV, OUTAGE_WAIT_S)
+    if wait is None:
+        raw = os.environ.get(OUTAGE_ENV, "")
+        raise UserError(f"${OUTAGE_ENV} must be a number of seconds >= 0, got {raw!r}")
+    return wait
+
+
+def wait_for_storage(study: Any, url: str, lost: BaseException) -> None:
+    """After ``lost`` (see :func:`connection_lost`): read the study until the storage answers
+    again, for at most :func:`outage_wait_s` seconds.
+
+    Raises:
+        StudyError: no answer in that time (one line naming the storage, passwords hidden).
+    """
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    limit = outage_wait_s()
+    cause = _first_line(connection_lost(lost) or lost)
+    log.warning("lost the Optuna storage %s (%s); waiting up to %.0f s (%s) for it",
+                redact(url), cause, limit, OUTAGE_ENV)  # fmt: skip
+    start = time.monotonic()
+    while True:
+        try:
+            study.get_trials(deepcopy=False)
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            if connection_lost(exc) is None:
+                raise
+            if time.monotonic() - start >= limit:
+                raise StudyError(
+                    f"lost the Optuna storage {redact(url)}: no answer for {limit:.0f} s "
+                    f"(${OUTAGE_ENV}; {_first_line(exc)}); run `mnistflow tune` again once it is "
+                    "back: the study resumes"
+                ) from exc
+            time.sleep(1)
+            continue
+        log.warning("the Optuna storage answers again after %.1f s", time.monotonic() - start)
+        return
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of the innermost cause of ``exc`` (the driver's own words)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def retry_callback(cfg: TuneConfig) -> Any:
+    """What enqueues a copy of a failed trial (at most ``tune.max_retry`` times)."""
+    from optuna.storages import RetryFailedTrialCallback
+
+    return RetryFailedTrialCallback(max_retry=cfg.max_retry)
 
 
 def storage_url(cfg: TuneConfig, root: Path, given: str | None = None) -> str:
@@ -61,7 +147,7 @@ def open_storage(url: str, cfg: TuneConfig) -> Any:
         StudyError: the database cannot be reached or set up (the message hides passwords).
     """
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage
     from sqlalchemy.exc import SQLAlchemyError
 
     lock = None
@@ -73,8 +159,8 @@ def open_storage(url: str, cfg: TuneConfig) -> Any:
         try:
             if lock is not None:
                 with lock:
-                    return _rdb(url, cfg, RDBStorage, RetryFailedTrialCallback)
-            return _rdb(url, cfg, RDBStorage, RetryFailedTrialCallback)
+                    return _rdb(url, cfg, RDBStorage)
+            return _rdb(url, cfg, RDBStorage)
         except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             if attempt == CONNECT_ATTEMPTS:
                 raise StudyError(f"Optuna storage {redact(url)}: {exc}".splitlines()[0]) from exc
@@ -83,13 +169,13 @@ def open_storage(url: str, cfg: TuneConfig) -> Any:
     raise AssertionError("unreachable")
 
 
-def _rdb(url: str, cfg: TuneConfig, rdb: Any, retry: Any) -> Any:
+def _rdb(url: str, cfg: TuneConfig, rdb: Any) -> Any:
     return rdb(
         url,
         engine_kwargs=_engine_kwargs(url),
         heartbeat_interval=cfg.heartbeat_interval,
         grace_period=cfg.grace_period,
-        failed_trial_callback=retry(max_retry=cfg.max_retry),
+        failed_trial_callback=retry_callback(cfg),
     )
 
 

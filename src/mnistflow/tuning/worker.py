@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,14 +32,14 @@ from mnistflow.config import Dimension, Params
 from mnistflow.modeling.metrics import VAL_ACCURACY
 from mnistflow.tracking import datasets, liveness, provenance, record, store
 from mnistflow.tracking.runs import mlflow_run
-from mnistflow.tuning import objective, space
+from mnistflow.tuning import objective, space, storage
 
 log = logging.getLogger(__name__)
 
 TAG_STUDY = "mnistflow.study"
 TAG_TRIAL = "mnistflow.trial"
 TAG_WORKER = "mnistflow.worker_host"
-TAG_STATE = "mnistflow.trial_state"  # COMPLETE | PRUNED
+TAG_STATE = "mnistflow.trial_state"  # COMPLETE | PRUNED | FAIL (cut by a storage outage)
 TAG_FLAGS = "mnistflow.dvc_overrides"  # the `dvc exp run -S` flags that reproduce the trial
 TAG_PARENT_OF = "mnistflow.study_parent"
 PARENT_TAG = "mlflow.parentRunId"
@@ -150,10 +151,13 @@ class Objective:
     ) -> None:
         self.params, self.dims, self.splits = params, dims, splits
         self.tracking, self.study, self.tags = tracking, study, dict(tags)
+        self.current: int | None = None  # the trial being run
+        self.heartbeat_lost: BaseException | None = None  # set by the heartbeat thread's error
 
     def __call__(self, trial: Any) -> float:
         import optuna
 
+        self.current, self.heartbeat_lost = trial.number, None
         overrides = space.suggest(trial, self.dims)
         flags = " ".join(space.set_flags(overrides))
         trial.set_user_attr(ATTR_OVERRIDES, overrides)
@@ -172,6 +176,10 @@ class Objective:
                                  self.splits.source, encoded.X_train.shape)  # fmt: skip
 
             def on_score(epoch: int, accuracy: float) -> bool:
+                if self.heartbeat_lost is not None:
+                    raise storage.StorageLostError("the trial's heartbeat failed") from (
+                        self.heartbeat_lost
+                    )
                 run.log_metric(VAL_ACCURACY, accuracy, step=epoch)
                 trial.report(accuracy, epoch)
                 if trial.should_prune():
@@ -205,6 +213,46 @@ class Objective:
         }
 
 
+def thread_errors(run_objective: Objective) -> Any:
+    """A ``threading.excepthook`` for a worker: a lost storage connection in Optuna's
+    heartbeat thread is one WARNING line and stops the current trial at its next epoch (a
+    trial without heartbeats would be failed under it by another worker); anything else is
+    Python's default report."""
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None and storage.connection_lost(args.exc_value) is not None:
+            log.warning("trial %s: its heartbeat could not reach the Optuna storage (%s)",
+                        run_objective.current, type(args.exc_value).__name__)  # fmt: skip
+            run_objective.heartbeat_lost = args.exc_value
+            return
+        threading.__excepthook__(args)
+
+    return hook
+
+
+def retry_interrupted(study: Any, cfg: Any, number: int | None, uri: str) -> None:
+    """After a storage outage: this worker's trial ``number`` (the one it was running) ends
+    FAIL if it is still RUNNING, and a FAIL one is enqueued again as a dead worker's would be
+    (``tune.max_retry``), its MLflow run (in ``uri``) tagged ``mnistflow.trial_state=FAIL``
+    (a fit that finished before the outage cut its result off leaves a FINISHED run); a trial
+    the outage did not stop (COMPLETE, PRUNED) is left alone."""
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    if number is None:
+        return
+    (trial,) = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if trial.user_attrs.get(ATTR_WORKER) != worker_id():
+        return
+    # the storage's state, not the cache's: Optuna's own tell may have got through before
+    trial = study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    if trial.state == TrialState.FAIL:
+        log.warning("trial %d: interrupted by the storage outage; FAIL, retried", number)
+        if ATTR_RUN in trial.user_attrs:
+            MlflowClient(uri).set_tag(trial.user_attrs[ATTR_RUN], TAG_STATE, "FAIL")
+        storage.retry_callback(cfg)(study, trial)
+
+
 def fail_running(study: Any) -> None:
     """Tell FAIL for this worker's trials still RUNNING (an interruption: Optuna only fails a
     trial on an Exception or KeyboardInterrupt, not on SIGTERM's ``Interrupted``)."""
@@ -226,7 +274,6 @@ def run_worker(
     from optuna.trial import TrialState
 
     from mnistflow.config import tune_space
-    from mnistflow.tuning import storage
 
     cfg = params.tune
     dims = tune_space(params.raw)
@@ -244,19 +291,32 @@ def run_worker(
              study_name, store.redact(url), done, cfg.n_trials)  # fmt: skip
     run_objective = Objective(params, dims, splits, tracking, study_name,
                               run_provenance(params, root))  # fmt: skip
+    threading.excepthook = thread_errors(run_objective)
     try:
-        study.optimize(
-            run_objective,
-            n_trials=max_trials,
-            callbacks=[
-                MaxTrialsCallback(cfg.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
-            ],
-            gc_after_trial=False,
-        )
-    except BaseException:
-        fail_running(study)
+        while True:  # once, or again after each storage outage survived
+            try:
+                retry_interrupted(study, cfg, run_objective.current, tracking.uri)
+                run_objective.current = None  # dealt with: a later outage must not retry it
+                mine = [t for t in study.get_trials(deepcopy=False)
+                        if t.user_attrs.get(ATTR_WORKER) == worker_id()]  # fmt: skip
+                study.optimize(
+                    run_objective,
+                    n_trials=None if max_trials is None else max(0, max_trials - len(mine)),
+                    callbacks=[MaxTrialsCallback(cfg.n_trials,
+                                                 states=(TrialState.COMPLETE, TrialState.PRUNED))],
+                    gc_after_trial=False,
+                )  # fmt: skip
+                break
+            except Exception as exc:
+                if storage.connection_lost(exc) is None:
+                    raise
+                storage.wait_for_storage(study, url, exc)  # StudyError (exit 4) if it does not
+    except BaseException as exc:
+        if storage.connection_lost(exc) is None:
+            fail_running(study)
         raise
     finally:
+        threading.excepthook = threading.__excepthook__
         liveness.sweep(tracking.uri, tracking.experiment_name)
     mine = [
         t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(ATTR_WORKER) == worker_id()
