@@ -4,6 +4,7 @@ timeouts, integrity, and the rule that no invalid file is left in raw_dir."""
 from __future__ import annotations
 
 import gzip
+import shutil
 import socket
 import sys
 import threading
@@ -592,6 +593,7 @@ def test_stage_env_mirror_wins_over_param_and_dataset_mirrors(
     work = tmp_path / "work"
     (work / ".dvc").mkdir(parents=True)  # stages run at a DVC repository's root
     (work / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(REPO_ROOT / "dvc.yaml", work / "dvc.yaml")  # what the stage may read
     env = workspace_env()
     env["PYTHONPATH"] = str(REPO_ROOT / "src")
 
