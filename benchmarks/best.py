@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mnistflow.config import load_params
 from mnistflow.experiments.presets import apply_preset, load_preset
-from mnistflow.tracking.record import ELAPSED, VAL_SCORE
+from mnistflow.tracking.record import EARLY_STOP_SCORE, ELAPSED
 from mnistflow.util.workspace import copy_working_tree
 from pipeline import REPO, bench_env, measure  # benchmarks/pipeline.py
 
@@ -72,7 +72,7 @@ def main() -> None:
         rows.append(
             ("epochs, mean s per epoch", f"{last.step}, {last.value / last.step:.1f} s", "")
         )
-    scores = [m.value for m in client.get_metric_history(run_id, VAL_SCORE)]
+    scores = [m.value for m in client.get_metric_history(run_id, EARLY_STOP_SCORE)]
     if scores:
         rows.append(("best validation score (held-out rows)", f"{max(scores):.4f}", ""))
     rows.append(("1-min load average before / after", f"{load_before:.1f} / {load_after:.1f}", ""))

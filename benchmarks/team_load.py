@@ -6,7 +6,7 @@ with basic auth and proxied artifacts, on 127.0.0.1) with 1, then 2 server worke
 run's logging costs under that load. Each writer logs through the train stage's own client
 code (`mnistflow.tracking.runs.mlflow_run` with system metrics on, `Run.set_tags`,
 `Run.log_params` with `record.train_params` of params.yaml, `record.log_epoch` for 20
-synthetic epochs with `train_loss` and `val_score`, `Run.log_artifact` of a 2 KB file, the
+synthetic epochs with `train_loss` and `early_stop_score`, `Run.log_artifact` of a 2 KB file, the
 run's end), without training. Every call of a `Run` method and the run's start and end are
 timed at the client; a call is one or two HTTP requests (`log_params`: read the run, then
 write the batch). The writers start together (a barrier), after their imports.

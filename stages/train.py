@@ -45,7 +45,7 @@ def main() -> None:
     with train_run.open_run(params, train, uri, experiment_id, cwd, ignored, observed) as run:
         result = train_run.fit_logged(run, params, train)
         log.info("%s", result.describe())
-        fileio.write_text(paths.loss_curve, loss_csv(result.losses, result.val_scores))
+        fileio.write_text(paths.loss_curve, loss_csv(result.losses, result.early_stop_scores))
         train_run.log_trained(run, result, train, paths.loss_curve)
         # The model and run info last: an interruption while logging leaves no model.
         fileio.write_bytes(paths.model, model_bytes(result.model))

@@ -182,10 +182,10 @@ def test_train_stage_online_twice_gives_the_same_model_and_metrics(tmp_path: Pat
         client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
         history = {
             key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-            for key in ("train_loss", "val_score", ELAPSED)
+            for key in ("train_loss", "early_stop_score", ELAPSED)
         }
         assert [step for step, _ in history[ELAPSED]] == [1, 2, 3, 4]
-        assert len(history["val_score"]) == 4
+        assert len(history["early_stop_score"]) == 4
         del history[ELAPSED]  # wall clock: per run by nature
         outputs.append(
             (

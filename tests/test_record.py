@@ -59,7 +59,11 @@ def test_encoding_is_logged_under_its_fixed_name(fake: Any) -> None:
 def test_epochs_evaluation_and_run_info(fake: Any) -> None:
     record.log_epoch(fake, 1, 0.5, None)
     record.log_epoch(fake, 2, 0.4, 0.9)
-    assert fake.steps == [("train_loss", 0.5, 1), ("train_loss", 0.4, 2), ("val_score", 0.9, 2)]
+    assert fake.steps == [
+        ("train_loss", 0.5, 1),
+        ("train_loss", 0.4, 2),
+        ("early_stop_score", 0.9, 2),
+    ]
     y = np.array([0, 1, 1])
     scores = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
     ev = m.evaluate(y, scores, scores > 0.5, "argmax", top_pairs=1)

@@ -18,7 +18,7 @@ WRONG = np.argmax(SCORES, axis=1) != Y_TRUE
 @pytest.mark.unit
 def test_loss_csv_with_and_without_validation() -> None:
     assert tables.loss_csv([0.5, 0.25], None) == "epoch,loss\n1,0.50000000\n2,0.25000000\n"
-    assert tables.loss_csv([0.5], [0.9]) == "epoch,loss,val_score\n1,0.50000000,0.90000000\n"
+    assert tables.loss_csv([0.5], [0.9]) == "epoch,loss,early_stop_score\n1,0.50000000,0.90000000\n"
 
 
 @pytest.mark.unit

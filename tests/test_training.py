@@ -40,7 +40,7 @@ def test_fit_reports_every_epoch_and_measures(
     assert [loss for _, loss, _ in seen] == pytest.approx(result.losses)
     assert result.n_iter == 3
     assert result.final_loss == pytest.approx(result.losses[-1])
-    assert result.val_scores is None
+    assert result.early_stop_scores is None
     assert result.fit_time_s > 0
     assert result.summary() == {"n_iter": 3, "final_loss": round(result.losses[-1], 8)}
     assert stream.getvalue() == ""
@@ -54,8 +54,8 @@ def test_fit_with_early_stopping_passes_validation_scores(
     data: tuple[np.ndarray, np.ndarray],
 ) -> None:
     result = training.fit(tiny_cfg(early_stopping=True), *data, file=io.StringIO())
-    assert result.val_scores is not None
-    assert len(result.val_scores) == len(result.losses) == result.n_iter
+    assert result.early_stop_scores is not None
+    assert len(result.early_stop_scores) == len(result.losses) == result.n_iter
 
 
 @pytest.mark.unit
@@ -174,14 +174,14 @@ def test_online_early_stopping_scores_held_out_rows_and_keeps_the_best_epoch(
     seen: list[float | None] = []
     result = training.fit(cfg, X, y, lambda _e, _loss, v: seen.append(v), io.StringIO(), online())
     model = result.model
-    assert result.val_scores == seen
+    assert result.early_stop_scores == seen
     assert len(seen) == 6
     assert model.best_validation_score_ == max(seen)
     assert model.early_stopping is True
     assert model.validation_scores_ == seen
     # the kept weights are the best epoch's: they score best_validation_score_ on the held-out rows
     assert model.score(X[45:], y[45:]) == max(seen)
-    assert training.validation_rows(60, cfg) == 15
+    assert training.early_stop_rows(60, cfg) == 15
 
 
 @pytest.mark.unit
@@ -198,5 +198,5 @@ def test_online_early_stopping_stops_after_n_iter_no_change(
 @pytest.mark.unit
 def test_validation_rows_refuses_a_split_that_leaves_nothing() -> None:
     with pytest.raises(ValueError, match="holds out 0 of 3 rows"):
-        training.validation_rows(3, online_cfg(early_stopping=True, validation_fraction=0.1))
-    assert training.validation_rows(3, online_cfg()) == 0
+        training.early_stop_rows(3, online_cfg(early_stopping=True, validation_fraction=0.1))
+    assert training.early_stop_rows(3, online_cfg()) == 0

@@ -89,7 +89,7 @@ def ignored_settings(cfg: TrainConfig) -> list[str]:
 def fit_with_progress(
     model: MLPClassifier, X: np.ndarray, y: np.ndarray, on_epoch: EpochCallback
 ) -> MLPClassifier:
-    """Fit ``model`` in place, calling ``on_epoch(epoch, loss, val_score)`` after each epoch.
+    """Fit ``model`` in place, calling ``on_epoch(epoch, loss, early_stop_score)`` after each epoch.
 
     sklearn has no public per-epoch callback: :func:`mnistflow.internals.each_epoch` hooks
     the end of each epoch. ``lbfgs`` has no epochs: one call with the final loss.

@@ -63,7 +63,7 @@ class FitResult:
     model: MLPClassifier
     fit_time_s: float  # wall clock: per run by nature, never in a DVC output
     losses: list[float]
-    val_scores: list[float] | None
+    early_stop_scores: list[float] | None
     # seconds from the start of the fit to the end of each epoch (online mode; per run)
     epoch_times: list[float] = field(default_factory=list)
     val_accuracy: list[float] | None = None  # per epoch, with a Validation only
@@ -139,7 +139,7 @@ def fit(
     epoch_times: list[float] = []
     with threadpool_limits(limits=cfg.threads), progress_bar(cfg.max_iter, "train", file) as bar:
 
-        def each_epoch(epoch: int, loss: float, val_score: float | None) -> bool:
+        def each_epoch(epoch: int, loss: float, early_stop_score: float | None) -> bool:
             stop = False
             postfix = {"loss": f"{loss:.4f}"}
             if validation is not None:
@@ -147,9 +147,9 @@ def fit(
                 postfix["val_accuracy"] = f"{val_accuracy[-1]:.4f}"
                 stop = bool(validation.on_score and validation.on_score(epoch, val_accuracy[-1]))
             if on_epoch is not None:
-                on_epoch(epoch, loss, val_score)
-            if val_score is not None:
-                postfix["val"] = f"{val_score:.4f}"
+                on_epoch(epoch, loss, early_stop_score)
+            if early_stop_score is not None:
+                postfix["early_stop_score"] = f"{early_stop_score:.4f}"
             if bar.disable:  # no terminal (CI, dvc queue logs): one plain line per epoch
                 log.info("epoch %d/%d %s", epoch, cfg.max_iter, _pairs(postfix))
             bar.set_postfix(postfix, refresh=False)
@@ -163,12 +163,12 @@ def fit(
         else:
             fit_with_progress(model, X, y, each_epoch)
         fit_time = time.perf_counter() - start
-    losses, val_scores = loss_history(model)
-    return FitResult(model, fit_time, losses, val_scores, epoch_times, val_accuracy or None)
+    losses, early_stop_scores = loss_history(model)
+    return FitResult(model, fit_time, losses, early_stop_scores, epoch_times, val_accuracy or None)
 
 
-def validation_rows(n: int, cfg: TrainConfig) -> int:
-    """Rows held out for validation in online mode: the last ``validation_fraction`` of the
+def early_stop_rows(n: int, cfg: TrainConfig) -> int:
+    """Rows held out for early stopping in online mode: the last ``validation_fraction`` of the
     base rows when ``early_stopping`` (0 otherwise), never distorted nor trained on."""
     if not cfg.early_stopping:
         return 0
@@ -192,17 +192,17 @@ def fit_online(
 ) -> MLPClassifier:
     """Fit ``model`` on fresh distortions of the base rows every epoch (online augmentation).
 
-    The last :func:`validation_rows` rows are held out; the others feed an
+    The last :func:`early_stop_rows` rows are held out; the others feed an
     :class:`EpochFeed` (the next epoch prepared on a second process). ``epoch_times`` gets
     the seconds since the start at the end of each epoch. See :func:`train_epochs`.
     """
-    n_val = validation_rows(len(X), cfg)
+    n_val = early_stop_rows(len(X), cfg)
     n_fit = len(X) - n_val
     start = time.perf_counter()
 
-    def timed(epoch: int, loss: float, val_score: float | None) -> bool | None:
+    def timed(epoch: int, loss: float, early_stop_score: float | None) -> bool | None:
         epoch_times.append(time.perf_counter() - start)
-        return on_epoch(epoch, loss, val_score)
+        return on_epoch(epoch, loss, early_stop_score)
 
     waited: list[float] = []
 
@@ -260,7 +260,7 @@ def train_epochs(
     # One RandomState for the whole run: partial_fit re-seeds an int random_state on every
     # call, which would shuffle every epoch in the same order.
     model.set_params(random_state=np.random.RandomState(cfg.random_state), early_stopping=False)
-    val_scores: list[float] = []
+    early_stop_scores: list[float] = []
     best_score, no_improvement = -np.inf, 0
     best: tuple[list[np.ndarray], list[np.ndarray]] | None = None
     try:
@@ -276,7 +276,7 @@ def train_epochs(
             score = None
             if early:
                 score = float(model.score(X_val, y_val))
-                val_scores.append(score)
+                early_stop_scores.append(score)
                 no_improvement = no_improvement + 1 if score < best_score + cfg.tol else 0
                 if score > best_score:
                     best_score = score
@@ -303,7 +303,7 @@ def train_epochs(
     if early:
         assert best is not None
         model.coefs_, model.intercepts_ = best
-        model.validation_scores_ = val_scores
+        model.validation_scores_ = early_stop_scores
         model.best_validation_score_ = best_score
         model.best_loss_ = None
     return model

@@ -35,7 +35,7 @@ def _save(fig: Figure, target: str | Path) -> Path:
 
 
 def loss_curve(
-    losses: Sequence[float], val_scores: Sequence[float] | None, target: str | Path
+    losses: Sequence[float], early_stop_scores: Sequence[float] | None, target: str | Path
 ) -> Path:
     """Training loss per epoch (and validation accuracy on a second axis when given)."""
     fig = Figure(figsize=(6, 4))
@@ -45,12 +45,17 @@ def loss_curve(
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss", color="tab:blue")
     ax.grid(alpha=0.3)
-    if val_scores:
+    if early_stop_scores:
         ax2 = ax.twinx()
         ax2.plot(
-            epochs, val_scores, marker="s", ms=3, color="tab:orange", label="validation accuracy"
+            epochs,
+            early_stop_scores,
+            marker="s",
+            ms=3,
+            color="tab:orange",
+            label="early-stopping score",
         )
-        ax2.set_ylabel("validation accuracy", color="tab:orange")
+        ax2.set_ylabel("early-stopping score", color="tab:orange")
     ax.set_title("Training loss per epoch")
     fig.tight_layout()
     return _save(fig, target)
@@ -58,23 +63,23 @@ def loss_curve(
 
 def accuracy_vs_time(
     elapsed_s: Sequence[float],
-    val_scores: Sequence[float] | None,
+    early_stop_scores: Sequence[float] | None,
     test_time_s: float,
     test_accuracy: float,
     target: str | Path,
 ) -> Path:
-    """Validation score at the end of each epoch against the fit's wall-clock seconds, and
+    """The early-stopping score at the end of each epoch against the fit's wall-clock seconds, and
     the test accuracy, measured once, at the end of the fit (per run: a time axis)."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    if val_scores:
+    if early_stop_scores:
         ax.plot(
-            elapsed_s[: len(val_scores)],
-            val_scores,
+            elapsed_s[: len(early_stop_scores)],
+            early_stop_scores,
             marker="o",
             ms=3,
             color="tab:orange",
-            label="validation (each epoch)",
+            label="early-stopping hold-out (each epoch)",
         )
     ax.plot([test_time_s], [test_accuracy], marker="*", ms=12, ls="", color="tab:red", label="test")
     ax.annotate(
@@ -193,7 +198,7 @@ def gallery(images: np.ndarray, captions: Sequence[str], target: str | Path) -> 
 def report_figures(
     report_dir: str | Path,
     losses: Sequence[float],
-    val_scores: Sequence[float] | None,
+    early_stop_scores: Sequence[float] | None,
     cm: np.ndarray,
     class_names: Sequence[str],
     gallery_images: np.ndarray,
@@ -201,7 +206,7 @@ def report_figures(
 ) -> dict[str, str]:
     """Write the report's three figures into ``report_dir``; return title -> file name."""
     report_dir = Path(report_dir)
-    loss_curve(losses, val_scores, report_dir / "loss.png")
+    loss_curve(losses, early_stop_scores, report_dir / "loss.png")
     confusion_heatmap(cm, class_names, report_dir / "confusion.png")
     gallery(gallery_images, captions, report_dir / "misclassified.png")
     return {

@@ -18,14 +18,14 @@ def csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return buf.getvalue()
 
 
-def loss_csv(losses: Sequence[float], val_scores: Sequence[float] | None) -> str:
-    """``epoch,loss[,val_score]`` lines for the DVC plot (8 decimals)."""
-    header = ["epoch", "loss"] + (["val_score"] if val_scores else [])
+def loss_csv(losses: Sequence[float], early_stop_scores: Sequence[float] | None) -> str:
+    """``epoch,loss[,early_stop_score]`` lines for the DVC plot (8 decimals)."""
+    header = ["epoch", "loss"] + (["early_stop_score"] if early_stop_scores else [])
     rows = []
     for i, loss in enumerate(losses):
         row = [str(i + 1), f"{loss:.8f}"]
-        if val_scores:
-            row.append(f"{val_scores[i]:.8f}")
+        if early_stop_scores:
+            row.append(f"{early_stop_scores[i]:.8f}")
         rows.append(row)
     return csv_text(header, rows)
 

@@ -15,7 +15,7 @@ from mnistflow.tracking.runs import flatten
 from mnistflow.util.fileio import save_npz
 
 # Stepped by epoch: training loss, validation score, seconds since the start of the fit.
-TRAIN_LOSS, VAL_SCORE, ELAPSED = "train_loss", "val_score", "elapsed_s"
+TRAIN_LOSS, EARLY_STOP_SCORE, ELAPSED = "train_loss", "early_stop_score", "elapsed_s"
 
 if TYPE_CHECKING:
     from mnistflow.modeling.training import FitResult
@@ -44,11 +44,12 @@ def evaluate_params(params: Params) -> dict[str, Any]:
     }
 
 
-def log_epoch(run: Run, epoch: int, loss: float, val_score: float | None) -> None:
-    """The stepped per-epoch metrics: ``train_loss`` (and ``val_score`` with early stopping)."""
+def log_epoch(run: Run, epoch: int, loss: float, early_stop_score: float | None) -> None:
+    """The stepped per-epoch metrics: ``train_loss``, and ``early_stop_score`` (sklearn's
+    score on its early-stopping hold-out) with early stopping."""
     run.log_metric(TRAIN_LOSS, loss, step=epoch)
-    if val_score is not None:
-        run.log_metric(VAL_SCORE, val_score, step=epoch)
+    if early_stop_score is not None:
+        run.log_metric(EARLY_STOP_SCORE, early_stop_score, step=epoch)
 
 
 def log_validation(run: Run, accuracies: list[float]) -> None:

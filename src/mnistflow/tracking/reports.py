@@ -15,7 +15,7 @@ from mnistflow.config import Params
 from mnistflow.modeling import metrics as m
 from mnistflow.reporting import figures, report
 from mnistflow.tracking import links, record
-from mnistflow.tracking.record import ELAPSED, VAL_SCORE
+from mnistflow.tracking.record import EARLY_STOP_SCORE, ELAPSED
 from mnistflow.tracking.runs import Run, flatten, mlflow_run
 from mnistflow.tracking.store import redact
 from mnistflow.util.fileio import write_text
@@ -47,7 +47,9 @@ def time_figure(run: Run, folder: Path) -> str | None:
     if not elapsed or m.HEADLINE not in metrics:
         return None
     by_step = sorted((e.step, e.value) for e in elapsed)
-    scores = sorted((s.step, s.value) for s in client.get_metric_history(run.run_id, VAL_SCORE))
+    scores = sorted(
+        (s.step, s.value) for s in client.get_metric_history(run.run_id, EARLY_STOP_SCORE)
+    )
     figures.accuracy_vs_time(
         [t for _, t in by_step],
         [v for _, v in scores] or None,
