@@ -108,7 +108,7 @@ bench-team-load: setup services ## team server under 4/16/64 concurrent writers,
 bench-queue: setup ## queue throughput: 4 experiments on -j 2 against -j 1
 	$(BIN)/python benchmarks/queue_throughput.py
 
-bench-tune: setup ## tuning: trials/hour on 1 and 2 workers (full data), overhead per trial, TPE vs grid
+bench-tune: setup ## tuning: trials/hour on 1 and 2 workers (full data), overhead per trial, TPE vs random (3 seeds)
 	$(BIN)/python benchmarks/tune.py
 
 best: setup ## run the best configuration (presets/best.yaml) as DVC experiment `best`

@@ -1,5 +1,5 @@
 """Tuning benchmark (`make bench-tune`): in-process trials on 1 and 2 workers, and TPE
-against a grid.
+against random search.
 
 On real MNIST (the first --train training images, the first --test test images, written as a
 dataset of their own into a throw-away copy of this working tree; by default all of them,
@@ -15,10 +15,12 @@ dataset of their own into a throw-away copy of this working tree; by default all
    minus the bare fit of the same params in this process (encode unless the worker had that
    encoding cached, fit, score the validation rows: the same library calls, without Optuna
    and MLflow; measured later, so on a busy machine the load differs between the two).
-3. Search quality, in-process (the same validation split and code as a trial): best
-   validation accuracy of --budget TPE trials over the shipped tune.space against --budget
-   points of the README's grid (train.alpha x train.hidden_layer_sizes (100,50,25)/(256,128),
-   the alpha axis refined to budget/2 log-spaced values over tune.space's alpha range).
+3. Search quality, in-process (the same validation split and code as a trial, no pruning):
+   the shipped samplers (``tuning.storage.sampler``: TPE and random) over the shipped
+   tune.space, --seeds (default :data:`SEEDS`), --budget trials each. Per sampler and seed the best
+   validation accuracy, the trial that first reached it and the best so far after
+   :data:`CHECKPOINTS` trials; per sampler the mean, range and standard deviation of the best.
+   A configuration proposed again is fitted once (:func:`run_search`).
 
 Usage: python benchmarks/tune.py [--mirror DIR] [--train N] [--test N] [--epochs N] ...
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -36,7 +39,7 @@ from pathlib import Path
 
 from mnistflow.config import Params, load_params, tune_space, validate
 from mnistflow.data.idx import encode_idx, gunzip, parse_idx
-from mnistflow.tuning import objective, space
+from mnistflow.tuning import objective, space, storage
 from mnistflow.util.git import git
 from mnistflow.util.workspace import copy_working_tree
 from pipeline import REPO, bench_env, measure  # benchmarks/pipeline.py
@@ -122,7 +125,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="train.max_iter")
     parser.add_argument("--trials-1", type=int, default=4, help="trials of the 1-worker study")
     parser.add_argument("--trials-2", type=int, default=8, help="trials of the 2-worker study")
-    parser.add_argument("--budget", type=int, default=20, help="TPE trials = grid points")
+    parser.add_argument("--budget", type=int, default=20, help="trials per sampler and seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="part 3")
     parser.add_argument("--search-only", action="store_true", help="part 3 only")
     parser.add_argument("--workers-only", action="store_true", help="parts 1 and 2 only")
     args = parser.parse_args()
@@ -216,37 +220,92 @@ def worker_parts(ws: Path, env: dict, mnistflow: str, params: Params, args) -> N
             f"| {value:.4f} | {acc:.4f} |")  # fmt: skip
 
 
+SAMPLERS = ("tpe", "random")
+SEEDS = (0, 1, 2)
+CHECKPOINTS = (5, 10, 20)  # best-so-far after this many trials (those within --budget)
+
+
+def run_search(
+    params: Params,
+    splits: objective.EncodedSplits,
+    kind: str,
+    seed: int,
+    budget: int,
+    scores: dict[str, float],
+) -> list[float]:
+    """Validation accuracy of each of ``budget`` trials, in order, that the shipped sampler
+    ``kind`` (``storage.sampler``, seeded with ``seed``) proposes over tune.space.
+
+    A configuration already in ``scores`` (by its overrides) is not fitted again: the fit is
+    deterministic, and TPE's first trials are the random sampler's draws for the same seed
+    (Optuna's ``n_startup_trials``), so both samplers start with the same configurations."""
+    import optuna
+
+    dims = tune_space(params.raw)
+    cfg = params.tune.model_copy(update={"sampler": kind})
+    study = optuna.create_study(direction="maximize", sampler=storage.sampler(cfg, seed))
+    values = []
+    for _ in range(budget):
+        trial = study.ask()
+        over = space.suggest(trial, dims)
+        key = json.dumps(over, sort_keys=True)
+        if key not in scores:
+            scores[key] = bare_fit(params, over, splits)[1]
+        values.append(scores[key])
+        study.tell(trial, values[-1])
+    return values
+
+
+def best_so_far(values: list[float]) -> list[float]:
+    """The running maximum of ``values``."""
+    return [max(values[: i + 1]) for i in range(len(values))]
+
+
 def search(params: Params, ws: Path, args: argparse.Namespace) -> None:
-    """Part 3: TPE against the README's grid, same budget, in-process."""
+    """Part 3: TPE against random search, --budget trials per sampler and seed, in-process."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    dims = tune_space(params.raw)
     splits = fresh_splits(params, ws)
-    alpha = params.raw["tune"]["space"]["train.alpha"]
-    alphas = np.geomspace(alpha["low"], alpha["high"], args.budget // 2)
-    grid = [
-        {"train.alpha": float(a), "train.hidden_layer_sizes": layers}
-        for a in alphas
-        for layers in ([100, 50, 25], [256, 128])
-    ]
-    start = time.perf_counter()
-    grid_scores = [bare_fit(params, g, splits)[1] for g in grid]
-    grid_s = time.perf_counter() - start
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
-    start = time.perf_counter()
-    for _ in range(args.budget):
-        trial = study.ask()
-        over = space.suggest(trial, dims)
-        study.tell(trial, bare_fit(params, over, splits)[1])
-    tpe_s = time.perf_counter() - start
-    best_grid = int(np.argmax(grid_scores))
-    out(f"\n## Search, {args.budget} configurations each (in-process fits, same split)\n")
-    out("| search | best val_accuracy | best params | fits s |")
-    out("|---|---|---|---|")
-    out(f"| grid (README axes) | {grid_scores[best_grid]:.4f} | {grid[best_grid]} | {grid_s:.0f} |")
-    out(f"| TPE (tune.space, seed 0) | {study.best_value:.4f} | "
-          f"{space.overrides(dims, study.best_params)} | {tpe_s:.0f} |")  # fmt: skip
+    runs: dict[str, dict[int, list[float]]] = {kind: {} for kind in SAMPLERS}
+    scores: dict[str, float] = {}  # overrides -> val_accuracy, each configuration fitted once
+    for seed in args.seeds:
+        for kind in SAMPLERS:
+            start = time.perf_counter()
+            runs[kind][seed] = run_search(params, splits, kind, seed, args.budget, scores)
+            took = time.perf_counter() - start
+            out(f"{kind} seed {seed}: {took:.0f} s, {len(scores)} configurations fitted so far, "
+                f"load average {os.getloadavg()[0]:.2f}, val_accuracy per trial "
+                + " ".join(f"{v:.4f}" for v in runs[kind][seed]))  # fmt: skip
+    out(
+        f"\n## Search: TPE against random, {args.budget} trials per sampler and seed "
+        f"(in-process fits, {args.epochs} epochs, {args.validation} held-out rows, tune.space)\n"
+    )
+    search_tables(runs)
+
+
+def search_tables(runs: dict[str, dict[int, list[float]]]) -> None:
+    """The tables of part 3 from each sampler's validation accuracies per seed, in trial order
+    (the per-seed lines of a run hold them too, lossless: accuracies on 10,000 rows)."""
+    budget = len(next(iter(next(iter(runs.values())).values())))
+    checkpoints = [c for c in CHECKPOINTS if c < budget]  # the best column is at the budget
+    out("| sampler | seed | best val_accuracy | first reached at trial (1-based) | "
+        + " | ".join(f"best after {c}" for c in checkpoints) + " |")  # fmt: skip
+    out("|---|---|---|---|" + "---|" * len(checkpoints))
+    for kind, per_seed in runs.items():
+        for seed, values in per_seed.items():
+            running = best_so_far(values)
+            out(f"| {kind} | {seed} | {running[-1]:.4f} | {values.index(running[-1]) + 1} | "
+                + " | ".join(f"{running[c - 1]:.4f}" for c in checkpoints) + " |")  # fmt: skip
+    out("\n| sampler | mean best | min-max best | std best | "
+        + " | ".join(f"mean best after {c}" for c in checkpoints) + " |")  # fmt: skip
+    out("|---|---|---|---|" + "---|" * len(checkpoints))
+    for kind, per_seed in runs.items():
+        best = np.array([max(values) for values in per_seed.values()])
+        after = [np.mean([best_so_far(v)[c - 1] for v in per_seed.values()]) for c in checkpoints]
+        std = f"{best.std(ddof=1):.4f}" if len(best) > 1 else "-"
+        out(f"| {kind} | {best.mean():.4f} | {best.min():.4f}-{best.max():.4f} | {std} | "
+            + " | ".join(f"{a:.4f}" for a in after) + " |")  # fmt: skip
 
 
 if __name__ == "__main__":

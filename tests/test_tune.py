@@ -2,7 +2,8 @@
 trial in-process (the training rows only, encodings cached, validation scores, pruning), and
 real studies: two worker processes of one command running trials at the same moment (then
 ``--promote`` and ``--best`` as real DVC experiments), two clones against PostgreSQL with a
-worker SIGKILLed mid-trial, and bad params refused before any work."""
+worker SIGKILLed mid-trial, one BLAS thread per worker without the numerics pin, and bad
+params refused before any work."""
 
 from __future__ import annotations
 
@@ -509,6 +510,29 @@ def test_two_workers_run_trials_at_once_then_promote_and_best(tmp_path: Path) ->
         metrics["test_accuracy"], abs=1e-6
     )
     assert parent.data.metrics["best_val_accuracy"] == best_trial.value
+
+
+@pytest.mark.e2e
+def test_a_worker_runs_one_blas_thread_without_the_numerics_pin(tmp_path: Path) -> None:
+    """Under MNISTFLOW_NUMERICS=native the pin sets no thread count, and OpenBLAS would start
+    one thread per core (the control); a worker still records one BLAS thread on its trial."""
+    repo, env = tiny_tune_repo(tmp_path, "repo", max_iter=2, n_trials=1)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(var, None)
+    env.update({"MNISTFLOW_NUMERICS": "native", "MNISTFLOW_NUMERICS_PRESET": "{}"})
+    probe = (
+        "import mnistflow, numpy, threadpoolctl; print(max(lib['num_threads'] for lib in "
+        "threadpoolctl.threadpool_info() if lib['user_api'] == 'blas'))"
+    )
+    if int(run([sys.executable, "-c", probe], repo, env).stdout) == 1:
+        pytest.skip("OpenBLAS starts one thread here anyway (one core)")
+    run([MNISTFLOW, "tune", "--workers", "1"], repo, env)
+    (trial,) = [
+        r for r in trial_runs(f"sqlite:///{repo}/mlflow.db", "mnist-mlp-tune")
+        if worker.TAG_TRIAL in r.data.tags
+    ]  # fmt: skip
+    assert trial.data.tags["numerics.mode"] == "native"
+    assert trial.data.tags["numerics.blas_threads"] == "1"
 
 
 @pytest.mark.e2e

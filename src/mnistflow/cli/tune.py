@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 REPORTS_DIR = Path("reports/tune")
 WORKERS_ENV = "MNISTFLOW_TUNE_WORKERS"
 # One BLAS thread per worker process (the workers share the cores); train.threads still sets
-# the threads of each fit.
+# the threads of each fit. Not left to numerics.PINNED: it sets OPENBLAS_NUM_THREADS only under
+# the pin, not under MNISTFLOW_NUMERICS=native or on a CPU below x86-64-v3 (tested).
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
