@@ -3,7 +3,7 @@ own code (:func:`mnistflow.modeling.training.fit` with ``train.online_augment``)
 
 The last 10,000 training images are the validation set (deskewed when the trial deskews,
 never distorted); every epoch trains on fresh distortions of the first 50,000, prepared on a
-second process. Validation accuracy is recorded after every epoch, so one trial of E epochs
+second process. Hold-out accuracy is recorded after every epoch, so one trial of E epochs
 also shows what fewer epochs reached (with the same learning-rate schedule). A trial is a
 preset (``presets/<name>.yaml``) plus ``--set key=value`` overrides; nothing reads the test set.
 
@@ -33,7 +33,7 @@ from mnistflow.data import augment as aug
 from mnistflow.data.encode import Encoding, encode_labels, flatten
 from mnistflow.data.online import OnlineData
 from mnistflow.experiments.presets import apply_preset, load_preset
-from mnistflow.modeling.training import Validation, fit
+from mnistflow.modeling.training import Holdout, fit
 from mnistflow.util.logs import configure
 
 import numpy as np
@@ -84,11 +84,11 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
     X, X_val = encoding.scale(flatten(x_fit)), encoding.scale(flatten(x_val))
     target = encode_labels(y_fit, cfg.encode.labels, N_CLASSES)
     online = OnlineData(encoding, x.shape[1:], cfg.encode.augment)
-    validation = Validation(X_val, y_val.astype(np.int64), N_CLASSES)
-    result = fit(train, X, target, online=online, validation=validation)
-    assert result.val_accuracy is not None
+    holdout = Holdout(X_val, y_val.astype(np.int64), N_CLASSES)
+    result = fit(train, X, target, online=online, holdout=holdout)
+    assert result.holdout_accuracy is not None
     return {
-        "val_accuracy": result.val_accuracy,
+        "holdout_accuracy": result.holdout_accuracy,
         "epoch_times": result.epoch_times,
         "deskew_s": deskew_s,
         "fit_s": result.fit_time_s,
@@ -118,7 +118,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        acc = r["val_accuracy"]
+        acc = r["holdout_accuracy"]
         best = int(np.argmax(acc))
         at20 = f"{100 * acc[19]:.2f}%" if len(acc) >= 20 else ""
         lines.append(
@@ -149,7 +149,7 @@ def main() -> None:
             "load1": os.getloadavg()[0],
             "when": time.strftime("%Y-%m-%d %H:%M"),
         }
-        acc = row["val_accuracy"]
+        acc = row["holdout_accuracy"]
         log.info(
             "%s: best val %.4f at epoch %d, last %.4f, fit %.0f s, maxrss %.0f MB",
             row["name"],

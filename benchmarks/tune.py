@@ -80,7 +80,7 @@ def workspace(base: Path, files: dict, args: argparse.Namespace) -> Path:
     params["evaluate"]["baseline_accuracy"]["mnist-small"] = 0.97  # every dataset has one
     params["unpack"]["write_png"] = False
     params["train"]["max_iter"] = args.epochs
-    params["tune"].update({"validation_size": args.validation, "pruner": "none"})
+    params["tune"].update({"holdout_size": args.validation, "pruner": "none"})
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(["commit", "-q", "-am", "bench params"], ws)
     return ws
@@ -100,13 +100,13 @@ def bare_fit(
     ``splits`` has it cached), fit, score: a trial's computation without Optuna or MLflow."""
     start = time.perf_counter()
     result = objective.fit_trial(objective.trial_params(params, overrides), splits)
-    return time.perf_counter() - start, result.val_accuracy[-1]
+    return time.perf_counter() - start, result.holdout_accuracy[-1]
 
 
 def fresh_splits(params: Params, ws: Path) -> objective.EncodedSplits:
     """A worker's view of the data: the training rows, nothing encoded yet."""
     rows = objective.load_training_rows(ws / params.paths.arrays)
-    return objective.EncodedSplits(rows, params.tune.validation_size, len(params.dataset.classes))
+    return objective.EncodedSplits(rows, params.tune.holdout_size, len(params.dataset.classes))
 
 
 def out(line: str = "") -> None:
@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--mirror", default=str(REPO.parent / "shared/mnist"))
     parser.add_argument("--train", type=int, default=60000, help="training images used")
     parser.add_argument("--test", type=int, default=10000, help="test images used")
-    parser.add_argument("--validation", type=int, default=10000, help="tune.validation_size")
+    parser.add_argument("--validation", type=int, default=10000, help="tune.holdout_size")
     parser.add_argument("--epochs", type=int, default=10, help="train.max_iter")
     parser.add_argument("--trials-1", type=int, default=4, help="trials of the 1-worker study")
     parser.add_argument("--trials-2", type=int, default=8, help="trials of the 2-worker study")
@@ -233,7 +233,7 @@ def run_search(
     budget: int,
     scores: dict[str, float],
 ) -> list[float]:
-    """Validation accuracy of each of ``budget`` trials, in order, that the shipped sampler
+    """Hold-out accuracy of each of ``budget`` trials, in order, that the shipped sampler
     ``kind`` (``storage.sampler``, seeded with ``seed``) proposes over tune.space.
 
     A configuration already in ``scores`` (by its overrides) is not fitted again: the fit is
@@ -268,14 +268,14 @@ def search(params: Params, ws: Path, args: argparse.Namespace) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     splits = fresh_splits(params, ws)
     runs: dict[str, dict[int, list[float]]] = {kind: {} for kind in SAMPLERS}
-    scores: dict[str, float] = {}  # overrides -> val_accuracy, each configuration fitted once
+    scores: dict[str, float] = {}  # overrides -> holdout_accuracy, each configuration fitted once
     for seed in args.seeds:
         for kind in SAMPLERS:
             start = time.perf_counter()
             runs[kind][seed] = run_search(params, splits, kind, seed, args.budget, scores)
             took = time.perf_counter() - start
             out(f"{kind} seed {seed}: {took:.0f} s, {len(scores)} configurations fitted so far, "
-                f"load average {os.getloadavg()[0]:.2f}, val_accuracy per trial "
+                f"load average {os.getloadavg()[0]:.2f}, holdout_accuracy per trial "
                 + " ".join(f"{v:.4f}" for v in runs[kind][seed]))  # fmt: skip
     out(
         f"\n## Search: TPE against random, {args.budget} trials per sampler and seed "
@@ -289,7 +289,7 @@ def search_tables(runs: dict[str, dict[int, list[float]]]) -> None:
     (the per-seed lines of a run hold them too, lossless: accuracies on 10,000 rows)."""
     budget = len(next(iter(next(iter(runs.values())).values())))
     checkpoints = [c for c in CHECKPOINTS if c < budget]  # the best column is at the budget
-    out("| sampler | seed | best val_accuracy | first reached at trial (1-based) | "
+    out("| sampler | seed | best holdout_accuracy | first reached at trial (1-based) | "
         + " | ".join(f"best after {c}" for c in checkpoints) + " |")  # fmt: skip
     out("|---|---|---|---|" + "---|" * len(checkpoints))
     for kind, per_seed in runs.items():

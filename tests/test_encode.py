@@ -22,7 +22,7 @@ from mnistflow.data.encode import (
     onehot,
     pixel_stats,
     scale,
-    split_validation,
+    split_holdout,
 )
 from tests.helpers import synthetic_digits
 
@@ -248,9 +248,9 @@ def test_split_validation_holds_out_the_last_training_rows_and_drops_the_test_se
     x = np.arange(20 * 28 * 28, dtype=np.uint8).reshape(20, 28, 28)
     y = (np.arange(20) % 10).astype(np.uint8)
     arrays = {"x_train": x, "y_train": y, "x_test": x[:3] * 0, "y_test": y[:3]}
-    split = split_validation(arrays, 5)
+    split = split_holdout(arrays, 5)
     assert split["x_train"].shape == (15, 28, 28)
     assert list(split["y_test"]) == list(y[15:])  # encode_splits' held-out side: validation
     assert (split["x_test"] == x[15:]).all()  # not the real test images
-    with pytest.raises(ParamsError, match=r"tune\.validation_size"):
-        split_validation(arrays, 11)
+    with pytest.raises(ParamsError, match=r"tune\.holdout_size"):
+        split_holdout(arrays, 11)

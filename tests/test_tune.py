@@ -205,7 +205,7 @@ def test_a_worker_reads_only_the_training_rows_and_encodes_once_per_setting(
     assert splits.get(again.encode) is first  # another train value: the same encoded arrays
     other = objective.trial_params(validate(_small(params)), {"encode.scaling": "standardize"})
     assert splits.get(other.encode) is not first
-    with pytest.raises(ParamsError, match=r"tune\.validation_size"):
+    with pytest.raises(ParamsError, match=r"tune\.holdout_size"):
         objective.EncodedSplits(rows, 31, 10)
     with pytest.raises(objective.TuneDataError, match="dvc repro unpack"):
         objective.load_training_rows(tmp_path / "missing.npz")
@@ -228,10 +228,10 @@ def test_an_in_process_trial_scores_every_epoch_and_stops_when_pruned(
     )
     full = objective.fit_trial(chosen, splits)
     assert full.n_iter == 6
-    assert len(full.val_accuracy) == 6
+    assert len(full.holdout_accuracy) == 6
     encoded = splits.get(chosen.encode)
     expected = np.mean(full.model.predict_proba(encoded.X_test).argmax(axis=1) == rows.y[40:])
-    assert full.val_accuracy[-1] == pytest.approx(expected)
+    assert full.holdout_accuracy[-1] == pytest.approx(expected)
 
     study = optuna.create_study(direction="maximize", pruner=_PruneAtEpoch2())
     trial = study.ask()
@@ -243,7 +243,7 @@ def test_an_in_process_trial_scores_every_epoch_and_stops_when_pruned(
     pruned = objective.fit_trial(chosen, splits, on_score=on_score)
     assert pruned.n_iter == 2  # of 6
     assert sorted(study.trials[0].intermediate_values) == [1, 2]
-    assert pruned.val_accuracy == full.val_accuracy[:2]  # the same fit, stopped early
+    assert pruned.holdout_accuracy == full.holdout_accuracy[:2]  # the same fit, stopped early
 
 
 @pytest.mark.unit
@@ -325,7 +325,7 @@ def tiny_tune_repo(
             "train.hidden_layer_sizes": {"type": "categorical", "choices": [[16], [32, 16]]},
         }
         p["tune"].update(
-            {"validation_size": 200, "n_trials": 6, "pruner_warmup_epochs": 5, "space": space}
+            {"holdout_size": 200, "n_trials": 6, "pruner_warmup_epochs": 5, "space": space}
         )
         p["tune"].update(tune)
 
@@ -351,7 +351,7 @@ def dvc_experiments(repo: Path, env: dict[str, str]) -> list[str]:
 def check_study(study, runs: list, n_trials: int, uri: str) -> None:
     """Unique trial numbers, enough finished trials; each finished trial has exactly one
     FINISHED run, nested under the study's parent, whose params are the trial's values,
-    whose overrides reproduce them, with the dataset digest and one ``val_accuracy`` per
+    whose overrides reproduce them, with the dataset digest and one ``holdout_accuracy`` per
     epoch the trial reported to Optuna; no test metric in any trial run; no run RUNNING."""
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
@@ -375,12 +375,12 @@ def check_study(study, runs: list, n_trials: int, uri: str) -> None:
             assert r.data.params[key] == str(value)
             assert f"-S {key}=" in r.data.tags[worker.TAG_FLAGS]
         assert r.data.params[worker.PARAM_OVERRIDES] == r.data.tags[worker.TAG_FLAGS]
-        assert r.data.params["tune.validation_size"] == "200"
+        assert r.data.params["tune.holdout_size"] == "200"
         assert "encode.scaling" in r.data.params
         assert "data.dataset" in r.data.params
         (dataset,) = r.inputs.dataset_inputs
         assert dataset.dataset.digest == r.data.tags["dataset_sha256"][:36]
-        history = client.get_metric_history(r.info.run_id, "val_accuracy")
+        history = client.get_metric_history(r.info.run_id, "holdout_accuracy")
         assert {m.step: m.value for m in history} == t.intermediate_values
         assert not [k for k in r.data.metrics if "test" in k], r.data.metrics
     assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
@@ -455,15 +455,15 @@ def test_two_workers_run_trials_at_once_then_promote_and_best(tmp_path: Path) ->
     for t in [best_trial, *pruned[:1]]:
         again = run([MNISTFLOW, "reproduce", t.user_attrs[worker.ATTR_RUN]], repo, env)
         assert "result: identical" in again.stdout, again.stdout + again.stderr[-3000:]
-        assert f"val_accuracy of each of {len(t.intermediate_values)} epochs" in again.stdout
+        assert f"holdout_accuracy of each of {len(t.intermediate_values)} epochs" in again.stdout
     print(f"pruned trials: {len(pruned)}")
     tampered = best_trial.user_attrs[worker.ATTR_RUN]
     client = MlflowClient(uri)
-    client.log_metric(tampered, "val_accuracy", 0.123, step=len(best_trial.intermediate_values))
+    client.log_metric(tampered, "holdout_accuracy", 0.123, step=len(best_trial.intermediate_values))
     differ = run([MNISTFLOW, "reproduce", tampered], repo, env, check=False)
     assert differ.returncode == 1, differ.stdout + differ.stderr[-3000:]
     assert "result: NOT identical" in differ.stdout
-    assert "val_accuracy" in differ.stdout.split("result:")[1]
+    assert "holdout_accuracy" in differ.stdout.split("result:")[1]
 
     # --promote: any trial (here not the best) as a real experiment with its params
     other = next(t for t in study.trials if t.number != best_trial.number and t.params)

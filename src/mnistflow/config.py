@@ -412,15 +412,15 @@ DIMENSIONS: dict[str, type[Config]] = {
 }
 # The sections a search space (and a preset) may vary; the rest describe the data and the run.
 TUNABLE_SECTIONS = ("encode", "train")
-# What the tuning objective may be: scores on the validation split held out of the training
+# What the tuning objective may be: scores on the hold-out split of the training
 # set. A test-set metric is refused by name (the test set is for the chosen configuration only).
-OBJECTIVES = ("val_accuracy",)
+OBJECTIVES = ("holdout_accuracy",)
 
 
 def _objective(value: str) -> str:
     if "test" in value.lower():
         raise ValueError(
-            f"names a test-set metric ({value!r}): tuning may only use the validation split "
+            f"names a test-set metric ({value!r}): tuning may only use the rows "
             f"held out of the training set; use one of {', '.join(OBJECTIVES)}"
         )
     if value not in OBJECTIVES:
@@ -435,7 +435,7 @@ class TuneConfig(Config):
     storage: str  # "" = sqlite:///<root>/optuna.db; env MNISTFLOW_OPTUNA_STORAGE wins
     mlflow_experiment: NonBlank
     objective: Annotated[str, AfterValidator(_objective)]
-    validation_size: int = Field(ge=1)
+    holdout_size: int = Field(ge=1)
     n_trials: int = Field(ge=1)
     sampler: Literal["tpe", "random"]
     seed: int = Field(ge=0)

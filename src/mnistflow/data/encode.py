@@ -232,7 +232,7 @@ def encode_splits(arrays: Mapping[str, np.ndarray], cfg: EncodeConfig, n_classes
     )
 
 
-def split_validation(arrays: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+def split_holdout(arrays: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
     """A tuning trial's arrays for :func:`encode_splits`: the training rows but the last
     ``rows`` to fit, and those last rows as the held-out side (``x_test``/``y_test`` there).
 
@@ -244,7 +244,7 @@ def split_validation(arrays: Mapping[str, np.ndarray], rows: int) -> dict[str, n
     n = len(arrays["y_train"])
     if not 0 < rows <= n // 2:
         raise ParamsError(
-            f"params.yaml: 'tune.validation_size' is {rows} but the training set has {n} "
+            f"params.yaml: 'tune.holdout_size' is {rows} but the training set has {n} "
             "rows; hold out at most half of them"
         )
     cut = n - rows

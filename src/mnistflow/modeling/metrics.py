@@ -13,7 +13,7 @@ import numpy as np
 # The headline metric's one name, in MLflow, the DVC metrics file, reports and leaderboards.
 HEADLINE = "test_accuracy"
 # A tuning trial's objective: argmax accuracy on held-out *training* rows (never the test set)
-VAL_ACCURACY = "val_accuracy"
+HOLDOUT_ACCURACY = "holdout_accuracy"
 
 
 def true_classes(y: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from mnistflow.internals import (
     set_step_size,
     stalled_epochs,
 )
-from mnistflow.modeling.metrics import VAL_ACCURACY
+from mnistflow.modeling.metrics import HOLDOUT_ACCURACY
 from mnistflow.modeling.model import (
     EpochCallback,
     build_classifier,
@@ -38,7 +38,7 @@ PICKLE_PROTOCOL = 5  # fixed, so the model's bytes do not depend on the Python d
 
 
 @dataclass(frozen=True)
-class Validation:
+class Holdout:
     """Held-out training rows scored after every epoch (a tuning trial's objective).
 
     ``on_score(epoch, accuracy)`` returning True stops the fit after that epoch (pruning).
@@ -50,10 +50,10 @@ class Validation:
     on_score: Callable[[int, float], bool] | None = None
 
 
-def validation_accuracy(model: MLPClassifier, validation: Validation) -> float:
-    """Argmax accuracy (the pipeline's headline decoding) on the validation rows."""
-    predicted = decode_argmax(predict_scores(model, validation.X, validation.n_classes))
-    return float(np.mean(predicted == validation.labels))
+def score_holdout(model: MLPClassifier, holdout: Holdout) -> float:
+    """Argmax accuracy (the pipeline's headline decoding) on the hold-out rows."""
+    predicted = decode_argmax(predict_scores(model, holdout.X, holdout.n_classes))
+    return float(np.mean(predicted == holdout.labels))
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class FitResult:
     early_stop_scores: list[float] | None
     # seconds from the start of the fit to the end of each epoch (online mode; per run)
     epoch_times: list[float] = field(default_factory=list)
-    val_accuracy: list[float] | None = None  # per epoch, with a Validation only
+    holdout_accuracy: list[float] | None = None  # per epoch, with a Holdout only
 
     @property
     def n_iter(self) -> int:
@@ -87,10 +87,10 @@ class FitResult:
 
     def summary(self) -> dict[str, Any]:
         """The DVC metrics of the fit: deterministic numbers only (no timing); with
-        validation rows also the last epoch's ``val_accuracy``."""
+        hold-out rows also the last epoch's ``holdout_accuracy``."""
         out: dict[str, Any] = {"n_iter": self.n_iter, "final_loss": round(self.final_loss, 8)}
-        if self.val_accuracy:
-            out[VAL_ACCURACY] = round(self.val_accuracy[-1], 8)
+        if self.holdout_accuracy:
+            out[HOLDOUT_ACCURACY] = round(self.holdout_accuracy[-1], 8)
         return out
 
 
@@ -113,7 +113,7 @@ def fit(
     on_epoch: EpochCallback | None = None,
     file: IO[str] | None = None,
     online: OnlineData | None = None,
-    validation: Validation | None = None,
+    holdout: Holdout | None = None,
 ) -> FitResult:
     """Build and fit a classifier from ``cfg`` with ``cfg.threads`` BLAS threads.
 
@@ -121,12 +121,12 @@ def fit(
         cfg: the ``train:`` section.
         X: features (n, d).
         y: targets, one-hot (n, k) or class indices (n,).
-        on_epoch: called with the 1-based epoch, the training loss and the validation score
+        on_epoch: called with the 1-based epoch, the training loss and the early-stopping score
             (None unless early stopping), e.g. to log them.
         file: where the progress bar goes (stderr by default; silent unless a terminal).
         online: what ``cfg.online_augment`` needs (encoding, image shape, distortions);
             required then, unused otherwise.
-        validation: rows to score after every epoch; its ``on_score`` sees each epoch's
+        holdout: rows to score after every epoch; its ``on_score`` sees each epoch's
             accuracy and may stop the fit.
 
     Returns:
@@ -135,17 +135,17 @@ def fit(
     if cfg.online_augment and online is None:
         raise ValueError("train.online_augment needs the encoding and encode.augment (online)")
     model = build_classifier(cfg)
-    val_accuracy: list[float] = []
+    holdout_accuracy: list[float] = []
     epoch_times: list[float] = []
     with threadpool_limits(limits=cfg.threads), progress_bar(cfg.max_iter, "train", file) as bar:
 
         def each_epoch(epoch: int, loss: float, early_stop_score: float | None) -> bool:
             stop = False
             postfix = {"loss": f"{loss:.4f}"}
-            if validation is not None:
-                val_accuracy.append(validation_accuracy(model, validation))
-                postfix["val_accuracy"] = f"{val_accuracy[-1]:.4f}"
-                stop = bool(validation.on_score and validation.on_score(epoch, val_accuracy[-1]))
+            if holdout is not None:
+                holdout_accuracy.append(score_holdout(model, holdout))
+                postfix["holdout_accuracy"] = f"{holdout_accuracy[-1]:.4f}"
+                stop = bool(holdout.on_score and holdout.on_score(epoch, holdout_accuracy[-1]))
             if on_epoch is not None:
                 on_epoch(epoch, loss, early_stop_score)
             if early_stop_score is not None:
@@ -164,7 +164,9 @@ def fit(
             fit_with_progress(model, X, y, each_epoch)
         fit_time = time.perf_counter() - start
     losses, early_stop_scores = loss_history(model)
-    return FitResult(model, fit_time, losses, early_stop_scores, epoch_times, val_accuracy or None)
+    return FitResult(
+        model, fit_time, losses, early_stop_scores, epoch_times, holdout_accuracy or None
+    )
 
 
 def early_stop_rows(n: int, cfg: TrainConfig) -> int:
@@ -269,7 +271,7 @@ def train_epochs(
             if epoch > 1 and cfg.lr_decay != 1.0:
                 set_step_size(model, cfg.learning_rate_init * cfg.lr_decay ** (epoch - 1))
             if early and epoch > 1:
-                # the validation score, not partial_fit's training loss, drives the optimizer
+                # the early-stopping score, not partial_fit's training loss, drives the optimizer
                 reset_stalled_epochs(model)
             model.partial_fit(rows, y, classes=classes)
             model.n_iter_ = epoch  # partial_fit counts its one epoch only
@@ -291,8 +293,8 @@ def train_epochs(
             # optimizer stops (sgd 'adaptive' divides its rate by 5 instead, until < 1e-6).
             # Without early stopping partial_fit has already asked it and kept the count.
             if early and no_improvement > cfg.n_iter_no_change:
-                if optimizer_gives_up(model, "validation score stalled"):
-                    log.info("validation score stalled: stopping after epoch %d", epoch)
+                if optimizer_gives_up(model, "early-stopping score stalled"):
+                    log.info("early-stopping score stalled: stopping after epoch %d", epoch)
                     break
                 no_improvement = 0
             if not early and stalled_epochs(model) > cfg.n_iter_no_change:

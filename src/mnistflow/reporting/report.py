@@ -178,7 +178,7 @@ def run_section(links: RunLinks, fit_time_s: float, time_figure: str | None = No
         lines += [
             "### Accuracy against training time",
             "",
-            "Validation score after each epoch (held-out training rows; sklearn's score, "
+            "Early-stopping score after each epoch (held-out training rows; sklearn's score, "
             "exact match for one-hot targets) and the test accuracy (headline), measured "
             "once at the end of the fit.",
             "",

@@ -53,9 +53,9 @@ def log_epoch(run: Run, epoch: int, loss: float, early_stop_score: float | None)
 
 
 def log_validation(run: Run, accuracies: list[float]) -> None:
-    """Validation accuracy per epoch (stepped) and the last epoch's as the run's value."""
+    """Hold-out accuracy per epoch (stepped) and the last epoch's as the run's value."""
     for epoch, value in enumerate(accuracies, start=1):
-        run.log_metric(m.VAL_ACCURACY, value, step=epoch)
+        run.log_metric(m.HOLDOUT_ACCURACY, value, step=epoch)
 
 
 def log_fit(run: Run, result: FitResult) -> None:

@@ -126,5 +126,7 @@ def run_best(
     if test_accuracy is not None:
         client.log_metric(tracking.parent_run_id, "best_test_accuracy", test_accuracy)
     client.set_tag(tracking.parent_run_id, "mnistflow.best_trial", str(best.number))
-    log.info("best trial #%d (val_accuracy %.4f); report in %s", best.number, best.value, out_dir)
+    log.info(
+        "best trial #%d (holdout_accuracy %.4f); report in %s", best.number, best.value, out_dir
+    )
     return 0

@@ -4,7 +4,7 @@ encode and train stages call (:func:`encode_splits`, :func:`training.fit`).
 
 :func:`load_training_rows` is the only way a worker gets data and it reads the training
 arrays alone: no trial can encode, fit or score the test set. The last
-``tune.validation_size`` training rows are held out (:func:`split_validation`); the encoding
+``tune.holdout_size`` training rows are held out (:func:`split_holdout`); the encoding
 (deskew, augmentation, scaling statistics) is fitted on the other rows, as the encode stage
 fits it on the whole training set, and applied to the held-out rows.
 """
@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from mnistflow.config import EncodeConfig, Params, validate, with_overrides
-from mnistflow.data.encode import Encoded, encode_splits, split_validation
+from mnistflow.data.encode import Encoded, encode_splits, split_holdout
 from mnistflow.data.online import OnlineData
 from mnistflow.modeling.metrics import true_classes
 from mnistflow.modeling.model import EpochCallback
-from mnistflow.modeling.training import FitResult, Validation, fit
+from mnistflow.modeling.training import FitResult, Holdout, fit
 from mnistflow.util.errors import UserError
 from mnistflow.util.fileio import load_npz
 
@@ -69,17 +69,17 @@ def trial_params(params: Params, overrides: Mapping[str, Any]) -> Params:
 
 
 class EncodedSplits:
-    """A worker's encoded fit/validation splits, one per distinct ``encode:`` section; the
+    """A worker's encoded fit/hold-out splits, one per distinct ``encode:`` section; the
     :data:`CACHE_SIZE` most recently used are kept."""
 
-    def __init__(self, rows: TrainingRows, validation_size: int, n_classes: int) -> None:
+    def __init__(self, rows: TrainingRows, holdout_size: int, n_classes: int) -> None:
         # checks the size before any trial (at most half of the rows)
-        self._arrays = split_validation({"x_train": rows.x, "y_train": rows.y}, validation_size)
+        self._arrays = split_holdout({"x_train": rows.x, "y_train": rows.y}, holdout_size)
         self.n_classes, self.source = n_classes, rows.source
         self._cache: OrderedDict[str, Encoded] = OrderedDict()
 
     def get(self, cfg: EncodeConfig) -> Encoded:
-        """The splits encoded with ``cfg`` (the validation rows on the ``test`` side)."""
+        """The splits encoded with ``cfg`` (the hold-out rows on the ``test`` side)."""
         key = json.dumps(cfg.as_dict(), sort_keys=True)
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -88,7 +88,7 @@ class EncodedSplits:
         self._cache[key] = encoded
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
-        log.info("encoded %d fit, %d validation rows (%s)", len(encoded.X_train),
+        log.info("encoded %d fit, %d hold-out rows (%s)", len(encoded.X_train),
                  len(encoded.X_test), encoded.encoding.describe())  # fmt: skip
         return encoded
 
@@ -106,11 +106,11 @@ def fit_trial(
     on_score: Callable[[int, float], bool] | None = None,
 ) -> FitResult:
     """Encode (cached), fit as the train stage does (``train.online_augment`` included) and
-    score the validation rows after every epoch (``result.val_accuracy``); ``on_score``
+    score the hold-out rows after every epoch (``result.holdout_accuracy``); ``on_score``
     returning True stops the fit after that epoch (pruning)."""
     encoded = splits.get(params.encode)
-    validation = Validation(encoded.X_test, true_classes(encoded.y_test), splits.n_classes,
+    holdout = Holdout(encoded.X_test, true_classes(encoded.y_test), splits.n_classes,
                             on_score)  # fmt: skip
     online = OnlineData(encoded.encoding, splits.image_shape, params.encode.augment)
     return fit(params.train, encoded.X_train, encoded.y_train, on_epoch,
-               online=online, validation=validation)  # fmt: skip
+               online=online, holdout=holdout)  # fmt: skip

@@ -28,10 +28,10 @@ def _save(fig: Figure, target: Path) -> Path:
 def history_figure(
     numbers: Sequence[int], values: Sequence[float], baseline: float, target: Path
 ) -> Path:
-    """Validation accuracy of each complete trial and the best so far, baseline marked."""
+    """Hold-out accuracy of each complete trial and the best so far, baseline marked."""
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
-    ax.scatter(numbers, values, s=14, label="trial (val_accuracy)")
+    ax.scatter(numbers, values, s=14, label="trial (holdout_accuracy)")
     best, running = [], float("-inf")
     for value in values:
         running = max(running, value)
@@ -39,7 +39,7 @@ def history_figure(
     ax.step(numbers, best, where="post", color="C1", label="best so far")
     ax.axhline(baseline, color="grey", linestyle="--", label=f"baseline {baseline:.2f} (test)")
     ax.set_xlabel("trial")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel("hold-out accuracy")
     ax.legend(loc="lower right")
     return _save(fig, target)
 
@@ -76,7 +76,7 @@ def parallel_figure(
 ) -> Path:
     """Parallel coordinates: one line per complete trial across the searched keys, each axis
     from 0 to 1 (``positions``, labelled with ``labels`` spread evenly along it), coloured by
-    the trial's validation accuracy, the best drawn last."""
+    the trial's hold-out accuracy, the best drawn last."""
     fig = Figure(figsize=(2.5 + 1.8 * len(keys), 4.5))
     ax = fig.add_subplot()
     cmap = colormaps["viridis"]
@@ -93,7 +93,7 @@ def parallel_figure(
     ax.set_xticks(range(len(keys)), keys, rotation=15, fontsize=8)
     ax.set_yticks([])
     ax.set_xlim(-0.2, len(keys) - 0.4)
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="validation accuracy")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="hold-out accuracy")
     fig.subplots_adjust(left=0.04, bottom=0.18)
     return _save(fig, target)
 
@@ -115,7 +115,7 @@ def markdown(
         "",
         "Trials: " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())),
         "",
-        f"Best trial **#{best['number']}**: validation accuracy **{best['value']:.4f}** "
+        f"Best trial **#{best['number']}**: hold-out accuracy **{best['value']:.4f}** "
         f"(held-out training rows; baseline {baseline:.2f} is a test accuracy).",
         "",
         numerics_line(fingerprints),

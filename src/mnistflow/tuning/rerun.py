@@ -5,7 +5,7 @@ today's params.yaml with the trial's overrides (the run's ``-S`` flags), which m
 param the run logged; the same code (the run's commit must be checked out); the training rows
 of ``paths.arrays``, the same held-out rows; the fit stopped after the epochs the trial ran
 (a pruned trial stops where the pruner stopped it). Compared: every logged metric (timings
-aside) and ``val_accuracy`` of every epoch. Nothing is written to MLflow or Optuna.
+aside) and ``holdout_accuracy`` of every epoch. Nothing is written to MLflow or Optuna.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mnistflow.experiments.reproduce import (
     compare_metrics,
     print_result,
 )
-from mnistflow.modeling.metrics import VAL_ACCURACY
+from mnistflow.modeling.metrics import HOLDOUT_ACCURACY
 from mnistflow.tracking.record import TRAIN_LOSS
 from mnistflow.tuning import objective, worker
 from mnistflow.util.git import git_or_none
@@ -81,22 +81,24 @@ def reproduce_trial(run: LoggedRun, root: Path, uri: str) -> int:
     from mlflow.tracking import MlflowClient
 
     chosen, flags = check_setup(run, root)
-    logged = MlflowClient(uri).get_metric_history(run.run_id, VAL_ACCURACY)
+    logged = MlflowClient(uri).get_metric_history(run.run_id, HOLDOUT_ACCURACY)
     history = [m.value for m in sorted(logged, key=lambda m: m.step)]
     rows = objective.load_training_rows(root / chosen.paths.arrays)
-    splits = objective.EncodedSplits(rows, chosen.tune.validation_size, len(chosen.dataset.classes))
+    splits = objective.EncodedSplits(rows, chosen.tune.holdout_size, len(chosen.dataset.classes))
     epochs = int(run.metrics["n_iter"])
     log.info("trial #%s: %s, %d epochs", run.tags[worker.TAG_TRIAL], flags, epochs)
     result = objective.fit_trial(chosen, splits, on_score=lambda epoch, _: epoch >= epochs)
-    assert result.val_accuracy
+    assert result.holdout_accuracy
     rerun = {
-        VAL_ACCURACY: result.val_accuracy[-1],
+        HOLDOUT_ACCURACY: result.holdout_accuracy[-1],
         TRAIN_LOSS: result.losses[-1],
         "n_iter": float(result.n_iter),
     }
     table = compare_metrics(run.metrics, rerun)
-    same = history == result.val_accuracy
-    table.append(MetricRow(f"{VAL_ACCURACY} of each of {len(history)} epochs", None, None, same))
+    same = history == result.holdout_accuracy
+    table.append(
+        MetricRow(f"{HOLDOUT_ACCURACY} of each of {len(history)} epochs", None, None, same)
+    )
     here = numerics.tags(numerics.observe())
     header = (
         f"run {run.run_id} (trial #{run.tags[worker.TAG_TRIAL]} of study "

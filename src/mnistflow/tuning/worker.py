@@ -6,7 +6,7 @@ encode with the trial's settings (cached per distinct ``encode:`` section), fit,
 held-out rows after every epoch, report each score to Optuna (which may prune the trial).
 Every trial is one MLflow run in ``tune.mlflow_experiment``, nested under the study's parent
 run, with the params the pipeline logs, the ``-S`` overrides that reproduce it, the dataset
-digest and stepped ``val_accuracy``. :func:`run_pool` starts N such processes on this machine;
+digest and stepped ``holdout_accuracy``. :func:`run_pool` starts N such processes on this machine;
 other machines join the same study through its storage URL. A worker sweeps dead runs
 (:func:`liveness.sweep`) when it starts and when it stops.
 """
@@ -29,7 +29,7 @@ from typing import Any
 
 from mnistflow import numerics
 from mnistflow.config import Dimension, Params
-from mnistflow.modeling.metrics import VAL_ACCURACY
+from mnistflow.modeling.metrics import HOLDOUT_ACCURACY
 from mnistflow.tracking import datasets, liveness, provenance, record, store
 from mnistflow.tracking.runs import mlflow_run
 from mnistflow.tuning import objective, space, storage
@@ -132,13 +132,13 @@ def trial_run_params(chosen: Params, experiment: str, flags: str, study: str) ->
         "mlflow.experiment_name": experiment,
         PARAM_OVERRIDES: flags,
         "tune.study": study,
-        "tune.validation_size": chosen.tune.validation_size,
+        "tune.holdout_size": chosen.tune.holdout_size,
     }
 
 
 class Objective:
     """The Optuna objective of one worker: a trial's values -> in-process fit -> the last
-    epoch's validation accuracy, recorded as one MLflow run nested under the study's."""
+    epoch's hold-out accuracy, recorded as one MLflow run nested under the study's."""
 
     def __init__(
         self,
@@ -180,7 +180,7 @@ class Objective:
                     raise storage.StorageLostError("the trial's heartbeat failed") from (
                         self.heartbeat_lost
                     )
-                run.log_metric(VAL_ACCURACY, accuracy, step=epoch)
+                run.log_metric(HOLDOUT_ACCURACY, accuracy, step=epoch)
                 trial.report(accuracy, epoch)
                 if trial.should_prune():
                     pruned_at.append(epoch)
@@ -191,13 +191,13 @@ class Objective:
                                          on_score)  # fmt: skip
             record.log_fit(run, result)
             run.set_tags({TAG_STATE: "PRUNED" if pruned_at else "COMPLETE"})
-        assert result.val_accuracy
-        value = result.val_accuracy[-1]
+        assert result.holdout_accuracy
+        value = result.holdout_accuracy[-1]
         if pruned_at:
-            log.info("trial %d pruned at epoch %d (val_accuracy %.4f)", trial.number,
+            log.info("trial %d pruned at epoch %d (holdout_accuracy %.4f)", trial.number,
                      pruned_at[0], value)  # fmt: skip
-            raise optuna.TrialPruned(f"epoch {pruned_at[0]}: val_accuracy {value:.4f}")
-        log.info("trial %d: val_accuracy %.4f", trial.number, value)
+            raise optuna.TrialPruned(f"epoch {pruned_at[0]}: holdout_accuracy {value:.4f}")
+        log.info("trial %d: holdout_accuracy %.4f", trial.number, value)
         return value
 
     def run_tags(self, number: int, flags: str) -> dict[str, str]:
@@ -278,8 +278,8 @@ def run_worker(
     cfg = params.tune
     dims = tune_space(params.raw)
     rows = objective.load_training_rows(params.paths.arrays)
-    # checks tune.validation_size against the rows before joining anything
-    splits = objective.EncodedSplits(rows, cfg.validation_size, len(params.dataset.classes))
+    # checks tune.holdout_size against the rows before joining anything
+    splits = objective.EncodedSplits(rows, cfg.holdout_size, len(params.dataset.classes))
     study = storage.join_study(cfg, study_name, url, worker_seed(cfg.seed))
     tracking = tracking_for(params, root, study_name)
     liveness.sweep(tracking.uri, tracking.experiment_name)
