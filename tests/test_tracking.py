@@ -425,3 +425,29 @@ def test_bad_param_fails_before_any_work(tmp_path: Path) -> None:
     assert "'train.activation'" in proc.stderr
     assert not (ws / "mlflow.db").exists()  # no store, no run
     assert not (ws / "models").exists()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("message", "race"),
+    [
+        # as MLflow's server answered two tune workers logging one new dataset (PostgreSQL)
+        (
+            "BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique "
+            'constraint "dataset_pk" DETAIL: Key (experiment_id, name, digest)=(1, tiny, 3c19) '
+            "already exists. [SQL: INSERT INTO datasets (dataset_uuid, ...",
+            True,
+        ),
+        (
+            "(sqlite3.IntegrityError) UNIQUE constraint failed: "
+            "datasets.experiment_id, datasets.name",
+            True,
+        ),
+        ('duplicate key value violates unique constraint "runs_pkey"', False),
+        ("RESOURCE_DOES_NOT_EXIST: Run 'abc' not found", False),
+    ],
+)
+def test_only_a_lost_dataset_insert_race_is_retried(message: str, race: bool) -> None:
+    from mnistflow.tracking.datasets import _lost_insert_race
+
+    assert _lost_insert_race(message) is race

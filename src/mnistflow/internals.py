@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sklearn.neural_network import MLPClassifier
+if TYPE_CHECKING:  # imported by the tracking store too: no NumPy before the numerics pin
+    from sklearn.neural_network import MLPClassifier
 
 # library -> (lowest, highest) version these uses are tested with (both inclusive)
 CHECKED = {"scikit-learn": ("1.9.1", "1.9.1"), "mlflow": ("3.17.2", "3.17.2")}

@@ -50,9 +50,27 @@ def log_dataset(
 ) -> None:
     """Log the dataset as an input of the active run (inside ``runs.mlflow_run``)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    with signals_deferred():  # as runs.Run's writes: no commit cut in half
-        mlflow.log_input(
-            meta_dataset(name, sha256, source, shape), context=context, tags={SHA_TAG: sha256}
-        )
+    dataset = meta_dataset(name, sha256, source, shape)
+    for attempt in (1, 2):
+        try:
+            with signals_deferred():  # as runs.Run's writes: no commit cut in half
+                mlflow.log_input(dataset, context=context, tags={SHA_TAG: sha256})
+            break
+        except MlflowException as exc:
+            # Two runs logging a new dataset at once (two tune workers' first trials): the
+            # store's get-or-create inserts it twice and the loser gets a unique-key error
+            # (PostgreSQL behind a server: "duplicate key ... dataset_pk"). The dataset now
+            # exists, so the second attempt links it.
+            if attempt == 2 or not _lost_insert_race(str(exc)):
+                raise
+            log.debug("dataset %s was created by another run at the same moment; linking it", name)
     log.info("logged dataset %s (digest %s) as %s input", name, dataset_digest(sha256), context)
+
+
+def _lost_insert_race(message: str) -> bool:
+    """Whether a store error is a unique-key violation on the datasets table."""
+    text = message.lower()
+    duplicate = "duplicate key" in text or "unique constraint failed" in text
+    return duplicate and "dataset" in text

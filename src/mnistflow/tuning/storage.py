@@ -3,7 +3,7 @@
 Locally an sqlite file ``<root>/optuna.db``; for a team a PostgreSQL database (``postgresql://``
 URLs get SQLAlchemy's psycopg 3 driver). Both are Optuna's RDBStorage, the storage that
 implements heartbeats: a RUNNING trial whose worker stopped beating for ``grace_period``
-seconds is failed by the next worker that starts a trial, and ``RetryFailedTrialCallback``
+seconds is failed by the next worker that starts a trial, and ``RetryHeartbeatStaleTrialCallback``
 enqueues a copy of it (system attr ``failed_trial`` = the original number). Optuna's journal
 file storage is multi-process safe too but has no heartbeat, so a killed worker's trial would
 stay RUNNING for ever.
@@ -11,9 +11,12 @@ stay RUNNING for ever.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +121,10 @@ def _first_line(exc: BaseException) -> str:
 
 def retry_callback(cfg: TuneConfig) -> Any:
     """What enqueues a copy of a failed trial (at most ``tune.max_retry`` times)."""
-    from optuna.storages import RetryFailedTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    return RetryFailedTrialCallback(max_retry=cfg.max_retry)
+    with quiet_experimental():
+        return RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry)
 
 
 def storage_url(cfg: TuneConfig, root: Path, given: str | None = None) -> str:
@@ -170,13 +174,26 @@ def open_storage(url: str, cfg: TuneConfig) -> Any:
 
 
 def _rdb(url: str, cfg: TuneConfig, rdb: Any) -> Any:
-    return rdb(
-        url,
-        engine_kwargs=_engine_kwargs(url),
-        heartbeat_interval=cfg.heartbeat_interval,
-        grace_period=cfg.grace_period,
-        failed_trial_callback=retry_callback(cfg),
-    )
+    with quiet_experimental():
+        return rdb(
+            url,
+            engine_kwargs=_engine_kwargs(url),
+            heartbeat_interval=cfg.heartbeat_interval,
+            grace_period=cfg.grace_period,
+            heartbeat_stale_trial_callback=retry_callback(cfg),
+        )
+
+
+@contextlib.contextmanager
+def quiet_experimental() -> Iterator[None]:
+    """Without Optuna's "experimental feature" notes: heartbeats and their retry callback are
+    Optuna's documented way to survive dead workers, and the note would repeat in every
+    worker's log. Deprecations still show."""
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
 
 
 def sampler(cfg: TuneConfig, worker_seed: int) -> Any:

@@ -237,6 +237,7 @@ def retry_interrupted(study: Any, cfg: Any, number: int | None, uri: str) -> Non
     (a fit that finished before the outage cut its result off leaves a FINISHED run); a trial
     the outage did not stop (COMPLETE, PRUNED) is left alone."""
     from mlflow.tracking import MlflowClient
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     if number is None:
@@ -245,7 +246,13 @@ def retry_interrupted(study: Any, cfg: Any, number: int | None, uri: str) -> Non
     if trial.user_attrs.get(ATTR_WORKER) != worker_id():
         return
     # the storage's state, not the cache's: Optuna's own tell may have got through before
-    trial = study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    try:
+        trial = study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    except UpdateFinishedTrialError:
+        # finished in the storage meanwhile: another worker failed it as stale (no heartbeat
+        # during the outage) and its retry callback enqueued the copy
+        log.info("trial %d: already ended by another worker after the outage", number)
+        return
     if trial.state == TrialState.FAIL:
         log.warning("trial %d: interrupted by the storage outage; FAIL, retried", number)
         if ATTR_RUN in trial.user_attrs:
