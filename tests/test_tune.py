@@ -780,7 +780,8 @@ def test_a_postgres_restart_mid_study_leaves_no_trial_or_run_running(
         if wait_s is None:
             assert set(retried) == failed
         for number, retry in retried.items():
-            assert retry.params == trials[number].params
+            if trials[number].params:  # cut before it drew them: nothing to repeat
+                assert retry.params == trials[number].params
         uri = f"sqlite:///{repo}/mlflow.db"
         runs = trial_runs(uri, "mnist-mlp-tune")
         check_study(study, runs, 8, uri)  # n_trials finished, each with its run; none RUNNING
