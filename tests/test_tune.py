@@ -668,6 +668,8 @@ def test_two_clones_share_a_postgres_study_and_survive_a_killed_worker(
     # the killed trial's run died with its worker: the survivor's liveness sweep ended it
     (dead,) = [r for r in runs if r.data.tags.get(worker.TAG_TRIAL) == str(killed_trial)]
     assert dead.info.status in ("FAILED", "KILLED")
+    # and says what the study says of its trial: failed as stale by the survivor
+    assert dead.data.tags[worker.TAG_STATE] == "FAIL"
 
 
 @pytest.mark.unit

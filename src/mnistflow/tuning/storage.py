@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from mnistflow.config import TuneConfig
 from mnistflow.tracking.store import env_seconds, redact
 from mnistflow.util.errors import UserError
 
+TrialCallback = Callable[[Any, Any], None]  # (study, FrozenTrial), as Optuna calls it
 log = logging.getLogger(__name__)
 
 STORAGE_ENV = "MNISTFLOW_OPTUNA_STORAGE"
@@ -119,12 +120,21 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def retry_callback(cfg: TuneConfig) -> Any:
-    """What enqueues a copy of a failed trial (at most ``tune.max_retry`` times)."""
+def retry_callback(cfg: TuneConfig, on_fail: TrialCallback | None = None) -> TrialCallback:
+    """What enqueues a copy of a failed trial (at most ``tune.max_retry`` times), after
+    ``on_fail(study, trial)`` has seen the trial FAIL."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     with quiet_experimental():
-        return RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry)
+    if on_fail is None:
+        return retry
+
+    def callback(study: Any, trial: Any) -> None:
+        on_fail(study, trial)
+        retry(study, trial)
+
+    return callback
 
 
 def storage_url(cfg: TuneConfig, root: Path, given: str | None = None) -> str:
@@ -144,8 +154,9 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True}
 
 
-def open_storage(url: str, cfg: TuneConfig) -> Any:
-    """Optuna's RDBStorage at ``url`` with heartbeats and retry of dead workers' trials.
+def open_storage(url: str, cfg: TuneConfig, on_stale: TrialCallback | None = None) -> Any:
+    """Optuna's RDBStorage at ``url`` with heartbeats and retry of dead workers' trials
+    (``on_stale(study, trial)`` is called for each such trial failed, before its retry).
 
     Raises:
         StudyError: the database cannot be reached or set up (the message hides passwords).
@@ -163,8 +174,8 @@ def open_storage(url: str, cfg: TuneConfig) -> Any:
         try:
             if lock is not None:
                 with lock:
-                    return _rdb(url, cfg, RDBStorage)
-            return _rdb(url, cfg, RDBStorage)
+                    return _rdb(url, cfg, RDBStorage, on_stale)
+            return _rdb(url, cfg, RDBStorage, on_stale)
         except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             if attempt == CONNECT_ATTEMPTS:
                 raise StudyError(f"Optuna storage {redact(url)}: {exc}".splitlines()[0]) from exc
@@ -173,14 +184,14 @@ def open_storage(url: str, cfg: TuneConfig) -> Any:
     raise AssertionError("unreachable")
 
 
-def _rdb(url: str, cfg: TuneConfig, rdb: Any) -> Any:
+def _rdb(url: str, cfg: TuneConfig, rdb: Any, on_stale: TrialCallback | None) -> Any:
     with quiet_experimental():
         return rdb(
             url,
             engine_kwargs=_engine_kwargs(url),
             heartbeat_interval=cfg.heartbeat_interval,
             grace_period=cfg.grace_period,
-            heartbeat_stale_trial_callback=retry_callback(cfg),
+            heartbeat_stale_trial_callback=retry_callback(cfg, on_stale),
         )
 
 
@@ -215,12 +226,18 @@ def pruner(cfg: TuneConfig) -> Any:
 
 
 def join_study(
-    cfg: TuneConfig, name: str, url: str, worker_seed: int, storage: Any | None = None
+    cfg: TuneConfig,
+    name: str,
+    url: str,
+    worker_seed: int,
+    storage: Any | None = None,
+    on_stale: TrialCallback | None = None,
 ) -> Any:
-    """Create the study ``name`` or join it (``load_if_exists``): every worker calls this."""
+    """Create the study ``name`` or join it (``load_if_exists``): every worker calls this
+    (``on_stale``: see `open_storage`)."""
     import optuna
 
-    storage = storage if storage is not None else open_storage(url, cfg)
+    storage = storage if storage is not None else open_storage(url, cfg, on_stale)
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
         try:
             return optuna.create_study(

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 TAG_STUDY = "mnistflow.study"
 TAG_TRIAL = "mnistflow.trial"
 TAG_WORKER = "mnistflow.worker_host"
-TAG_STATE = "mnistflow.trial_state"  # COMPLETE | PRUNED | FAIL (cut by a storage outage)
+TAG_STATE = "mnistflow.trial_state"  # the trial's end in the storage: COMPLETE | PRUNED | FAIL
 TAG_FLAGS = "mnistflow.dvc_overrides"  # the `dvc exp run -S` flags that reproduce the trial
 TAG_PARENT_OF = "mnistflow.study_parent"
 PARENT_TAG = "mlflow.parentRunId"
@@ -190,7 +190,6 @@ class Objective:
             result = objective.fit_trial(chosen, self.splits, partial(record.log_epoch, run),
                                          on_score)  # fmt: skip
             record.log_fit(run, result)
-            run.set_tags({TAG_STATE: "PRUNED" if pruned_at else "COMPLETE"})
         assert result.holdout_accuracy
         value = result.holdout_accuracy[-1]
         if pruned_at:
@@ -230,13 +229,26 @@ def thread_errors(run_objective: Objective) -> Any:
     return hook
 
 
+def record_state(uri: str) -> storage.TrialCallback:
+    """A callback ``(study, trial)`` that tags the trial's MLflow run (in ``uri``) with the
+    state Optuna holds: ``mnistflow.trial_state`` is written only once the storage has the
+    trial's end (after ``tell``, or when a stale trial is failed), so the run never claims
+    an outcome the study does not have."""
+    from mlflow.tracking import MlflowClient
+
+    def callback(study: Any, trial: Any) -> None:
+        if ATTR_RUN in trial.user_attrs:
+            MlflowClient(uri).set_tag(trial.user_attrs[ATTR_RUN], TAG_STATE, trial.state.name)
+
+    return callback
+
+
 def retry_interrupted(study: Any, cfg: Any, number: int | None, uri: str) -> None:
     """After a storage outage: this worker's trial ``number`` (the one it was running) ends
     FAIL if it is still RUNNING, and a FAIL one is enqueued again as a dead worker's would be
     (``tune.max_retry``), its MLflow run (in ``uri``) tagged ``mnistflow.trial_state=FAIL``
     (a fit that finished before the outage cut its result off leaves a FINISHED run); a trial
     the outage did not stop (COMPLETE, PRUNED) is left alone."""
-    from mlflow.tracking import MlflowClient
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
@@ -255,9 +267,7 @@ def retry_interrupted(study: Any, cfg: Any, number: int | None, uri: str) -> Non
         return
     if trial.state == TrialState.FAIL:
         log.warning("trial %d: interrupted by the storage outage; FAIL, retried", number)
-        if ATTR_RUN in trial.user_attrs:
-            MlflowClient(uri).set_tag(trial.user_attrs[ATTR_RUN], TAG_STATE, "FAIL")
-        storage.retry_callback(cfg)(study, trial)
+        storage.retry_callback(cfg, record_state(uri))(study, trial)
 
 
 def fail_running(study: Any) -> None:
@@ -287,8 +297,9 @@ def run_worker(
     rows = objective.load_training_rows(params.paths.arrays)
     # checks tune.holdout_size against the rows before joining anything
     splits = objective.EncodedSplits(rows, cfg.holdout_size, len(params.dataset.classes))
-    study = storage.join_study(cfg, study_name, url, worker_seed(cfg.seed))
     tracking = tracking_for(params, root, study_name)
+    study = storage.join_study(cfg, study_name, url, worker_seed(cfg.seed),
+                               on_stale=record_state(tracking.uri))  # fmt: skip
     liveness.sweep(tracking.uri, tracking.experiment_name)
     done = finished_trials(study)
     if done >= cfg.n_trials:
@@ -309,7 +320,8 @@ def run_worker(
                 study.optimize(
                     run_objective,
                     n_trials=None if max_trials is None else max(0, max_trials - len(mine)),
-                    callbacks=[MaxTrialsCallback(cfg.n_trials,
+                    callbacks=[record_state(tracking.uri),
+                               MaxTrialsCallback(cfg.n_trials,
                                                  states=(TrialState.COMPLETE, TrialState.PRUNED))],
                     gc_after_trial=False,
                 )  # fmt: skip
