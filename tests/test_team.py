@@ -349,6 +349,16 @@ def _files_under(folder: Path) -> Iterator[Path]:
 
 
 @pytest.mark.e2e
+def test_a_pipeline_on_the_server_prints_no_mlflow_run_links(server_repo: ServerRepo) -> None:
+    """MLflow prints "🏃 View run <name> at: http://…" on stdout when a run on a tracking
+    server ends (never for a local store): the pipeline's output stays in the log format."""
+    assert "Running stage 'evaluate'" in server_repo.output
+    assert "View run" not in server_repo.output
+    assert "View experiment" not in server_repo.output
+    assert "\N{RUNNER}" not in server_repo.output
+
+
+@pytest.mark.e2e
 def test_no_password_on_command_lines_in_logs_run_artifacts_or_files(
     team_server: TeamServer, server_repo: ServerRepo
 ) -> None:

@@ -14,7 +14,8 @@ QUIET_LIBRARIES = ("mlflow", "alembic")
 
 def configure(level: str | None = None) -> None:
     """Send log records to stderr in one format; level from the argument, ``MNISTFLOW_LOG``
-    or INFO. MLflow draws no artifact progress bars (unless the environment asks for them)."""
+    or INFO. MLflow draws no artifact progress bars and prints no run links on stdout
+    (unless the environment asks for them)."""
     logging.basicConfig(
         level=(level or os.environ.get("MNISTFLOW_LOG", "INFO")).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -24,3 +25,6 @@ def configure(level: str | None = None) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # "Downloading artifacts: 100%|...| 13751.82it/s" for files on this disk: no news
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # "🏃 View run <name> at: http://..." on stdout whenever a run on a tracking server ends
+    # (stdout, outside the log format); the stages log their run and `mnistflow ui` the URLs
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
