@@ -70,6 +70,34 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+# Test-time views: the image itself and its one-pixel shifts (rows, columns); the model's
+# class probabilities are averaged over the views.
+VIEWS = {
+    "shift4": [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)],
+    "shift8": [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)],
+}
+
+
+def shifted(images: np.ndarray, dr: int, dc: int) -> np.ndarray:
+    """``images`` (n, h, w) moved ``dr`` rows down and ``dc`` columns right, zero-filled."""
+    out = np.zeros_like(images)
+    h, w = images.shape[1:]
+    out[:, max(dr, 0) : h + min(dr, 0), max(dc, 0) : w + min(dc, 0)] = images[
+        :, max(-dr, 0) : h + min(-dr, 0), max(-dc, 0) : w + min(-dc, 0)
+    ]
+    return out
+
+
+def view_accuracy(model: Any, encoding: Encoding, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Hold-out accuracy of the class probabilities averaged over each set of :data:`VIEWS`."""
+    probs = {v: model.predict_proba(encoding.scale(flatten(shifted(x, *v))))
+             for v in VIEWS["shift8"]}  # fmt: skip
+    return {
+        name: float(np.mean(np.argmax(sum(probs[v] for v in views), axis=1) == y))
+        for name, views in VIEWS.items()
+    }
+
+
 def run_trial(params: dict[str, Any]) -> dict[str, Any]:
     """Fit on fresh distortions of 50k images every epoch; validation accuracy per epoch."""
     cfg = validate(params)
@@ -89,6 +117,7 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
     assert result.holdout_accuracy is not None
     return {
         "holdout_accuracy": result.holdout_accuracy,
+        "views": view_accuracy(result.model, encoding, x_val, y_val),
         "epoch_times": result.epoch_times,
         "deskew_s": deskew_s,
         "fit_s": result.fit_time_s,
@@ -151,13 +180,14 @@ def main() -> None:
         }
         acc = row["holdout_accuracy"]
         log.info(
-            "%s: best val %.4f at epoch %d, last %.4f, fit %.0f s, maxrss %.0f MB",
+            "%s: best val %.4f at epoch %d, last %.4f, fit %.0f s, maxrss %.0f MB, views %s",
             row["name"],
             max(acc),
             int(np.argmax(acc)) + 1,
             acc[-1],
             row["fit_s"],
             row["maxrss_mb"],
+            row["views"],
         )
         args.log.parent.mkdir(parents=True, exist_ok=True)
         with args.log.open("a", encoding="utf-8") as f:
