@@ -35,9 +35,9 @@ from mnistflow.data.online import OnlineData
 from mnistflow.experiments.presets import apply_preset, load_preset
 from mnistflow.modeling.training import Holdout, fit
 from mnistflow.util.logs import configure
+from pipeline import parse_set  # benchmarks/pipeline.py
 
 import numpy as np
-import yaml
 
 log = logging.getLogger("explore_online")
 REPO = Path(__file__).resolve().parents[1]
@@ -57,17 +57,6 @@ SHOWN = (
     "encode.augment.elastic_alpha",
     "encode.augment.elastic_sigma",
 )
-
-
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs, values parsed as YAML (as ``dvc exp run -S`` does)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected key=value")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 # Test-time views: the image itself and its one-pixel shifts (rows, columns); the model's

@@ -18,8 +18,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mnistflow.util.workspace import copy_working_tree
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("download", "unpack", "encode", "train", "evaluate")
@@ -47,6 +50,17 @@ def measure(args: list[str], cwd: Path, env: dict[str, str]) -> Measured:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}):\n{text[-4000:]}")
     return Measured(seconds, usage.ru_maxrss / 1024, text)
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs (``--set``), values parsed as YAML (as ``dvc exp run -S`` does)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected key=value")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def bench_env(mirror: str | None) -> tuple[dict[str, str], list[str]]:
