@@ -56,6 +56,8 @@ SHOWN = (
     "encode.augment.max_rotation",
     "encode.augment.elastic_alpha",
     "encode.augment.elastic_sigma",
+    "encode.augment.seed",
+    "train.random_state",
 )
 
 
@@ -77,18 +79,25 @@ def shifted(images: np.ndarray, dr: int, dc: int) -> np.ndarray:
     return out
 
 
-def view_accuracy(model: Any, encoding: Encoding, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Hold-out accuracy of the class probabilities averaged over each set of :data:`VIEWS`."""
+def view_probabilities(model: Any, encoding: Encoding, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Class probabilities of the hold-out images averaged over each set of :data:`VIEWS`
+    (``none``: the images alone)."""
     probs = {v: model.predict_proba(encoding.scale(flatten(shifted(x, *v))))
              for v in VIEWS["shift8"]}  # fmt: skip
-    return {
-        name: float(np.mean(np.argmax(sum(probs[v] for v in views), axis=1) == y))
-        for name, views in VIEWS.items()
-    }
+    out = {"none": probs[(0, 0)]}
+    out.update({name: sum(probs[v] for v in views) / len(views) for name, views in VIEWS.items()})
+    return out
 
 
-def run_trial(params: dict[str, Any]) -> dict[str, Any]:
-    """Fit on fresh distortions of 50k images every epoch; validation accuracy per epoch."""
+def accuracies(probs: dict[str, np.ndarray], y: np.ndarray) -> dict[str, float]:
+    """Accuracy of the argmax of each set of probabilities."""
+    return {name: float(np.mean(np.argmax(p, axis=1) == y)) for name, p in probs.items()}
+
+
+def run_trial(params: dict[str, Any], probs_file: Path) -> dict[str, Any]:
+    """Fit on fresh distortions of 50k images every epoch; validation accuracy per epoch.
+    The final model's hold-out probabilities (per view set) are saved in ``probs_file``,
+    for committees of trials (``--committee``)."""
     cfg = validate(params)
     train = cfg.train.model_copy(update={"early_stopping": False})  # validation is ours
     x, y = load_split("train")
@@ -106,12 +115,29 @@ def run_trial(params: dict[str, Any]) -> dict[str, Any]:
     assert result.holdout_accuracy is not None
     return {
         "holdout_accuracy": result.holdout_accuracy,
-        "views": view_accuracy(result.model, encoding, x_val, y_val),
+        "views": save_probabilities(
+            probs_file, view_probabilities(result.model, encoding, x_val), y_val
+        ),
         "epoch_times": result.epoch_times,
         "deskew_s": deskew_s,
         "fit_s": result.fit_time_s,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def save_probabilities(path: Path, probs: dict[str, np.ndarray], y: np.ndarray) -> dict[str, float]:
+    """Write the probabilities and labels to ``path`` (.npz); return their accuracies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, y=y, **probs)
+    return accuracies(probs, y)
+
+
+def committee(paths: list[Path]) -> dict[str, float]:
+    """Hold-out accuracy of the trials' probabilities averaged (per view set)."""
+    loaded = [np.load(p) for p in paths]
+    y = loaded[0]["y"]
+    names = [n for n in loaded[0].files if n != "y"]
+    return accuracies({n: sum(d[n] for d in loaded) / len(loaded) for n in names}, y)
 
 
 def describe(s: dict[str, Any]) -> str:
@@ -156,14 +182,21 @@ def main() -> None:
     parser.add_argument("--name", help="trial name in the log (default: the overrides)")
     parser.add_argument("--log", type=Path, default=DEFAULT_LOG)
     parser.add_argument("--table", type=Path, help="write the markdown table of the log here")
+    parser.add_argument(
+        "--committee", nargs="+", metavar="NAME", help="accuracy of their mean probabilities"
+    )
     args = parser.parse_args()
-    if args.table is None:
+    if args.committee:
+        found = committee([args.log.parent / f"{name}.npz" for name in args.committee])
+        log.info("committee of %s: %s", ", ".join(args.committee), found)
+    elif args.table is None:
         overrides = {**load_preset(REPO / "presets" / f"{args.preset}.yaml"), **parse_set(args.set)}
         params = apply_preset(load_params(REPO / "params.yaml"), overrides)
+        name = args.name or " ".join(args.set) or args.preset
         row = {
-            "name": args.name or " ".join(args.set) or args.preset,
+            "name": name,
             "settings": {key: section(params, key) for key in SHOWN},
-            **run_trial(params),
+            **run_trial(params, args.log.parent / f"{name}.npz"),
             "load1": os.getloadavg()[0],
             "when": time.strftime("%Y-%m-%d %H:%M"),
         }
