@@ -151,6 +151,8 @@ def describe(s: dict[str, Any]) -> str:
         f"batch {s['train.batch_size']}, L2 {s['train.alpha']:g}",
         f"{s['encode.labels']} targets",
     ]
+    if "encode.augment.seed" in s:  # rows logged before the seeds were shown have neither
+        parts.append(f"seeds {s['encode.augment.seed']}/{s['train.random_state']}")
     return "; ".join(parts)
 
 
@@ -158,17 +160,21 @@ def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per trial, best and last validation accuracy and time per epoch."""
     lines = [
         "| trial | settings | val at epoch 20 | best val (epoch) | last val | epochs | "
-        "s/epoch | load |",
-        "|---|---|---|---|---|---|---|---|",
+        "shifted views 4 / 8 | s/epoch | load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         acc = r["holdout_accuracy"]
         best = int(np.argmax(acc))
         at20 = f"{100 * acc[19]:.2f}%" if len(acc) >= 20 else ""
+        views = r.get("views", {})
+        shifted_views = (
+            f"{100 * views['shift4']:.2f}% / {100 * views['shift8']:.2f}%" if views else ""
+        )
         lines.append(
             f"| {r['name']} | {describe(r['settings'])} | {at20} | "
             f"{100 * acc[best]:.2f}% ({best + 1}) | {100 * acc[-1]:.2f}% | {len(acc)} | "
-            f"{r['fit_s'] / len(acc):.1f} | {r['load1']:.1f} |"
+            f"{shifted_views} | {r['fit_s'] / len(acc):.1f} | {r['load1']:.1f} |"
         )
     return "\n".join(lines)
 
