@@ -298,8 +298,8 @@ def run_worker(
     # checks tune.holdout_size against the rows before joining anything
     splits = objective.EncodedSplits(rows, cfg.holdout_size, len(params.dataset.classes))
     tracking = tracking_for(params, root, study_name)
-    study = storage.join_study(cfg, study_name, url, worker_seed(cfg.seed),
-                               on_stale=record_state(tracking.uri))  # fmt: skip
+    on_end = record_state(tracking.uri)  # a trial's end, told here or failed as stale
+    study = storage.join_study(cfg, study_name, url, worker_seed(cfg.seed), on_stale=on_end)
     liveness.sweep(tracking.uri, tracking.experiment_name)
     done = finished_trials(study)
     if done >= cfg.n_trials:
@@ -320,7 +320,7 @@ def run_worker(
                 study.optimize(
                     run_objective,
                     n_trials=None if max_trials is None else max(0, max_trials - len(mine)),
-                    callbacks=[record_state(tracking.uri),
+                    callbacks=[on_end,
                                MaxTrialsCallback(cfg.n_trials,
                                                  states=(TrialState.COMPLETE, TrialState.PRUNED))],
                     gc_after_trial=False,
