@@ -58,6 +58,73 @@ def random_digits(n: int, seed: int) -> np.ndarray:
     return images
 
 
+# ---------------------------------------------------------------- resampling
+
+
+@pytest.mark.unit
+def test_bilinear_equals_scipy_map_coordinates_inside_outside_and_on_the_edges() -> None:
+    """The oracle: scipy's ``map_coordinates(order=1, mode="constant")`` per image, with
+    coordinates inside, outside, on the last row/column and a hair beyond the edges."""
+    rng = np.random.default_rng(3)
+    images = random_digits(40, seed=4).astype(np.float32)
+    rows = rng.uniform(-2.0, 29.0, size=images.shape)
+    cols = rng.uniform(-2.0, 29.0, size=images.shape)
+    rows[:, 0, :4] = [0.0, 27.0, -1e-4, 27.0001]
+    cols[:, 0, :4] = [27.0, 0.0, 5.0, 5.0]
+    rows[:, 1, :3] = np.arange(3)  # whole pixels read exactly
+    cols[:, 1, :3] = [0, 13, 27]
+    out = aug.bilinear(images, rows, cols)
+    assert out.dtype == np.float32
+    for i in range(len(images)):
+        expected = ndimage.map_coordinates(
+            images[i], np.stack([rows[i], cols[i]]), order=1, mode="constant", cval=0.0
+        )
+        np.testing.assert_allclose(out[i], expected, atol=0.02)
+        np.testing.assert_array_equal(out[i, 1, :3], images[i, [0, 1, 2], [0, 13, 27]])
+    assert (out[:, 0, 2:4] == 0).all()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("sigma", [0.7, 4.0, 6.0])
+def test_smooth_equals_scipy_gaussian_filter_with_constant_edges(sigma: float) -> None:
+    fields = np.random.default_rng(5).uniform(-1, 1, size=(6, 28, 28))
+    expected = ndimage.gaussian_filter(fields, sigma=(0, sigma, sigma), mode="constant")
+    np.testing.assert_allclose(aug.smooth(fields, sigma), expected, atol=1e-5)
+
+
+def scipy_distort(images: np.ndarray, cfg: AugmentConfig, seed: int) -> np.ndarray:
+    """The distortion written the textbook way (float64, scipy's gaussian_filter and
+    map_coordinates per image), drawing the same random numbers in the same order."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    m, h, w = images.shape
+    shift = rng.integers(-cfg.max_shift, cfg.max_shift + 1, size=(2, m, 1, 1))
+    angle = np.deg2rad(rng.uniform(-cfg.max_rotation, cfg.max_rotation, size=(m, 1, 1)))
+    r, c = np.mgrid[:h, :w] - np.array([(h - 1) / 2, (w - 1) / 2])[:, None, None]
+    field = ndimage.gaussian_filter(
+        rng.uniform(-1.0, 1.0, size=(2, m, h, w)),
+        sigma=(0, 0, cfg.elastic_sigma, cfg.elastic_sigma),
+        mode="constant",
+    )
+    r = r + cfg.elastic_alpha * field[0]
+    c = c + cfg.elastic_alpha * field[1]
+    rows = np.cos(angle) * r - np.sin(angle) * c + (h - 1) / 2 - shift[0]
+    cols = np.sin(angle) * r + np.cos(angle) * c + (w - 1) / 2 - shift[1]
+    return np.stack([
+        ndimage.map_coordinates(img.astype(np.float64), np.stack([rows[i], cols[i]]), order=1)
+        for i, img in enumerate(images)
+    ])  # fmt: skip
+
+
+@pytest.mark.unit
+def test_distort_equals_the_textbook_scipy_distortion_from_the_same_draws() -> None:
+    images = random_digits(50, seed=9)
+    cfg = augment_cfg(copies=0, max_shift=2, max_rotation=10.0, elastic_alpha=34.0)
+    out = aug.distort(images, cfg, np.random.SeedSequence(11))
+    expected = scipy_distort(images, cfg, 11)
+    np.testing.assert_allclose(out, expected, atol=0.05)
+    assert np.abs(out - images).max() > 100  # the images did move
+
+
 # ---------------------------------------------------------------- deskew
 
 
