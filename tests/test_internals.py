@@ -132,6 +132,28 @@ def test_a_zero_step_size_freezes_the_weights(solver: str) -> None:
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize(("solver", "expected"), [("adam", 2 * 2), ("sgd", 2)])
+def test_optimizer_state_is_the_live_moments_of_each_layer(solver: str, expected: int) -> None:
+    """Adam: first and second moment per weight array; sgd: one velocity per array. They are
+    the optimizer's own arrays: zeroing one in place changes the next update."""
+    X, y = tiny()
+    model = MLPClassifier((4,), solver=solver, random_state=0)
+    model.partial_fit(X, y, classes=[0, 1])
+    state = internals.optimizer_state(model)
+    weights = [*model.coefs_, *model.intercepts_]
+    assert len(state) == expected * len(weights) // 2
+    assert [a.shape for a in state[: len(weights)]] == [w.shape for w in weights]
+    assert any(np.abs(a).sum() > 0 for a in state)  # a fitted epoch left moments behind
+    twin = MLPClassifier((4,), solver=solver, random_state=0)
+    twin.partial_fit(X, y, classes=[0, 1])
+    for a in internals.optimizer_state(twin):
+        a[...] = 0
+    model.partial_fit(X, y)
+    twin.partial_fit(X, y)
+    assert not np.array_equal(model.coefs_[0], twin.coefs_[0])
+
+
+@pytest.mark.unit
 def test_stalled_epochs_count_as_sklearn_stops_on_tol() -> None:
     """With tol huge no epoch after the first (which improves on an infinite best loss)
     counts as better: sklearn's count grows by one per partial_fit, the optimizer (adam)

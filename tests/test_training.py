@@ -200,3 +200,16 @@ def test_validation_rows_refuses_a_split_that_leaves_nothing() -> None:
     with pytest.raises(ValueError, match="holds out 0 of 3 rows"):
         training.early_stop_rows(3, online_cfg(early_stopping=True, validation_fraction=0.1))
     assert training.early_stop_rows(3, online_cfg()) == 0
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flush_subnormals_zeroes_exactly_the_subnormal_entries(dtype: type) -> None:
+    tiny = np.finfo(dtype).tiny
+    a = np.array([0.0, tiny, -tiny, tiny / 2, -tiny / 4, 1.0, -3e-3], dtype=dtype)
+    b = np.array([[tiny / 8, 2.0]], dtype=dtype)
+    assert (a[3:5] != 0).all()  # the two subnormals really are nonzero to begin with
+    assert training.flush_subnormals([a, b]) == 3
+    np.testing.assert_array_equal(a, np.array([0.0, tiny, -tiny, 0, 0, 1.0, -3e-3], dtype=dtype))
+    np.testing.assert_array_equal(b, np.array([[0.0, 2.0]], dtype=dtype))
+    assert training.flush_subnormals([a, b]) == 0

@@ -1,7 +1,8 @@
 """The one place that touches other libraries' private names, each checked against a version.
 
 scikit-learn's ``MLPClassifier`` has no public per-epoch callback, no public way to change the
-step size of a running optimizer and no public stop signal from ``partial_fit``; MLflow has no
+step size of a running optimizer or to reach its moments, and no public stop signal from
+``partial_fit``; MLflow has no
 public "newest schema revision" to compare a half-created sqlite store with; skops needs the
 private optimizer classes an ``MLPClassifier`` pickles. Everything else in ``src/`` uses
 public APIs only (``tests/test_internals.py`` reads the code to prove it).
@@ -79,6 +80,15 @@ def set_step_size(model: MLPClassifier, rate: float) -> None:
         optimizer.learning_rate_init = rate
     else:
         optimizer.learning_rate = rate
+
+
+def optimizer_state(model: MLPClassifier) -> list[Any]:
+    """The running optimizer's arrays that carry over between epochs: adam's first and
+    second moments, sgd's velocities (updated in place, as the weights are)."""
+    optimizer = model._optimizer
+    if model.solver == "adam":
+        return [*optimizer.ms, *optimizer.vs]
+    return list(optimizer.velocities)
 
 
 def mlflow_schema_head() -> str:

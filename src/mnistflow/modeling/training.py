@@ -19,6 +19,7 @@ from mnistflow.config import TrainConfig
 from mnistflow.data.online import EpochFeed, OnlineData
 from mnistflow.internals import (
     optimizer_gives_up,
+    optimizer_state,
     reset_stalled_epochs,
     set_step_size,
     stalled_epochs,
@@ -231,6 +232,26 @@ def fit_online(
     return model
 
 
+def flush_subnormals(arrays: list[np.ndarray]) -> int:
+    """Set the subnormal entries of each float array to 0, in place; how many there were.
+
+    Subnormals (nonzero, below ``np.finfo(dtype).tiny``: ~1.2e-38 in float32) are where
+    weights and optimizer moments go when they decay towards zero, e.g. those of pixels that
+    are blank in nearly every image, under the L2 penalty and adam's decaying moments. The
+    CPU computes with them many times slower than with normal numbers.
+    """
+    flushed = 0
+    for a in arrays:
+        tiny = np.finfo(a.dtype).tiny
+        small = np.abs(a) < tiny
+        small &= a != 0
+        count = int(np.count_nonzero(small))
+        if count:
+            a[small] = 0
+            flushed += count
+    return flushed
+
+
 def train_epochs(
     model: MLPClassifier,
     cfg: TrainConfig,
@@ -251,7 +272,11 @@ def train_epochs(
     - the learning rate is ``learning_rate_init * lr_decay ** (e - 1)`` in epoch ``e``;
     - with ``early_stopping`` the score on ``X_val``/``y_val`` (sklearn's ``score``, as
       its early stopping uses) decides when to stop, and the best epoch's weights are kept,
-      as sklearn does; partial_fit itself refuses early stopping, so it is done here.
+      as sklearn does; partial_fit itself refuses early stopping, so it is done here;
+    - after each epoch the subnormal weights and optimizer moments become 0
+      (:func:`flush_subnormals`): left alone they pile up over the epochs and slow every
+      later epoch (measured: 5.0 s per epoch growing to 6.4 s by epoch 8 for the best
+      preset's 1200-unit net).
 
     Returns:
         ``model``, fitted, with ``n_iter_``, ``loss_curve_`` and ``validation_scores_`` as
@@ -275,6 +300,9 @@ def train_epochs(
                 reset_stalled_epochs(model)
             model.partial_fit(rows, y, classes=classes)
             model.n_iter_ = epoch  # partial_fit counts its one epoch only
+            flushed = flush_subnormals([*model.coefs_, *model.intercepts_, *optimizer_state(model)])
+            if flushed:
+                log.debug("epoch %d: %d subnormal weights and moments set to 0", epoch, flushed)
             score = None
             if early:
                 score = float(model.score(X_val, y_val))
