@@ -33,11 +33,13 @@ from mnistflow.data import augment as aug
 from mnistflow.data.encode import Encoding, encode_labels, flatten
 from mnistflow.data.online import OnlineData
 from mnistflow.experiments.presets import apply_preset, load_preset
-from mnistflow.modeling.training import Holdout, fit
+from mnistflow.modeling.model import build_classifier
+from mnistflow.modeling.training import FitResult, Holdout, fit_online, score_holdout
 from mnistflow.util.logs import configure
 from pipeline import parse_set  # benchmarks/pipeline.py
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 log = logging.getLogger("explore_online")
 REPO = Path(__file__).resolve().parents[1]
@@ -94,10 +96,42 @@ def accuracies(probs: dict[str, np.ndarray], y: np.ndarray) -> dict[str, float]:
     return {name: float(np.mean(np.argmax(p, axis=1) == y)) for name, p in probs.items()}
 
 
-def run_trial(params: dict[str, Any], probs_file: Path) -> dict[str, Any]:
+class WeightAverages:
+    """Running means of the model's weights over the last ``k`` epochs, for each ``k``."""
+
+    def __init__(self, model: Any, epochs: int, ks: list[int]) -> None:
+        self.model, self.epochs, self.ks = model, epochs, [k for k in ks if 0 < k <= epochs]
+        self.sums: dict[int, list[np.ndarray]] = {}
+
+    def add(self, epoch: int) -> None:
+        """Add the weights at the end of ``epoch`` to every mean that has started."""
+        weights = [*self.model.coefs_, *self.model.intercepts_]
+        for k in self.ks:
+            if epoch > self.epochs - k:
+                if k in self.sums:
+                    for total, w in zip(self.sums[k], weights, strict=True):
+                        total += w
+                else:
+                    self.sums[k] = [w.astype(np.float64) for w in weights]
+
+    def accuracies(self, holdout: Holdout) -> dict[str, float]:
+        """Hold-out accuracy of each mean (``mean<k>``) that is complete; the model is restored."""
+        keep = [w.copy() for w in self.model.coefs_], [w.copy() for w in self.model.intercepts_]
+        n_layers = len(keep[0])
+        out = {}
+        for k, total in self.sums.items():
+            mean = [(t / k).astype(keep[0][0].dtype) for t in total]
+            self.model.coefs_, self.model.intercepts_ = mean[:n_layers], mean[n_layers:]
+            out[f"mean{k}"] = score_holdout(self.model, holdout)
+        self.model.coefs_, self.model.intercepts_ = keep
+        return out
+
+
+def run_trial(params: dict[str, Any], probs_file: Path, averages: list[int]) -> dict[str, Any]:
     """Fit on fresh distortions of 50k images every epoch; validation accuracy per epoch.
     The final model's hold-out probabilities (per view set) are saved in ``probs_file``,
-    for committees of trials (``--committee``)."""
+    for committees of trials (``--committee``); with ``averages``, also the hold-out
+    accuracy of the weights averaged over each number of last epochs."""
     cfg = validate(params)
     train = cfg.train.model_copy(update={"early_stopping": False})  # validation is ours
     x, y = load_split("train")
@@ -111,10 +145,26 @@ def run_trial(params: dict[str, Any], probs_file: Path) -> dict[str, Any]:
     target = encode_labels(y_fit, cfg.encode.labels, N_CLASSES)
     online = OnlineData(encoding, x.shape[1:], cfg.encode.augment)
     holdout = Holdout(X_val, y_val.astype(np.int64), N_CLASSES)
-    result = fit(train, X, target, online=online, holdout=holdout)
+    model = build_classifier(train)
+    means = WeightAverages(model, train.max_iter, averages)
+    holdout_accuracy: list[float] = []
+    epoch_times: list[float] = []
+
+    def on_epoch(epoch: int, loss: float, early_stop_score: float | None) -> bool:
+        holdout_accuracy.append(score_holdout(model, holdout))
+        means.add(epoch)
+        log.info("epoch %d loss %.5f val %.4f", epoch, loss, holdout_accuracy[-1])
+        return False
+
+    start = time.perf_counter()
+    with threadpool_limits(limits=train.threads):
+        fit_online(model, train, X, target, online, on_epoch, epoch_times)
+    fit_s = time.perf_counter() - start
+    result = FitResult(model, fit_s, [], None, epoch_times, holdout_accuracy)
     assert result.holdout_accuracy is not None
     return {
         "holdout_accuracy": result.holdout_accuracy,
+        "weight_means": means.accuracies(holdout),
         "views": save_probabilities(
             probs_file, view_probabilities(result.model, encoding, x_val), y_val
         ),
@@ -160,8 +210,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per trial, best and last validation accuracy and time per epoch."""
     lines = [
         "| trial | settings | val at epoch 20 | best val (epoch) | last val | epochs | "
-        "shifted views 4 / 8 | s/epoch | load |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "shifted views 4 / 8 | weights averaged over the last 10 / 20 / 40 epochs | s/epoch | "
+        "load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         acc = r["holdout_accuracy"]
@@ -171,10 +222,15 @@ def table(rows: list[dict[str, Any]]) -> str:
         shifted_views = (
             f"{100 * views['shift4']:.2f}% / {100 * views['shift8']:.2f}%" if views else ""
         )
+        means = r.get("weight_means") or {}
+        averaged = " / ".join(
+            f"{100 * means[f'mean{k}']:.2f}%" if f"mean{k}" in means else "-" for k in (10, 20, 40)
+        )
         lines.append(
             f"| {r['name']} | {describe(r['settings'])} | {at20} | "
             f"{100 * acc[best]:.2f}% ({best + 1}) | {100 * acc[-1]:.2f}% | {len(acc)} | "
-            f"{shifted_views} | {r['fit_s'] / len(acc):.1f} | {r['load1']:.1f} |"
+            f"{shifted_views} | {averaged if means else ''} | {r['fit_s'] / len(acc):.1f} | "
+            f"{r['load1']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -187,6 +243,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--name", help="trial name in the log (default: the overrides)")
     parser.add_argument("--log", type=Path, default=DEFAULT_LOG)
+    parser.add_argument(
+        "--average", nargs="+", type=int, default=[], metavar="K",
+        help="also score the weights averaged over the last K epochs",
+    )  # fmt: skip
     parser.add_argument("--table", type=Path, help="write the markdown table of the log here")
     parser.add_argument(
         "--committee", nargs="+", metavar="NAME", help="accuracy of their mean probabilities"
@@ -202,13 +262,14 @@ def main() -> None:
         row = {
             "name": name,
             "settings": {key: section(params, key) for key in SHOWN},
-            **run_trial(params, args.log.parent / f"{name}.npz"),
+            **run_trial(params, args.log.parent / f"{name}.npz", args.average),
             "load1": os.getloadavg()[0],
             "when": time.strftime("%Y-%m-%d %H:%M"),
         }
         acc = row["holdout_accuracy"]
         log.info(
-            "%s: best val %.4f at epoch %d, last %.4f, fit %.0f s, maxrss %.0f MB, views %s",
+            "%s: best val %.4f at epoch %d, last %.4f, fit %.0f s, maxrss %.0f MB, views %s, "
+            "weight means %s",
             row["name"],
             max(acc),
             int(np.argmax(acc)) + 1,
@@ -216,6 +277,7 @@ def main() -> None:
             row["fit_s"],
             row["maxrss_mb"],
             row["views"],
+            row["weight_means"],
         )
         args.log.parent.mkdir(parents=True, exist_ok=True)
         with args.log.open("a", encoding="utf-8") as f:
