@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 # preset -> (accuracy, cold pipeline time, peak RSS) targets: for best (online augmentation)
 # and for the fixed copies it replaced
 TARGETS = {
-    "best": (">= 0.993", "<= 600 s", "<= 1024 MB"),
+    "best": (">= 0.995", "<= 600 s", "<= 1024 MB"),
     "copies": (">= 0.99", "<= 600 s", "<= 4096 MB"),
 }
 

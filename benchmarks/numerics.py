@@ -1,7 +1,7 @@
 """The pinned floating-point environment's cost: fit time pinned against the CPU's own kernels.
 
 For the baseline (params.yaml's train section, 20 epochs) and the best preset's network
-(presets/best.yaml: 800 units, index targets; ``--best-epochs`` epochs on the fixed training
+(presets/best.yaml: its hidden layer, index targets; ``--best-epochs`` epochs on the fixed training
 set, without its online distortions, so the figure is the BLAS and numpy work alone), each fit
 runs in a fresh process (the kernels are chosen when numpy loads) with ``MNISTFLOW_NUMERICS``
 pinned and native, alternating, ``--rounds`` times. Prints a markdown table.
