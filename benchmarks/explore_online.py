@@ -34,7 +34,7 @@ from mnistflow.data.encode import Encoding, encode_labels, flatten
 from mnistflow.data.online import OnlineData
 from mnistflow.experiments.presets import apply_preset, load_preset
 from mnistflow.modeling.model import build_classifier
-from mnistflow.modeling.training import FitResult, Holdout, fit_online, score_holdout
+from mnistflow.modeling.training import Holdout, fit_online, score_holdout
 from mnistflow.util.logs import configure
 from pipeline import parse_set  # benchmarks/pipeline.py
 
@@ -102,6 +102,7 @@ class WeightAverages:
     def __init__(self, model: Any, epochs: int, ks: list[int]) -> None:
         self.model, self.epochs, self.ks = model, epochs, [k for k in ks if 0 < k <= epochs]
         self.sums: dict[int, list[np.ndarray]] = {}
+        self.counts: dict[int, int] = {}  # epochs added to each mean (fewer if the fit stopped)
 
     def add(self, epoch: int) -> None:
         """Add the weights at the end of ``epoch`` to every mean that has started."""
@@ -113,14 +114,16 @@ class WeightAverages:
                         total += w
                 else:
                     self.sums[k] = [w.astype(np.float64) for w in weights]
+                self.counts[k] = self.counts.get(k, 0) + 1
 
     def accuracies(self, holdout: Holdout) -> dict[str, float]:
-        """Hold-out accuracy of each mean (``mean<k>``) that is complete; the model is restored."""
+        """Hold-out accuracy of each mean (``mean<k>``) that has started (over the epochs it
+        got, if the fit stopped early); the model is restored."""
         keep = [w.copy() for w in self.model.coefs_], [w.copy() for w in self.model.intercepts_]
         n_layers = len(keep[0])
         out = {}
         for k, total in self.sums.items():
-            mean = [(t / k).astype(keep[0][0].dtype) for t in total]
+            mean = [(t / self.counts[k]).astype(keep[0][0].dtype) for t in total]
             self.model.coefs_, self.model.intercepts_ = mean[:n_layers], mean[n_layers:]
             out[f"mean{k}"] = score_holdout(self.model, holdout)
         self.model.coefs_, self.model.intercepts_ = keep
@@ -160,17 +163,13 @@ def run_trial(params: dict[str, Any], probs_file: Path, averages: list[int]) -> 
     with threadpool_limits(limits=train.threads):
         fit_online(model, train, X, target, online, on_epoch, epoch_times)
     fit_s = time.perf_counter() - start
-    result = FitResult(model, fit_s, [], None, epoch_times, holdout_accuracy)
-    assert result.holdout_accuracy is not None
     return {
-        "holdout_accuracy": result.holdout_accuracy,
+        "holdout_accuracy": holdout_accuracy,
         "weight_means": means.accuracies(holdout),
-        "views": save_probabilities(
-            probs_file, view_probabilities(result.model, encoding, x_val), y_val
-        ),
-        "epoch_times": result.epoch_times,
+        "views": save_probabilities(probs_file, view_probabilities(model, encoding, x_val), y_val),
+        "epoch_times": epoch_times,
         "deskew_s": deskew_s,
-        "fit_s": result.fit_time_s,
+        "fit_s": fit_s,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
