@@ -177,3 +177,44 @@ def test_mlflow_schema_head_is_the_revision_of_a_new_store(tmp_path: Path) -> No
     with sqlite3.connect(db) as conn:
         (revision,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     assert internals.mlflow_schema_head() == revision
+
+
+@pytest.mark.unit
+def test_in_place_adam_is_sklearns_adam_bit_for_bit() -> None:
+    """Oracle: sklearn's own AdamOptimizer on a twin model. After a first epoch (which makes
+    the optimizer), two more epochs with and without the in-place updates leave the same
+    weights, moments, step count and loss, bit for bit (float32 data, as the online fit)."""
+    rng = np.random.default_rng(1)
+    X = rng.random((300, 20), dtype=np.float32)
+    y = rng.integers(0, 3, 300)
+    model = MLPClassifier((16, 8), batch_size=32, alpha=1e-3, random_state=0)
+    twin = MLPClassifier((16, 8), batch_size=32, alpha=1e-3, random_state=0)
+    for m in (model, twin):
+        m.partial_fit(X, y, classes=[0, 1, 2])
+    for _ in range(2):
+        with internals.in_place_adam(model):
+            model.partial_fit(X, y)
+        twin.partial_fit(X, y)
+
+    def state(m: MLPClassifier) -> list[np.ndarray]:
+        return [*m.coefs_, *m.intercepts_, *internals.optimizer_state(m)]
+
+    assert model.coefs_[0].dtype == np.float32
+    assert all(np.array_equal(a, b) for a, b in zip(state(model), state(twin), strict=True))
+    assert model._optimizer.t == twin._optimizer.t == 3 * 10  # 300 rows / 32: 10 batches
+    assert model.loss_ == twin.loss_
+    assert "update_params" not in vars(model._optimizer)  # pickles as sklearn's optimizer
+
+
+@pytest.mark.unit
+def test_in_place_adam_leaves_other_solvers_and_new_models_alone() -> None:
+    X, y = tiny()
+    sgd = MLPClassifier((4,), solver="sgd", max_iter=2)
+    with pytest.warns(ConvergenceWarning):
+        sgd.fit(X, y)
+    with internals.in_place_adam(sgd):
+        assert "update_params" not in vars(sgd._optimizer)
+    new = MLPClassifier((4,))
+    with internals.in_place_adam(new):
+        new.partial_fit(X, y, classes=[0, 1])  # makes sklearn's optimizer, unpatched
+    assert "update_params" not in vars(new._optimizer)

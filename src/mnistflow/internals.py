@@ -82,6 +82,52 @@ def set_step_size(model: MLPClassifier, rate: float) -> None:
         optimizer.learning_rate = rate
 
 
+@contextmanager
+def in_place_adam(model: MLPClassifier) -> Iterator[None]:
+    """While the block runs, the running adam optimizer of ``model`` updates the weights and
+    its moments in place: the same operations in the same order and precision as sklearn's
+    ``AdamOptimizer`` (bit for bit: the tests compare both), without the new arrays sklearn
+    allocates for every moment and step of every batch (half of a wide net's epoch).
+
+    A no-op for other solvers and before the first ``partial_fit`` (no optimizer yet). An
+    instance attribute shadows ``update_params`` while the block runs and is removed after,
+    so the model pickles as a plain MLPClassifier.
+    """
+    optimizer = getattr(model, "_optimizer", None)
+    if model.solver != "adam" or optimizer is None:
+        yield
+        return
+    import numpy as np  # here, not at the top: the tracking store imports this module
+
+    def update_params(params: list[Any], grads: list[Any]) -> None:
+        # sklearn: t += 1; ms = b1*m + (1-b1)*g; vs = b2*v + (1-b2)*g**2;
+        # learning_rate = init*sqrt(1-b2**t)/(1-b1**t); param += -learning_rate*m/(sqrt(v)+eps)
+        opt = optimizer
+        opt.t += 1
+        b1, b2 = opt.beta_1, opt.beta_2
+        opt.learning_rate = opt.learning_rate_init * np.sqrt(1 - b2**opt.t) / (1 - b1**opt.t)
+        step = -opt.learning_rate  # a NumPy float64: the step below is float64, as sklearn's
+        for param, m, v, grad in zip(params, opt.ms, opt.vs, grads, strict=True):
+            tmp = np.multiply(grad, 1 - b1)
+            m *= b1
+            m += tmp
+            np.square(grad, out=tmp)
+            tmp *= 1 - b2
+            v *= b2
+            v += tmp
+            np.sqrt(v, out=tmp)
+            tmp += opt.epsilon
+            update = np.multiply(m, step)
+            update /= tmp
+            param += update
+
+    optimizer.update_params = update_params
+    try:
+        yield
+    finally:
+        del optimizer.update_params
+
+
 def optimizer_state(model: MLPClassifier) -> list[Any]:
     """The running optimizer's arrays that carry over between epochs: adam's first and
     second moments, sgd's velocities (updated in place, as the weights are)."""

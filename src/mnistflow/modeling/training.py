@@ -18,6 +18,7 @@ from tqdm import tqdm
 from mnistflow.config import TrainConfig
 from mnistflow.data.online import EpochFeed, OnlineData
 from mnistflow.internals import (
+    in_place_adam,
     optimizer_gives_up,
     optimizer_state,
     reset_stalled_epochs,
@@ -276,7 +277,10 @@ def train_epochs(
     - after each epoch the subnormal weights and optimizer moments become 0
       (:func:`flush_subnormals`): left alone they pile up over the epochs and slow every
       later epoch (measured: 5.0 s per epoch growing to 6.4 s by epoch 8 for the best
-      preset's 1200-unit net).
+      preset's 1200-unit net);
+    - adam updates the weights and its moments in place from the second epoch on
+      (:func:`~mnistflow.internals.in_place_adam`: the same numbers, without sklearn's
+      per-batch temporaries).
 
     Returns:
         ``model``, fitted, with ``n_iter_``, ``loss_curve_`` and ``validation_scores_`` as
@@ -298,7 +302,8 @@ def train_epochs(
             if early and epoch > 1:
                 # the early-stopping score, not partial_fit's training loss, drives the optimizer
                 reset_stalled_epochs(model)
-            model.partial_fit(rows, y, classes=classes)
+            with in_place_adam(model):
+                model.partial_fit(rows, y, classes=classes)
             model.n_iter_ = epoch  # partial_fit counts its one epoch only
             flushed = flush_subnormals([*model.coefs_, *model.intercepts_, *optimizer_state(model)])
             if flushed:
