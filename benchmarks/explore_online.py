@@ -33,7 +33,7 @@ from mnistflow.data import augment as aug
 from mnistflow.data.encode import Encoding, encode_labels, flatten
 from mnistflow.data.online import OnlineData
 from mnistflow.experiments.presets import apply_preset, load_preset
-from mnistflow.modeling.model import build_classifier
+from mnistflow.modeling.model import build_members, merge_members
 from mnistflow.modeling.training import Holdout, fit_online, score_holdout
 from mnistflow.util.logs import configure
 from pipeline import parse_set  # benchmarks/pipeline.py
@@ -53,6 +53,7 @@ SHOWN = (
     "train.lr_decay",
     "train.batch_size",
     "train.alpha",
+    "train.members",
     "encode.labels",
     "encode.augment.max_shift",
     "encode.augment.max_rotation",
@@ -97,16 +98,16 @@ def accuracies(probs: dict[str, np.ndarray], y: np.ndarray) -> dict[str, float]:
 
 
 class WeightAverages:
-    """Running means of the model's weights over the last ``k`` epochs, for each ``k``."""
+    """Running means of a model's weights over the last ``k`` epochs, for each ``k``."""
 
-    def __init__(self, model: Any, epochs: int, ks: list[int]) -> None:
-        self.model, self.epochs, self.ks = model, epochs, [k for k in ks if 0 < k <= epochs]
+    def __init__(self, epochs: int, ks: list[int]) -> None:
+        self.epochs, self.ks = epochs, [k for k in ks if 0 < k <= epochs]
         self.sums: dict[int, list[np.ndarray]] = {}
         self.counts: dict[int, int] = {}  # epochs added to each mean (fewer if the fit stopped)
 
-    def add(self, epoch: int) -> None:
-        """Add the weights at the end of ``epoch`` to every mean that has started."""
-        weights = [*self.model.coefs_, *self.model.intercepts_]
+    def add(self, epoch: int, model: Any) -> None:
+        """Add ``model``'s weights at the end of ``epoch`` to every mean that has started."""
+        weights = [*model.coefs_, *model.intercepts_]
         for k in self.ks:
             if epoch > self.epochs - k:
                 if k in self.sums:
@@ -116,17 +117,17 @@ class WeightAverages:
                     self.sums[k] = [w.astype(np.float64) for w in weights]
                 self.counts[k] = self.counts.get(k, 0) + 1
 
-    def accuracies(self, holdout: Holdout) -> dict[str, float]:
+    def accuracies(self, model: Any, holdout: Holdout) -> dict[str, float]:
         """Hold-out accuracy of each mean (``mean<k>``) that has started (over the epochs it
-        got, if the fit stopped early); the model is restored."""
-        keep = [w.copy() for w in self.model.coefs_], [w.copy() for w in self.model.intercepts_]
+        got, if the fit stopped early), put in ``model``; the model is restored."""
+        keep = [w.copy() for w in model.coefs_], [w.copy() for w in model.intercepts_]
         n_layers = len(keep[0])
         out = {}
         for k, total in self.sums.items():
             mean = [(t / self.counts[k]).astype(keep[0][0].dtype) for t in total]
-            self.model.coefs_, self.model.intercepts_ = mean[:n_layers], mean[n_layers:]
+            model.coefs_, model.intercepts_ = mean[:n_layers], mean[n_layers:]
             out[f"mean{k}"] = score_holdout(self.model, holdout)
-        self.model.coefs_, self.model.intercepts_ = keep
+        model.coefs_, model.intercepts_ = keep
         return out
 
 
@@ -148,24 +149,26 @@ def run_trial(params: dict[str, Any], probs_file: Path, averages: list[int]) -> 
     target = encode_labels(y_fit, cfg.encode.labels, N_CLASSES)
     online = OnlineData(encoding, x.shape[1:], cfg.encode.augment)
     holdout = Holdout(X_val, y_val.astype(np.int64), N_CLASSES)
-    model = build_classifier(train)
-    means = WeightAverages(model, train.max_iter, averages)
+    members = build_members(train)
+    means = WeightAverages(train.max_iter, averages)
     holdout_accuracy: list[float] = []
     epoch_times: list[float] = []
 
     def on_epoch(epoch: int, loss: float, early_stop_score: float | None) -> bool:
+        model = merge_members(members)
         holdout_accuracy.append(score_holdout(model, holdout))
-        means.add(epoch)
+        means.add(epoch, model)
         log.info("epoch %d loss %.5f val %.4f", epoch, loss, holdout_accuracy[-1])
         return False
 
     start = time.perf_counter()
     with threadpool_limits(limits=train.threads):
-        fit_online(model, train, X, target, online, on_epoch, epoch_times)
+        fit_online(members, train, X, target, online, on_epoch, epoch_times)
     fit_s = time.perf_counter() - start
+    model = merge_members(members)
     return {
         "holdout_accuracy": holdout_accuracy,
-        "weight_means": means.accuracies(holdout),
+        "weight_means": means.accuracies(model, holdout),
         "views": save_probabilities(probs_file, view_probabilities(model, encoding, x_val), y_val),
         "epoch_times": epoch_times,
         "deskew_s": deskew_s,
@@ -192,8 +195,10 @@ def committee(paths: list[Path]) -> dict[str, float]:
 def describe(s: dict[str, Any]) -> str:
     """Short text of a trial's settings (dotted keys as in :data:`SHOWN`)."""
     a = "encode.augment."
+    net = "x".join(map(str, s["train.hidden_layer_sizes"]))
+    members = s.get("train.members", 1)  # rows logged before committees have no such key
     parts = [
-        "x".join(map(str, s["train.hidden_layer_sizes"])),
+        f"{members} x ({net}) merged" if members > 1 else net,
         f"shift ±{s[a + 'max_shift']}, rot ±{s[a + 'max_rotation']:g}°, "
         f"elastic alpha={s[a + 'elastic_alpha']:g} sigma={s[a + 'elastic_sigma']:g}",
         f"lr {s['train.learning_rate_init']:g} x {s['train.lr_decay']:g}/epoch",

@@ -105,6 +105,16 @@ def test_bad_values_name_the_key(params: dict, path: tuple, value: object, messa
             },
             "with solver sgd needs learning_rate: constant",
         ),
+        ({"members": 2}, "'train' members=2 needs online_augment: true"),
+        (
+            {"members": 2, "online_augment": True, "early_stopping": True},
+            "members=2 needs early_stopping: false",
+        ),
+        (
+            {"members": 3, "online_augment": True, "random_state": 2**32 - 2},
+            "random_state=4294967294 + members - 1 is past 2**32 - 1",
+        ),
+        ({"members": 0}, "'train.members'"),
         ({"lr_decay": 0.0}, "'train.lr_decay'"),
         ({"lr_decay": 1.5}, "'train.lr_decay'"),
     ],

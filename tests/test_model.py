@@ -10,16 +10,19 @@ import signal
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from mnistflow.config import ParamsError, TrainConfig, config, load_params
 from mnistflow.modeling.model import (
     build_classifier,
+    build_members,
     decode_argmax,
     decode_sets,
     fit_with_progress,
     ignored_settings,
     loss_history,
+    merge_members,
     predict_scores,
 )
 from mnistflow.util.signals import Interrupted, raise_on_signals
@@ -54,6 +57,7 @@ def test_build_maps_every_setting() -> None:
     assert settings.pop("threads") == 1  # not sklearn's: the stage limits BLAS with it
     # not sklearn's either: the online per-epoch loop (modeling.training) applies them
     assert (settings.pop("online_augment"), settings.pop("lr_decay")) == (False, 1.0)
+    assert settings.pop("members") == 1
     for key, value in settings.items():
         expected = tuple(value) if key == "hidden_layer_sizes" else value
         assert got[key] == expected, key
@@ -202,3 +206,51 @@ def test_predict_scores_places_columns_by_class_when_a_class_is_missing() -> Non
     assert scores.shape == (200, 10)
     assert np.all(scores[:, 4] == 0)
     assert np.array_equal(decode_argmax(scores), model.predict(X))
+
+
+def forward_logits(model: MLPClassifier, X: np.ndarray) -> np.ndarray:
+    """The output layer's pre-activations, computed here from the weights (relu nets)."""
+    h = X.astype(np.float64)
+    for i, (w, b) in enumerate(zip(model.coefs_, model.intercepts_, strict=True)):
+        h = h @ w + b
+        if i < len(model.coefs_) - 1:
+            h = np.maximum(h, 0)
+    return h
+
+
+@pytest.mark.parametrize("hidden", [[6], [6, 4]])
+@pytest.mark.parametrize("targets", ["index", "onehot"])
+def test_a_merged_committee_outputs_its_members_mean_logits(
+    hidden: list[int], targets: str
+) -> None:
+    """Oracle: the members' own weights, run forward here; the merged net's probabilities
+    are the softmax (class indices) or the sigmoid (one-hot targets) of their mean."""
+    X, onehot, labels = data(120)
+    y = labels if targets == "index" else onehot
+    cfg = train_cfg(hidden_layer_sizes=hidden, max_iter=3, members=3, online_augment=True)
+    members = build_members(cfg)
+    assert [m.random_state for m in members] == [42, 43, 44]
+    for m in members:
+        with pytest.warns(ConvergenceWarning):
+            m.fit(X, y)
+    merged = merge_members(members)
+    assert merged.hidden_layer_sizes == tuple(3 * n for n in hidden)
+    mean = np.mean([forward_logits(m, X) for m in members], axis=0)
+    if targets == "index":
+        expected = np.exp(mean - mean.max(axis=1, keepdims=True))
+        expected /= expected.sum(axis=1, keepdims=True)
+    else:
+        expected = 1 / (1 + np.exp(-mean))
+    np.testing.assert_allclose(merged.predict_proba(X), expected, rtol=1e-4, atol=1e-6)
+    assert merged.coefs_[0].dtype == members[0].coefs_[0].dtype
+    assert merged.loss_curve_ == pytest.approx(np.mean([m.loss_curve_ for m in members], axis=0))
+    assert [m.hidden_layer_sizes for m in members] == [tuple(hidden)] * 3  # members untouched
+    before = merged.coefs_[0].copy()
+    merged.partial_fit(X, y)  # a fresh optimizer for the merged shapes
+    assert merged.coefs_[0].shape == before.shape
+    assert not np.array_equal(merged.coefs_[0], before)
+
+
+def test_one_member_is_the_model_itself() -> None:
+    (model,) = build_members(train_cfg())
+    assert merge_members([model]) is model

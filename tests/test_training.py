@@ -106,7 +106,7 @@ def test_train_epochs_first_epoch_is_sklearns_fit(data: tuple[np.ndarray, np.nda
     cfg = tiny_cfg(max_iter=1)
     expected = training.fit(cfg, X, y, file=io.StringIO()).model
     model = build_classifier(cfg)
-    training.train_epochs(model, cfg, lambda epoch: X, y, X[:0], y[:0], lambda *a: None)
+    training.train_epochs([model], cfg, lambda epoch: X, y, X[:0], y[:0], lambda *a: None)
     for got, want in zip(
         model.coefs_ + model.intercepts_, expected.coefs_ + expected.intercepts_, strict=True
     ):
@@ -135,9 +135,32 @@ def test_online_fit_is_reproducible_and_sees_new_images_every_epoch(
     assert first.losses[0] != plain.losses[0]
     once = build_classifier(online_cfg())
     rows = epoch_features(X, online(), 1)
-    training.train_epochs(once, online_cfg(), lambda e: rows, y, X[:0], y[:0], lambda *a: None)
+    training.train_epochs([once], online_cfg(), lambda e: rows, y, X[:0], y[:0], lambda *a: None)
     assert once.loss_curve_[0] == first.losses[0]
     assert once.loss_curve_[1:] != first.losses[1:]
+
+
+@pytest.mark.unit
+def test_a_committee_is_its_members_trained_alone_and_merged(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Oracle: each member fitted alone (one thread, its own seed) on the same online data.
+    The committee, trained side by side in threads, holds exactly those weights, merged;
+    its loss per epoch is theirs averaged."""
+    X, y = data
+    committee = training.fit(online_cfg(members=2), X, y, file=io.StringIO(), online=online())
+    alone = [
+        training.fit(online_cfg(random_state=seed), X, y, file=io.StringIO(), online=online())
+        for seed in (42, 43)
+    ]
+    merged = committee.model
+    assert merged.hidden_layer_sizes == (16,)
+    assert np.array_equal(merged.coefs_[0], np.hstack([a.model.coefs_[0] for a in alone]))
+    assert np.array_equal(merged.intercepts_[0], np.hstack([a.model.intercepts_[0] for a in alone]))
+    assert np.array_equal(merged.coefs_[1], np.vstack([a.model.coefs_[1] for a in alone]) / 2)
+    assert not np.array_equal(alone[0].model.coefs_[0], alone[1].model.coefs_[0])  # two seeds
+    assert committee.losses == pytest.approx(np.mean([a.losses for a in alone], axis=0), rel=1e-12)
+    assert merged.get_params()["random_state"] == 42
 
 
 @pytest.mark.unit

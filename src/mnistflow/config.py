@@ -300,6 +300,9 @@ class TrainConfig(Config):
     # training images, drawn with encode.augment's settings, seeded per epoch.
     online_augment: bool
     lr_decay: float = Field(gt=0, le=1)  # learning rate x lr_decay after each epoch (online)
+    # A committee (online): this many nets, seeds random_state, random_state+1, ..., trained side
+    # by side on the same distortions and merged into one MLP (modeling.model.merge_members)
+    members: int = Field(ge=1, le=16)
 
     @model_validator(mode="after")
     def _online_combinations(self) -> Self:
@@ -311,6 +314,21 @@ class TrainConfig(Config):
             )
         if self.online_augment and self.solver == "lbfgs":
             raise ValueError("online_augment needs solver sgd or adam (lbfgs has no epochs)")
+        if self.members > 1 and not self.online_augment:
+            raise ValueError(
+                f"members={self.members} needs online_augment: true (the per-epoch loop trains "
+                "the members side by side); use 1 otherwise"
+            )
+        if self.members > 1 and self.early_stopping:
+            raise ValueError(
+                f"members={self.members} needs early_stopping: false (each member would stop "
+                "at its own epoch)"
+            )
+        if self.random_state + self.members - 1 > 2**32 - 1:
+            raise ValueError(
+                f"random_state={self.random_state} + members - 1 is past 2**32 - 1 (member k "
+                "is seeded random_state + k)"
+            )
         if self.lr_decay != 1.0 and self.solver == "sgd" and self.learning_rate != "constant":
             raise ValueError(
                 f"lr_decay={self.lr_decay} with solver sgd needs learning_rate: constant "

@@ -128,6 +128,13 @@ def in_place_adam(model: MLPClassifier) -> Iterator[None]:
         del optimizer.update_params
 
 
+def forget_optimizer(model: MLPClassifier) -> None:
+    """Drop the fitted ``model``'s optimizer (a net merged from others: its moments would not
+    fit the new shapes); a later ``partial_fit`` starts a new one, as after ``fit``."""
+    if hasattr(model, "_optimizer"):
+        del model._optimizer
+
+
 def optimizer_state(model: MLPClassifier) -> list[Any]:
     """The running optimizer's arrays that carry over between epochs: adam's first and
     second moments, sgd's velocities (updated in place, as the weights are)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from mnistflow.config import EvaluateConfig, TrainConfig
-from mnistflow.internals import each_epoch
+from mnistflow.internals import each_epoch, forget_optimizer
 from mnistflow.modeling import metrics as m
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ class _StopFitError(Exception):
 
 def build_classifier(cfg: TrainConfig) -> MLPClassifier:
     """A new, unfitted MLPClassifier with every ``train:`` setting but ``threads`` (sklearn
-    has no such argument; the train stage limits BLAS with it)."""
+    has no such argument; the train stage limits BLAS with it), ``online_augment``,
+    ``lr_decay`` and ``members`` (the online loop applies those)."""
     return MLPClassifier(
         hidden_layer_sizes=tuple(cfg.hidden_layer_sizes),
         activation=cfg.activation,
@@ -45,6 +47,61 @@ def build_classifier(cfg: TrainConfig) -> MLPClassifier:
         random_state=cfg.random_state,
         verbose=False,
     )
+
+
+def build_members(cfg: TrainConfig) -> list[MLPClassifier]:
+    """The ``cfg.members`` unfitted nets of a committee, member ``k`` seeded
+    ``random_state + k`` (one member: :func:`build_classifier`'s net)."""
+    first = build_classifier(cfg)
+    return [first] + [
+        build_classifier(cfg).set_params(random_state=cfg.random_state + k)
+        for k in range(1, cfg.members)
+    ]
+
+
+def merge_members(members: list[MLPClassifier]) -> MLPClassifier:
+    """One MLP whose outputs are the activation (softmax or logistic) of the members' mean
+    logits: their hidden layers side by side, no connection between members (the first
+    weight matrices concatenated, the ones between hidden layers block-diagonal), the
+    output weights divided by the number of members and the output biases averaged.
+
+    The members must have the same shape (:func:`build_members`). The merged net's loss
+    curve is the members' mean; it has no optimizer (``partial_fit`` starts a new one).
+    One member is returned as it is.
+    """
+    if len(members) == 1:
+        return members[0]
+    first, k = members[0], len(members)
+    layers = len(first.coefs_)
+    coefs, intercepts = [], []
+    for i in range(layers):
+        weights = [m.coefs_[i] for m in members]
+        if i == 0:
+            coef = np.hstack(weights)
+        elif i == layers - 1:
+            coef = np.vstack(weights) / first.coefs_[i].dtype.type(k)
+        else:
+            coef = np.zeros(
+                (sum(w.shape[0] for w in weights), sum(w.shape[1] for w in weights)),
+                dtype=weights[0].dtype,
+            )
+            r = c = 0
+            for w in weights:
+                coef[r : r + w.shape[0], c : c + w.shape[1]] = w
+                r, c = r + w.shape[0], c + w.shape[1]
+        biases = [m.intercepts_[i] for m in members]
+        bias = (
+            np.mean(biases, axis=0, dtype=biases[0].dtype) if i == layers - 1 else np.hstack(biases)
+        )
+        coefs.append(coef)
+        intercepts.append(bias)
+    merged = copy.deepcopy(first)
+    forget_optimizer(merged)
+    merged.set_params(hidden_layer_sizes=tuple(k * s for s in first.hidden_layer_sizes))
+    merged.coefs_, merged.intercepts_ = coefs, intercepts
+    merged.loss_curve_ = [float(v) for v in np.mean([m.loss_curve_ for m in members], axis=0)]
+    merged.loss_ = merged.loss_curve_[-1]
+    return merged
 
 
 # Settings each solver ignores (sklearn's MLPClassifier documentation).

@@ -7,6 +7,7 @@ import pickle
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -28,10 +29,11 @@ from mnistflow.internals import (
 from mnistflow.modeling.metrics import HOLDOUT_ACCURACY
 from mnistflow.modeling.model import (
     EpochCallback,
-    build_classifier,
+    build_members,
     decode_argmax,
     fit_with_progress,
     loss_history,
+    merge_members,
     predict_scores,
 )
 
@@ -117,7 +119,9 @@ def fit(
     online: OnlineData | None = None,
     holdout: Holdout | None = None,
 ) -> FitResult:
-    """Build and fit a classifier from ``cfg`` with ``cfg.threads`` BLAS threads.
+    """Build and fit a classifier from ``cfg`` with ``cfg.threads`` BLAS threads; with
+    ``cfg.members`` > 1, a committee trained side by side and merged into one classifier
+    (:func:`~mnistflow.modeling.model.merge_members`).
 
     Args:
         cfg: the ``train:`` section.
@@ -136,7 +140,8 @@ def fit(
     """
     if cfg.online_augment and online is None:
         raise ValueError("train.online_augment needs the encoding and encode.augment (online)")
-    model = build_classifier(cfg)
+    members = build_members(cfg)
+    model = members[0]  # the model (one member) or what is merged into it
     holdout_accuracy: list[float] = []
     epoch_times: list[float] = []
     with threadpool_limits(limits=cfg.threads), progress_bar(cfg.max_iter, "train", file) as bar:
@@ -145,7 +150,7 @@ def fit(
             stop = False
             postfix = {"loss": f"{loss:.4f}"}
             if holdout is not None:
-                holdout_accuracy.append(score_holdout(model, holdout))
+                holdout_accuracy.append(score_holdout(merge_members(members), holdout))
                 postfix["holdout_accuracy"] = f"{holdout_accuracy[-1]:.4f}"
                 stop = bool(holdout.on_score and holdout.on_score(epoch, holdout_accuracy[-1]))
             if on_epoch is not None:
@@ -161,10 +166,11 @@ def fit(
         start = time.perf_counter()
         if cfg.online_augment:
             assert online is not None
-            fit_online(model, cfg, X, y, online, each_epoch, epoch_times)
+            fit_online(members, cfg, X, y, online, each_epoch, epoch_times)
         else:
             fit_with_progress(model, X, y, each_epoch)
         fit_time = time.perf_counter() - start
+    model = merge_members(members)
     losses, early_stop_scores = loss_history(model)
     return FitResult(
         model, fit_time, losses, early_stop_scores, epoch_times, holdout_accuracy or None
@@ -186,15 +192,16 @@ def early_stop_rows(n: int, cfg: TrainConfig) -> int:
 
 
 def fit_online(
-    model: MLPClassifier,
+    members: list[MLPClassifier],
     cfg: TrainConfig,
     X: np.ndarray,
     y: np.ndarray,
     online: OnlineData,
     on_epoch: EpochCallback,
     epoch_times: list[float],
-) -> MLPClassifier:
-    """Fit ``model`` on fresh distortions of the base rows every epoch (online augmentation).
+) -> list[MLPClassifier]:
+    """Fit ``members`` (one net or a committee) on fresh distortions of the base rows every
+    epoch (online augmentation).
 
     The last :func:`early_stop_rows` rows are held out; the others feed an
     :class:`EpochFeed` (the next epoch prepared on a second process). ``epoch_times`` gets
@@ -219,7 +226,7 @@ def fit_online(
             log.debug("epoch %d: %.1f s on its distortions", epoch, waited[-1])
             return features
 
-        train_epochs(model, cfg, rows, y[:n_fit], X[n_fit:], y[n_fit:], timed)
+        train_epochs(members, cfg, rows, y[:n_fit], X[n_fit:], y[n_fit:], timed)
     # How much of the fit the second process did not hide (the first epoch always waits):
     # time this process spent distorting the chunks the child had not reached, or waiting.
     log.info(
@@ -230,7 +237,7 @@ def fit_online(
         waited[0],
         feed.helped,
     )
-    return model
+    return members
 
 
 def flush_subnormals(arrays: list[np.ndarray]) -> int:
@@ -254,26 +261,29 @@ def flush_subnormals(arrays: list[np.ndarray]) -> int:
 
 
 def train_epochs(
-    model: MLPClassifier,
+    members: list[MLPClassifier],
     cfg: TrainConfig,
     epoch_rows: Callable[[int], np.ndarray],
     y: np.ndarray,
     X_val: np.ndarray,
     y_val: np.ndarray,
     on_epoch: EpochCallback,
-) -> MLPClassifier:
-    """Up to ``cfg.max_iter`` epochs of ``partial_fit``, epoch ``e`` on ``epoch_rows(e)``.
+) -> list[MLPClassifier]:
+    """Up to ``cfg.max_iter`` epochs of ``partial_fit``, epoch ``e`` on ``epoch_rows(e)``,
+    for each net of ``members`` (a committee: one thread each, all on the same rows).
 
-    It follows sklearn's ``fit``: one random stream for the initial weights and every
-    epoch's shuffle, the same stop on ``tol`` and ``n_iter_no_change``; its first epoch is
-    ``fit``'s bit for bit (the tests check it). Later epochs differ from ``fit`` on the
-    same rows only in that each shuffles ``0..n-1`` afresh where ``fit`` reshuffles the
-    previous order (the same draws, another permutation). On top of it:
+    It follows sklearn's ``fit``: one random stream per net for its initial weights and every
+    epoch's shuffle, the same stop on ``tol`` and ``n_iter_no_change`` (a committee stops
+    when every member has stalled); its first epoch is ``fit``'s bit for bit (the tests
+    check it). Later epochs differ from ``fit`` on the same rows only in that each
+    shuffles ``0..n-1`` afresh where ``fit`` reshuffles the previous order (the same draws,
+    another permutation). On top of it:
 
     - the learning rate is ``learning_rate_init * lr_decay ** (e - 1)`` in epoch ``e``;
-    - with ``early_stopping`` the score on ``X_val``/``y_val`` (sklearn's ``score``, as
-      its early stopping uses) decides when to stop, and the best epoch's weights are kept,
-      as sklearn does; partial_fit itself refuses early stopping, so it is done here;
+    - with ``early_stopping`` (one net only) the score on ``X_val``/``y_val`` (sklearn's
+      ``score``, as its early stopping uses) decides when to stop, and the best epoch's
+      weights are kept, as sklearn does; partial_fit itself refuses early stopping, so it
+      is done here;
     - after each epoch the subnormal weights and optimizer moments become 0
       (:func:`flush_subnormals`): left alone they pile up over the epochs and slow every
       later epoch (measured: 5.0 s per epoch growing to 6.4 s by epoch 8 for the best
@@ -282,32 +292,50 @@ def train_epochs(
       (:func:`~mnistflow.internals.in_place_adam`: the same numbers, without sklearn's
       per-batch temporaries).
 
+    ``on_epoch`` gets the members' mean training loss. Each net's numbers are those it
+    would have trained to alone: the members share only the (read-only) rows.
+
     Returns:
-        ``model``, fitted, with ``n_iter_``, ``loss_curve_`` and ``validation_scores_`` as
-        a plain fit leaves them and its own ``random_state`` and ``early_stopping`` params.
+        ``members``, fitted, with ``n_iter_``, ``loss_curve_`` and ``validation_scores_``
+        as a plain fit leaves them and their own ``random_state`` and ``early_stopping``
+        params.
     """
     early = cfg.early_stopping
+    if early and len(members) > 1:
+        raise ValueError("early stopping trains one net (train.members: 1)")
+    model = members[0]
     classes = np.arange(y.shape[1]) if y.ndim == 2 else np.unique(y)
-    # One RandomState for the whole run: partial_fit re-seeds an int random_state on every
-    # call, which would shuffle every epoch in the same order.
-    model.set_params(random_state=np.random.RandomState(cfg.random_state), early_stopping=False)
+    seeds = [int(m.random_state) for m in members]
+    # One RandomState for each net's whole run: partial_fit re-seeds an int random_state on
+    # every call, which would shuffle every epoch in the same order.
+    for member, seed in zip(members, seeds, strict=True):
+        member.set_params(random_state=np.random.RandomState(seed), early_stopping=False)
     early_stop_scores: list[float] = []
     best_score, no_improvement = -np.inf, 0
     best: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+
+    def one_epoch(member: MLPClassifier, rows: np.ndarray, epoch: int) -> None:
+        with in_place_adam(member):
+            member.partial_fit(rows, y, classes=classes)
+        member.n_iter_ = epoch  # partial_fit counts its one epoch only
+        flushed = flush_subnormals([*member.coefs_, *member.intercepts_, *optimizer_state(member)])
+        if flushed:
+            log.debug("epoch %d: %d subnormal weights and moments set to 0", epoch, flushed)
+
+    pool = ThreadPoolExecutor(len(members), "member") if len(members) > 1 else None
     try:
         for epoch in range(1, cfg.max_iter + 1):
             rows = epoch_rows(epoch)
             if epoch > 1 and cfg.lr_decay != 1.0:
-                set_step_size(model, cfg.learning_rate_init * cfg.lr_decay ** (epoch - 1))
+                for member in members:
+                    set_step_size(member, cfg.learning_rate_init * cfg.lr_decay ** (epoch - 1))
             if early and epoch > 1:
                 # the early-stopping score, not partial_fit's training loss, drives the optimizer
                 reset_stalled_epochs(model)
-            with in_place_adam(model):
-                model.partial_fit(rows, y, classes=classes)
-            model.n_iter_ = epoch  # partial_fit counts its one epoch only
-            flushed = flush_subnormals([*model.coefs_, *model.intercepts_, *optimizer_state(model)])
-            if flushed:
-                log.debug("epoch %d: %d subnormal weights and moments set to 0", epoch, flushed)
+            if pool is None:
+                one_epoch(model, rows, epoch)
+            else:  # NumPy and BLAS release the GIL: the members run on separate cores
+                list(pool.map(one_epoch, members, [rows] * len(members), [epoch] * len(members)))
             score = None
             if early:
                 score = float(model.score(X_val, y_val))
@@ -319,7 +347,8 @@ def train_epochs(
                         [c.copy() for c in model.coefs_],
                         [i.copy() for i in model.intercepts_],
                     )
-            if on_epoch(epoch, float(model.loss_), score):
+            loss = float(np.mean([member.loss_ for member in members]))
+            if on_epoch(epoch, loss, score):
                 log.info("fit stopped after epoch %d of %d", epoch, cfg.max_iter)
                 break
             # As sklearn's fit: after n_iter_no_change epochs without improvement the
@@ -330,18 +359,21 @@ def train_epochs(
                     log.info("early-stopping score stalled: stopping after epoch %d", epoch)
                     break
                 no_improvement = 0
-            if not early and stalled_epochs(model) > cfg.n_iter_no_change:
+            if not early and all(stalled_epochs(m) > cfg.n_iter_no_change for m in members):
                 log.info("training loss stalled: stopping after epoch %d", epoch)
                 break
     finally:
-        model.set_params(random_state=cfg.random_state, early_stopping=early)
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        for member, seed in zip(members, seeds, strict=True):
+            member.set_params(random_state=seed, early_stopping=early)
     if early:
         assert best is not None
         model.coefs_, model.intercepts_ = best
         model.validation_scores_ = early_stop_scores
         model.best_validation_score_ = best_score
         model.best_loss_ = None
-    return model
+    return members
 
 
 def model_bytes(model: MLPClassifier) -> bytes:
