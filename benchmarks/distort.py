@@ -1,6 +1,7 @@
 """Online augmentation's two halves per 60,000-image epoch, on one core each: distorting
 every training image (``augment.epoch_batch`` with the best preset's distortions) against one
-``partial_fit`` epoch of the preset's network on one BLAS thread.
+``partial_fit`` epoch of the preset's network on one BLAS thread (adam's updates in place, as
+the online loop makes them from its second epoch on).
 
 Usage (from the repository root; needs ../shared/mnist)::
 
@@ -19,6 +20,7 @@ from mnistflow.config import load_params, validate
 from mnistflow.data import augment as aug
 from mnistflow.data.encode import Encoding, encode_labels, flatten
 from mnistflow.experiments.presets import apply_preset, load_preset
+from mnistflow.internals import in_place_adam
 from mnistflow.modeling.model import build_classifier
 from mnistflow.util.logs import configure
 
@@ -57,7 +59,8 @@ def main() -> None:
     with threadpool_limits(limits=1):
         for _ in range(args.epochs):
             start = time.process_time()
-            model.partial_fit(X, target, classes=classes)
+            with in_place_adam(model):  # as the online loop (a no-op on the first epoch)
+                model.partial_fit(X, target, classes=classes)
             train_s.append(time.process_time() - start)
     log.info(
         "per %d-image epoch, CPU s on one core: distortions %s (median %.2f); training %s "
