@@ -21,7 +21,7 @@ def test_best_preset_applies_and_validates() -> None:
     train = config(best, "train", TrainConfig)
     assert train.online_augment is True
     assert train.lr_decay < 1
-    assert train.hidden_layer_sizes == (1000, 500)
+    assert train.hidden_layer_sizes == (1200,)
     # every training row is fitted: the configuration was chosen on a validation split before
     assert train.early_stopping is False
     encode = config(best, "encode", EncodeConfig)
