@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import block_diag
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
@@ -81,14 +82,7 @@ def merge_members(members: list[MLPClassifier]) -> MLPClassifier:
         elif i == layers - 1:
             coef = np.vstack(weights) / first.coefs_[i].dtype.type(k)
         else:
-            coef = np.zeros(
-                (sum(w.shape[0] for w in weights), sum(w.shape[1] for w in weights)),
-                dtype=weights[0].dtype,
-            )
-            r = c = 0
-            for w in weights:
-                coef[r : r + w.shape[0], c : c + w.shape[1]] = w
-                r, c = r + w.shape[0], c + w.shape[1]
+            coef = block_diag(*weights)
         biases = [m.intercepts_[i] for m in members]
         bias = (
             np.mean(biases, axis=0, dtype=biases[0].dtype) if i == layers - 1 else np.hstack(biases)
