@@ -33,7 +33,7 @@ from mnistflow.data import augment as aug
 from mnistflow.data.encode import Encoding, encode_labels, flatten
 from mnistflow.data.online import OnlineData
 from mnistflow.experiments.presets import apply_preset, load_preset
-from mnistflow.modeling.model import build_members, merge_members
+from mnistflow.modeling.model import VIEWS, build_members, merge_members, with_views
 from mnistflow.modeling.training import Holdout, fit_online, score_holdout
 from mnistflow.util.logs import configure
 from pipeline import parse_set  # benchmarks/pipeline.py
@@ -64,32 +64,14 @@ SHOWN = (
 )
 
 
-# Test-time views: the image itself and its one-pixel shifts (rows, columns); the model's
-# class probabilities are averaged over the views.
-VIEWS = {
-    "shift4": [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)],
-    "shift8": [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)],
-}
-
-
-def shifted(images: np.ndarray, dr: int, dc: int) -> np.ndarray:
-    """``images`` (n, h, w) moved ``dr`` rows down and ``dc`` columns right, zero-filled."""
-    out = np.zeros_like(images)
-    h, w = images.shape[1:]
-    out[:, max(dr, 0) : h + min(dr, 0), max(dc, 0) : w + min(dc, 0)] = images[
-        :, max(-dr, 0) : h + min(-dr, 0), max(-dc, 0) : w + min(-dc, 0)
-    ]
-    return out
-
-
-def view_probabilities(model: Any, encoding: Encoding, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Class probabilities of the hold-out images averaged over each set of :data:`VIEWS`
-    (``none``: the images alone)."""
-    probs = {v: model.predict_proba(encoding.scale(flatten(shifted(x, *v))))
-             for v in VIEWS["shift8"]}  # fmt: skip
-    out = {"none": probs[(0, 0)]}
-    out.update({name: sum(probs[v] for v in views) / len(views) for name, views in VIEWS.items()})
-    return out
+def view_probabilities(
+    model: Any, encoding: Encoding, shape: tuple[int, int], X: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Class probabilities of the hold-out rows through ``model`` with each set of test-time
+    :data:`~mnistflow.modeling.model.VIEWS` (``none``: the images alone), as ``train.views``
+    builds them."""
+    blank = encoding.blank(shape[0] * shape[1])
+    return {name: with_views(model, name, shape, blank).predict_proba(X) for name in VIEWS}
 
 
 def accuracies(probs: dict[str, np.ndarray], y: np.ndarray) -> dict[str, float]:
@@ -169,7 +151,9 @@ def run_trial(params: dict[str, Any], probs_file: Path, averages: list[int]) -> 
     return {
         "holdout_accuracy": holdout_accuracy,
         "weight_means": means.accuracies(model, holdout),
-        "views": save_probabilities(probs_file, view_probabilities(model, encoding, x_val), y_val),
+        "views": save_probabilities(
+            probs_file, view_probabilities(model, encoding, x.shape[1:], X_val), y_val
+        ),
         "epoch_times": epoch_times,
         "deskew_s": deskew_s,
         "fit_s": fit_s,

@@ -115,6 +115,8 @@ def test_bad_values_name_the_key(params: dict, path: tuple, value: object, messa
             "random_state=4294967294 + members - 1 is past 2**32 - 1",
         ),
         ({"members": 0}, "'train.members'"),
+        ({"views": "shift4"}, "'train' views=shift4 needs online_augment: true"),
+        ({"views": "shift5", "online_augment": True}, "'train.views'"),
         ({"lr_decay": 0.0}, "'train.lr_decay'"),
         ({"lr_decay": 1.5}, "'train.lr_decay'"),
     ],

@@ -169,6 +169,23 @@ def test_encoding_fit_apply_and_round_trip() -> None:
 
 
 @pytest.mark.unit
+def test_blank_is_the_features_of_an_empty_image() -> None:
+    """Oracle: an all-zero image through the encoding's own apply (deskew included)."""
+    images, _ = synthetic_digits(30, seed=5)
+    empty = np.zeros((1, 28, 28), dtype=np.uint8)
+    for enc in (
+        Encoding.fit(flatten(images), "standardize", deskew=True),
+        Encoding.fit(flatten(images), "divide255"),
+    ):
+        np.testing.assert_array_equal(enc.blank(784), enc.apply(empty)[0])
+    standard = Encoding.fit(flatten(images), "standardize")
+    assert standard.mean is not None
+    assert standard.std is not None
+    np.testing.assert_allclose(standard.blank(784), -standard.mean / standard.std, rtol=1e-6)
+    assert np.any(standard.blank(784) != 0)
+
+
+@pytest.mark.unit
 def test_encoding_rejects_what_it_cannot_apply() -> None:
     with pytest.raises(ValueError, match="needs the training rows' mean and std"):
         Encoding("standardize")

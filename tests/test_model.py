@@ -24,6 +24,7 @@ from mnistflow.modeling.model import (
     loss_history,
     merge_members,
     predict_scores,
+    with_views,
 )
 from mnistflow.util.signals import Interrupted, raise_on_signals
 from tests.helpers import REPO_ROOT, synthetic_digits
@@ -57,7 +58,7 @@ def test_build_maps_every_setting() -> None:
     assert settings.pop("threads") == 1  # not sklearn's: the stage limits BLAS with it
     # not sklearn's either: the online per-epoch loop (modeling.training) applies them
     assert (settings.pop("online_augment"), settings.pop("lr_decay")) == (False, 1.0)
-    assert settings.pop("members") == 1
+    assert (settings.pop("members"), settings.pop("views")) == (1, "none")
     for key, value in settings.items():
         expected = tuple(value) if key == "hidden_layer_sizes" else value
         assert got[key] == expected, key
@@ -249,6 +250,52 @@ def test_a_merged_committee_outputs_its_members_mean_logits(
     merged.partial_fit(X, y)  # a fresh optimizer for the merged shapes
     assert merged.coefs_[0].shape == before.shape
     assert not np.array_equal(merged.coefs_[0], before)
+
+
+def moved_image(image: np.ndarray, blank: np.ndarray, dr: int, dc: int) -> np.ndarray:
+    """``image`` (h, w) moved ``dr`` rows down and ``dc`` columns right, pixel by pixel; the
+    pixels with nothing moved onto them take ``blank``'s value."""
+    h, w = image.shape
+    out = blank.reshape(h, w).copy()
+    for r in range(h):
+        for c in range(w):
+            if 0 <= r - dr < h and 0 <= c - dc < w:
+                out[r, c] = image[r - dr, c - dc]
+    return out
+
+
+@pytest.mark.parametrize("views", ["shift4", "shift8"])
+@pytest.mark.parametrize(("hidden", "targets"), [([6], "index"), ([6, 4], "onehot")])
+def test_views_average_the_logits_of_moved_images(
+    views: str, hidden: list[int], targets: str
+) -> None:
+    """Oracle: each image moved here pixel by pixel (a standardized encoding, so the blank
+    pixels are not 0), run forward through the original net; the merged net's outputs are
+    the activation of the mean of those logits."""
+    images, labels = synthetic_digits(60, seed=5)
+    shape = images.shape[1:]
+    flat = images.reshape(len(images), -1).astype(np.float32)
+    mean, std = flat.mean(axis=0), flat.std(axis=0) + 1
+    X = (flat - mean) / std
+    blank = (0 - mean) / std  # the features of an empty image
+    model = build_classifier(train_cfg(hidden_layer_sizes=hidden, max_iter=3))
+    with pytest.warns(ConvergenceWarning):
+        model.fit(X, labels if targets == "index" else np.eye(10, dtype=np.float32)[labels])
+    moves = {"shift4": [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)],
+             "shift8": [(r, c) for r in (-1, 0, 1) for c in (-1, 0, 1)]}[views]  # fmt: skip
+    moved = [np.array([moved_image(x.reshape(shape), blank, *m).ravel() for x in X]) for m in moves]
+    logits = [forward_logits(model, rows) for rows in moved]
+    mean_logits = np.mean(logits, axis=0)
+    if targets == "index":
+        expected = np.exp(mean_logits - mean_logits.max(axis=1, keepdims=True))
+        expected /= expected.sum(axis=1, keepdims=True)
+    else:
+        expected = 1 / (1 + np.exp(-mean_logits))
+    combined = with_views(model, views, shape, blank)
+    np.testing.assert_allclose(combined.predict_proba(X), expected, rtol=1e-4, atol=1e-6)
+    assert combined.hidden_layer_sizes == tuple(len(moves) * n for n in hidden)
+    assert not np.allclose(model.predict_proba(X), expected, atol=1e-3)  # the views matter
+    assert with_views(model, "none", shape, blank) is model
 
 
 def test_one_member_is_the_model_itself() -> None:

@@ -12,7 +12,7 @@ from mnistflow.config import AugmentConfig, TrainConfig, load_params
 from mnistflow.data.encode import Encoding
 from mnistflow.data.online import OnlineData, epoch_features
 from mnistflow.modeling import training
-from mnistflow.modeling.model import build_classifier
+from mnistflow.modeling.model import build_classifier, with_views
 from tests.helpers import REPO_ROOT, synthetic_digits
 
 
@@ -161,6 +161,23 @@ def test_a_committee_is_its_members_trained_alone_and_merged(
     assert not np.array_equal(alone[0].model.coefs_[0], alone[1].model.coefs_[0])  # two seeds
     assert committee.losses == pytest.approx(np.mean([a.losses for a in alone], axis=0), rel=1e-12)
     assert merged.get_params()["random_state"] == 42
+
+
+@pytest.mark.unit
+def test_views_are_the_fitted_net_with_its_moved_copies(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Oracle: the same fit without views, its model given the views afterwards."""
+    X, y = data
+    plain = training.fit(online_cfg(), X, y, file=io.StringIO(), online=online())
+    viewed = training.fit(online_cfg(views="shift4"), X, y, file=io.StringIO(), online=online())
+    shape = online().image_shape
+    blank = online().encoding.blank(shape[0] * shape[1])
+    expected = with_views(plain.model, "shift4", shape, blank)
+    assert training.model_bytes(viewed.model) == training.model_bytes(expected)
+    assert viewed.model.hidden_layer_sizes == (5 * 8,)
+    assert viewed.losses == plain.losses
+    assert viewed.n_iter == plain.n_iter
 
 
 @pytest.mark.unit

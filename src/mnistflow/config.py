@@ -277,6 +277,10 @@ class EncodeConfig(Config):
     workers: int = Field(ge=1, le=64)
 
 
+# Names of the test-time views (modeling.model.VIEWS holds their pixel shifts)
+ViewName = Literal["none", "shift4", "shift8"]
+
+
 class TrainConfig(Config):
     """``train:``: the MLPClassifier hyperparameters (sklearn names)."""
 
@@ -303,6 +307,9 @@ class TrainConfig(Config):
     # A committee (online): this many nets, seeds random_state, random_state+1, ..., trained side
     # by side on the same distortions and merged into one MLP (modeling.model.merge_members)
     members: int = Field(ge=1, le=16)
+    # Test-time views (online): the fitted net merged with copies that read the image moved
+    # one pixel (modeling.model.with_views); its output is the softmax of their mean logits
+    views: ViewName
 
     @model_validator(mode="after")
     def _online_combinations(self) -> Self:
@@ -323,6 +330,11 @@ class TrainConfig(Config):
             raise ValueError(
                 f"members={self.members} needs early_stopping: false (each member would stop "
                 "at its own epoch)"
+            )
+        if self.views != "none" and not self.online_augment:
+            raise ValueError(
+                f"views={self.views} needs online_augment: true (the online fit knows the "
+                "images' shape and encoding); use none otherwise"
             )
         if self.random_state + self.members - 1 > 2**32 - 1:
             raise ValueError(

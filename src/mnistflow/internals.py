@@ -2,10 +2,10 @@
 
 scikit-learn's ``MLPClassifier`` has no public per-epoch callback, no public way to change the
 step size of a running optimizer or to reach its moments, and no public stop signal from
-``partial_fit``; MLflow has no
-public "newest schema revision" to compare a half-created sqlite store with; skops needs the
-private optimizer classes an ``MLPClassifier`` pickles. Everything else in ``src/`` uses
-public APIs only (``tests/test_internals.py`` reads the code to prove it).
+``partial_fit``; MLflow has no public "newest schema revision" to compare a half-created
+sqlite store with; skops needs the private optimizer classes an ``MLPClassifier`` pickles.
+Everything else in ``src/`` uses public APIs only (``tests/test_internals.py`` reads the code
+to prove it).
 
 Each use below is checked against the versions in :data:`CHECKED` (the locked ones, which are
 also the lower bounds in ``pyproject.toml``): ``tests/test_internals.py`` fails on any other
@@ -87,7 +87,8 @@ def in_place_adam(model: MLPClassifier) -> Iterator[None]:
     """While the block runs, the running adam optimizer of ``model`` updates the weights and
     its moments in place: the same operations in the same order and precision as sklearn's
     ``AdamOptimizer`` (bit for bit: the tests compare both), without the new arrays sklearn
-    allocates for every moment and step of every batch (half of a wide net's epoch).
+    allocates for every moment and step of every batch (measured: 4.5 s instead of 4.8 s
+    per epoch of a one-layer 1200-unit net).
 
     A no-op for other solvers and before the first ``partial_fit`` (no optimizer yet). An
     instance attribute shadows ``update_params`` while the block runs and is removed after,

@@ -96,6 +96,10 @@ class Encoding:
         out += self.mean
         return out
 
+    def blank(self, pixels: int) -> np.ndarray:
+        """The features (pixels,) of an empty (all-zero) image: deskewing leaves it empty."""
+        return self.scale(np.zeros((1, pixels), dtype=np.uint8))[0]
+
     def apply(self, images: np.ndarray, workers: int = 1) -> np.ndarray:
         """Features from images (n, h, w): deskew (if set), flatten, scale."""
         pixels = deskew_images(images, workers) if self.deskew else images

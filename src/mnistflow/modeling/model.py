@@ -13,7 +13,7 @@ from scipy.linalg import block_diag
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
-from mnistflow.config import EvaluateConfig, TrainConfig
+from mnistflow.config import EvaluateConfig, TrainConfig, ViewName
 from mnistflow.internals import each_epoch, forget_optimizer
 from mnistflow.modeling import metrics as m
 
@@ -29,7 +29,7 @@ class _StopFitError(Exception):
 def build_classifier(cfg: TrainConfig) -> MLPClassifier:
     """A new, unfitted MLPClassifier with every ``train:`` setting but ``threads`` (sklearn
     has no such argument; the train stage limits BLAS with it), ``online_augment``,
-    ``lr_decay`` and ``members`` (the online loop applies those)."""
+    ``lr_decay``, ``members`` and ``views`` (the online fit applies those)."""
     return MLPClassifier(
         hidden_layer_sizes=tuple(cfg.hidden_layer_sizes),
         activation=cfg.activation,
@@ -89,13 +89,60 @@ def merge_members(members: list[MLPClassifier]) -> MLPClassifier:
         )
         coefs.append(coef)
         intercepts.append(bias)
-    merged = copy.deepcopy(first)
-    forget_optimizer(merged)
+    merged = copy.copy(first)
+    forget_optimizer(merged)  # before the deep copy: the moments are not copied
+    merged = copy.deepcopy(merged)
     merged.set_params(hidden_layer_sizes=tuple(k * s for s in first.hidden_layer_sizes))
     merged.coefs_, merged.intercepts_ = coefs, intercepts
     merged.loss_curve_ = [float(v) for v in np.mean([m.loss_curve_ for m in members], axis=0)]
     merged.loss_ = merged.loss_curve_[-1]
     return merged
+
+
+# Test-time views: the image itself and its one-pixel shifts (rows down, columns right).
+VIEWS: dict[ViewName, tuple[tuple[int, int], ...]] = {
+    "none": ((0, 0),),
+    "shift4": ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)),
+    "shift8": tuple((dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)),
+}
+
+
+def shifted_input(
+    model: MLPClassifier, shape: tuple[int, int], blank: np.ndarray, dr: int, dc: int
+) -> MLPClassifier:
+    """A copy of ``model`` that reads each image as ``model`` reads it moved ``dr`` rows down
+    and ``dc`` columns right, the pixels moved in filled with ``blank`` (the features of an
+    empty image, (h*w,)).
+
+    Only the first layer changes: the weight of each pixel moves to the pixel the shift
+    brings there, and the blank pixels' part of every first hidden unit's input goes into
+    its bias.
+    """
+    h, w = shape
+    weights = model.coefs_[0].reshape(h, w, -1)
+    moved = np.zeros_like(weights)
+    moved[max(-dr, 0) : h + min(-dr, 0), max(-dc, 0) : w + min(-dc, 0)] = weights[
+        max(dr, 0) : h + min(dr, 0), max(dc, 0) : w + min(dc, 0)
+    ]
+    filled = np.ones((h, w), dtype=bool)  # pixels of the shifted image that are blank
+    filled[max(dr, 0) : h + min(dr, 0), max(dc, 0) : w + min(dc, 0)] = False
+    fill = np.where(filled.ravel(), blank.astype(np.float64), 0.0)
+    copied = copy.copy(model)
+    copied.coefs_ = [moved.reshape(h * w, -1), *model.coefs_[1:]]
+    bias = model.intercepts_[0] + fill @ model.coefs_[0].astype(np.float64)
+    copied.intercepts_ = [bias.astype(model.intercepts_[0].dtype), *model.intercepts_[1:]]
+    return copied
+
+
+def with_views(
+    model: MLPClassifier, views: ViewName, shape: tuple[int, int], blank: np.ndarray
+) -> MLPClassifier:
+    """One MLP that averages ``model``'s logits over the :data:`VIEWS` ``views`` of each
+    image (:func:`shifted_input` copies merged by :func:`merge_members`); ``none``:
+    ``model`` itself."""
+    if views == "none":
+        return model
+    return merge_members([shifted_input(model, shape, blank, *v) for v in VIEWS[views]])
 
 
 # Settings each solver ignores (sklearn's MLPClassifier documentation).

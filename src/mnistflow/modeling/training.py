@@ -35,6 +35,7 @@ from mnistflow.modeling.model import (
     loss_history,
     merge_members,
     predict_scores,
+    with_views,
 )
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,10 @@ def fit(
 ) -> FitResult:
     """Build and fit a classifier from ``cfg`` with ``cfg.threads`` BLAS threads; with
     ``cfg.members`` > 1, a committee trained side by side and merged into one classifier
-    (:func:`~mnistflow.modeling.model.merge_members`).
+    (:func:`~mnistflow.modeling.model.merge_members`); with ``cfg.views``, the fitted net
+    merged with its copies that read moved images
+    (:func:`~mnistflow.modeling.model.with_views`; the per-epoch hold-out scores are the
+    nets' before that).
 
     Args:
         cfg: the ``train:`` section.
@@ -171,6 +175,10 @@ def fit(
             fit_with_progress(model, X, y, each_epoch)
         fit_time = time.perf_counter() - start
     model = merge_members(members)
+    if cfg.views != "none":
+        assert online is not None  # TrainConfig: views need online_augment
+        h, w = online.image_shape
+        model = with_views(model, cfg.views, (h, w), online.encoding.blank(h * w))
     losses, early_stop_scores = loss_history(model)
     return FitResult(
         model, fit_time, losses, early_stop_scores, epoch_times, holdout_accuracy or None
@@ -286,8 +294,8 @@ def train_epochs(
       is done here;
     - after each epoch the subnormal weights and optimizer moments become 0
       (:func:`flush_subnormals`): left alone they pile up over the epochs and slow every
-      later epoch (measured: 5.0 s per epoch growing to 6.4 s by epoch 8 for the best
-      preset's 1200-unit net);
+      later epoch (measured: 5.0 s per epoch growing to 6.4 s by epoch 8 for a one-layer
+      1200-unit net);
     - adam updates the weights and its moments in place from the second epoch on
       (:func:`~mnistflow.internals.in_place_adam`: the same numbers, without sklearn's
       per-batch temporaries).
@@ -300,9 +308,7 @@ def train_epochs(
         as a plain fit leaves them and their own ``random_state`` and ``early_stopping``
         params.
     """
-    early = cfg.early_stopping
-    if early and len(members) > 1:
-        raise ValueError("early stopping trains one net (train.members: 1)")
+    early = cfg.early_stopping  # one net only (TrainConfig refuses it with members > 1)
     model = members[0]
     classes = np.arange(y.shape[1]) if y.ndim == 2 else np.unique(y)
     seeds = [int(m.random_state) for m in members]
