@@ -118,9 +118,11 @@ def seeds_table(runs: dict[int, dict[str, Any]]) -> str:
             f"{r['load'][0]:.1f} / {r['load'][1]:.1f} |"
         )
     acc = [100 * r["accuracy"] for r in runs.values()]
-    spread = statistics.stdev(acc) if len(acc) > 1 else float("nan")
+    spread = ""
+    if len(acc) > 1:
+        spread = f"sample standard deviation {statistics.stdev(acc):.3f} points, "
     lines.append(
-        f"\nmean {statistics.mean(acc):.3f}%, sample standard deviation {spread:.3f} points, "
+        f"\nmean {statistics.mean(acc):.3f}%, {spread}"
         f"range {min(acc):.2f}-{max(acc):.2f}% over {len(acc)} seeds"
     )
     return "\n".join(lines)

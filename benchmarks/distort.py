@@ -5,7 +5,7 @@ the online loop makes them from its second epoch on).
 
 Usage (from the repository root; needs ../shared/mnist)::
 
-    python benchmarks/distort.py [--epochs 3] [--preset best]
+    python benchmarks/distort.py [--epochs 3] [--preset best] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from mnistflow.experiments.presets import apply_preset, load_preset
 from mnistflow.internals import in_place_adam
 from mnistflow.modeling.model import build_classifier
 from mnistflow.util.logs import configure
+from pipeline import parse_set  # benchmarks/pipeline.py
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -37,10 +38,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--preset", default="best")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    params = apply_preset(
-        load_params(REPO / "params.yaml"), load_preset(REPO / "presets" / f"{args.preset}.yaml")
-    )
+    overrides = {**load_preset(REPO / "presets" / f"{args.preset}.yaml"), **parse_set(args.set)}
+    params = apply_preset(load_params(REPO / "params.yaml"), overrides)
     cfg = validate(params)
     x, y = load_split("train")
     if cfg.encode.deskew:

@@ -1,10 +1,11 @@
 """The pinned floating-point environment's cost: fit time pinned against the CPU's own kernels.
 
 For the baseline (params.yaml's train section, 20 epochs) and the best preset's network
-(presets/best.yaml: its hidden layer, index targets; ``--best-epochs`` epochs on the fixed training
-set, without its online distortions, so the figure is the BLAS and numpy work alone), each fit
-runs in a fresh process (the kernels are chosen when numpy loads) with ``MNISTFLOW_NUMERICS``
-pinned and native, alternating, ``--rounds`` times. Prints a markdown table.
+(presets/best.yaml: its hidden layers, index targets; ``--best-epochs`` epochs on the fixed
+training set, without its online distortions and views: the figure is the BLAS and numpy work
+alone), each fit runs in a fresh process (the kernels are chosen when numpy loads) with
+``MNISTFLOW_NUMERICS`` pinned and native, alternating, ``--rounds`` times. Prints a markdown
+table.
 
 Usage: python benchmarks/numerics.py [--mirror DIR] [--rounds 2] [--best-epochs 5]
 """
@@ -39,7 +40,9 @@ def settings(name: str, best_epochs: int) -> tuple[TrainConfig, str]:
     params = load_params(REPO / "params.yaml")
     if name == "best":
         params = apply_preset(params, load_preset(REPO / "presets" / "best.yaml"))
-        params["train"].update(max_iter=best_epochs, online_augment=False, lr_decay=1.0)
+        params["train"].update(
+            max_iter=best_epochs, online_augment=False, lr_decay=1.0, views="none"
+        )
     return config(params, "train", TrainConfig), params["encode"]["labels"]
 
 

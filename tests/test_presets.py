@@ -21,7 +21,8 @@ def test_best_preset_applies_and_validates() -> None:
     train = config(best, "train", TrainConfig)
     assert train.online_augment is True
     assert train.lr_decay < 1
-    assert train.hidden_layer_sizes == (1200,)
+    assert train.hidden_layer_sizes == (1200, 300)
+    assert train.views == "shift4"
     # every training row is fitted: the configuration was chosen on a validation split before
     assert train.early_stopping is False
     encode = config(best, "encode", EncodeConfig)
@@ -31,6 +32,7 @@ def test_best_preset_applies_and_validates() -> None:
     train = config(params, "train", TrainConfig).as_dict()
     assert train["hidden_layer_sizes"] == BASELINE_TRAIN["hidden_layer_sizes"]
     assert train["online_augment"] is BASELINE_TRAIN["online_augment"]
+    assert train["views"] == "none"
     assert params["encode"]["deskew"] is False
 
 
