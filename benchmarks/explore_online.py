@@ -34,7 +34,7 @@ from mnistflow.data.encode import Encoding, encode_labels, flatten
 from mnistflow.data.online import OnlineData
 from mnistflow.experiments.presets import apply_preset, load_preset
 from mnistflow.modeling.model import VIEWS, build_members, merge_members, with_views
-from mnistflow.modeling.training import Holdout, fit_online, score_holdout
+from mnistflow.modeling.training import Holdout, fit_online, model_bytes, score_holdout
 from mnistflow.util.logs import configure
 from pipeline import parse_set  # benchmarks/pipeline.py
 
@@ -116,8 +116,9 @@ class WeightAverages:
 def run_trial(params: dict[str, Any], probs_file: Path, averages: list[int]) -> dict[str, Any]:
     """Fit on fresh distortions of 50k images every epoch; validation accuracy per epoch.
     The final model's hold-out probabilities (per view set) are saved in ``probs_file``,
-    for committees of trials (``--committee``); with ``averages``, also the hold-out
-    accuracy of the weights averaged over each number of last epochs."""
+    for committees of trials (``--committee``), and the model itself beside it (``.pkl``, to
+    score other test-time views later); with ``averages``, also the hold-out accuracy of
+    the weights averaged over each number of last epochs."""
     cfg = validate(params)
     train = cfg.train.model_copy(update={"early_stopping": False})  # validation is ours
     x, y = load_split("train")
@@ -148,6 +149,8 @@ def run_trial(params: dict[str, Any], probs_file: Path, averages: list[int]) -> 
         fit_online(members, train, X, target, online, on_epoch, epoch_times)
     fit_s = time.perf_counter() - start
     model = merge_members(members)
+    probs_file.parent.mkdir(parents=True, exist_ok=True)
+    probs_file.with_suffix(".pkl").write_bytes(model_bytes(model))
     return {
         "holdout_accuracy": holdout_accuracy,
         "weight_means": means.accuracies(model, holdout),
