@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from mnistflow.config import load_params
-from mnistflow.experiments.presets import apply_preset, load_preset
+from mnistflow.experiments.presets import apply_preset
 from mnistflow.tracking.record import EARLY_STOP_SCORE, ELAPSED
 from mnistflow.util.workspace import copy_working_tree
-from pipeline import REPO, bench_env, measure, parse_set  # benchmarks/pipeline.py
+from pipeline import REPO, bench_env, measure, preset_overrides  # benchmarks/pipeline.py
 
 import yaml
 from mlflow.tracking import MlflowClient
@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace")
     args = parser.parse_args()
 
-    overrides = {**load_preset(REPO / "presets" / f"{args.preset}.yaml"), **parse_set(args.set)}
+    overrides = preset_overrides(args.preset, args.set)
     if args.seeds is None:
         rows = table_rows(args.preset, run_preset(args, overrides))
         lines = ["| measure | value | target |", "|---|---|---|"]

@@ -19,11 +19,11 @@ from explore_best import load_split  # benchmarks/explore_best.py
 from mnistflow.config import load_params, validate
 from mnistflow.data import augment as aug
 from mnistflow.data.encode import Encoding, encode_labels, flatten
-from mnistflow.experiments.presets import apply_preset, load_preset
+from mnistflow.experiments.presets import apply_preset
 from mnistflow.internals import in_place_adam
 from mnistflow.modeling.model import build_classifier
 from mnistflow.util.logs import configure
-from pipeline import parse_set  # benchmarks/pipeline.py
+from pipeline import preset_overrides  # benchmarks/pipeline.py
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--preset", default="best")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    overrides = {**load_preset(REPO / "presets" / f"{args.preset}.yaml"), **parse_set(args.set)}
+    overrides = preset_overrides(args.preset, args.set)
     params = apply_preset(load_params(REPO / "params.yaml"), overrides)
     cfg = validate(params)
     x, y = load_split("train")

@@ -24,10 +24,10 @@ from mnistflow.config import load_params, validate
 from mnistflow.data import augment as aug
 from mnistflow.data.encode import Encoding, encode_labels, flatten
 from mnistflow.data.online import OnlineData
-from mnistflow.experiments.presets import apply_preset, load_preset
+from mnistflow.experiments.presets import apply_preset
 from mnistflow.modeling import training
 from mnistflow.util.logs import configure
-from pipeline import parse_set  # benchmarks/pipeline.py
+from pipeline import preset_overrides  # benchmarks/pipeline.py
 
 log = logging.getLogger("epoch_time")
 REPO = Path(__file__).resolve().parents[1]
@@ -42,9 +42,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     params = apply_preset(
-        load_params(REPO / "params.yaml"), load_preset(REPO / "presets" / f"{args.preset}.yaml")
+        load_params(REPO / "params.yaml"), preset_overrides(args.preset, args.set)
     )
-    cfg = validate(apply_preset(params, parse_set(args.set)))
+    cfg = validate(params)
     if not cfg.train.online_augment:
         raise SystemExit("epoch_time.py times the online fit: train.online_augment must be true")
     x, y = load_split("train")

@@ -32,11 +32,11 @@ from mnistflow.config import load_params, section, validate
 from mnistflow.data import augment as aug
 from mnistflow.data.encode import Encoding, encode_labels, flatten
 from mnistflow.data.online import OnlineData
-from mnistflow.experiments.presets import apply_preset, load_preset
+from mnistflow.experiments.presets import apply_preset
 from mnistflow.modeling.model import VIEWS, build_members, merge_members, with_views
 from mnistflow.modeling.training import Holdout, fit_online, model_bytes, score_holdout
 from mnistflow.util.logs import configure
-from pipeline import parse_set  # benchmarks/pipeline.py
+from pipeline import preset_overrides  # benchmarks/pipeline.py
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -247,7 +247,7 @@ def main() -> None:
         found = committee([args.log.parent / f"{name}.npz" for name in args.committee])
         log.info("committee of %s: %s", ", ".join(args.committee), found)
     elif args.table is None:
-        overrides = {**load_preset(REPO / "presets" / f"{args.preset}.yaml"), **parse_set(args.set)}
+        overrides = preset_overrides(args.preset, args.set)
         params = apply_preset(load_params(REPO / "params.yaml"), overrides)
         name = args.name or " ".join(args.set) or args.preset
         row = {

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mnistflow.experiments.presets import load_preset
 from mnistflow.util.workspace import copy_working_tree
 
 import yaml
@@ -61,6 +62,11 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             raise SystemExit(f"--set {item!r}: expected key=value")
         out[key] = yaml.safe_load(value)
     return out
+
+
+def preset_overrides(preset: str, items: list[str]) -> dict[str, Any]:
+    """The dotted overrides of ``presets/<preset>.yaml`` with the ``--set`` pairs on top."""
+    return {**load_preset(REPO / "presets" / f"{preset}.yaml"), **parse_set(items)}
 
 
 def bench_env(mirror: str | None) -> tuple[dict[str, str], list[str]]:
