@@ -119,13 +119,14 @@ def shifted_input(
     its bias.
     """
     h, w = shape
+    # the pixels of the moved image that come from the image, and where they come from
+    covered = np.s_[max(dr, 0) : h + min(dr, 0), max(dc, 0) : w + min(dc, 0)]
+    source = np.s_[max(-dr, 0) : h + min(-dr, 0), max(-dc, 0) : w + min(-dc, 0)]
     weights = model.coefs_[0].reshape(h, w, -1)
     moved = np.zeros_like(weights)
-    moved[max(-dr, 0) : h + min(-dr, 0), max(-dc, 0) : w + min(-dc, 0)] = weights[
-        max(dr, 0) : h + min(dr, 0), max(dc, 0) : w + min(dc, 0)
-    ]
-    filled = np.ones((h, w), dtype=bool)  # pixels of the shifted image that are blank
-    filled[max(dr, 0) : h + min(dr, 0), max(dc, 0) : w + min(dc, 0)] = False
+    moved[source] = weights[covered]
+    filled = np.ones((h, w), dtype=bool)  # pixels of the moved image that are blank
+    filled[covered] = False
     fill = np.where(filled.ravel(), blank.astype(np.float64), 0.0)
     copied = copy.copy(model)
     copied.coefs_ = [moved.reshape(h * w, -1), *model.coefs_[1:]]
