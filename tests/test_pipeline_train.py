@@ -120,6 +120,7 @@ def test_dvc_repro_tiny_logs_one_run_and_writes_dvc_metrics_and_plots(
     assert (ws / "outputs/train/loss.csv").read_text().splitlines()[0] == "epoch,loss"
     report = (ws / "reports/latest/report.md").read_text()
     assert "argmax" in report
+    assert "- Model: MLP 100-50-25 (relu, adam); training: 2 epochs" in report
     for per_run in (run_id, str(ws), "sqlite", "Fit time"):
         assert per_run not in report  # the committed report is the same on every machine
     with (ws / "models/model.pkl").open("rb") as fh:

@@ -69,6 +69,32 @@ def test_report_headline_delta_counts_pairs_and_links() -> None:
     assert "captioned `#<test index> <true class>→<predicted class>" in text
 
 
+@pytest.mark.parametrize(
+    ("sizes", "members", "views", "expected"),
+    [
+        ((100, 50, 25), 1, 1, "MLP 100-50-25 (relu, adam)"),
+        (
+            (6000, 1500),
+            1,
+            5,
+            "MLP 1200-300 (relu, adam) with 5 test-time views, merged into one MLP 6000-1500",
+        ),
+        ((2400,), 2, 1, "2 x MLP 1200 (relu, adam), merged into one MLP 2400"),
+        (
+            (18000,),
+            2,
+            9,
+            "2 x MLP 1000 (relu, adam) with 9 test-time views each, merged into one MLP 18000",
+        ),
+        ((1001,), 2, 1, "MLP 1001 (relu, adam)"),  # not a merge of 2: shown as it is
+    ],
+)
+def test_architecture_names_one_net_and_how_it_was_merged(
+    sizes: tuple[int, ...], members: int, views: int, expected: str
+) -> None:
+    assert report.architecture(sizes, "relu", "adam", members, views) == expected
+
+
 def test_committed_report_has_nothing_per_run_and_the_run_section_has_it() -> None:
     text = render("argmax")
     assert text == render("argmax")

@@ -11,7 +11,7 @@ from sklearn.neural_network import MLPClassifier
 from mnistflow import numerics
 from mnistflow.config import Params
 from mnistflow.data.sets import TestSet
-from mnistflow.modeling.model import Scored, loss_history
+from mnistflow.modeling.model import VIEWS, Scored, loss_history
 from mnistflow.reporting import figures, misclassified, report
 from mnistflow.reporting.misclassified import Misclassified
 from mnistflow.util import fileio
@@ -54,7 +54,13 @@ def write_report(
             baseline=params.baseline_accuracy,
             labels=test.info["labels"],
             dataset=test.info["dataset"],
-            model=report.architecture(model.hidden_layer_sizes, model.activation, model.solver),
+            model=report.architecture(
+                model.hidden_layer_sizes,
+                model.activation,
+                model.solver,
+                params.train.members,
+                len(VIEWS[params.train.views]),
+            ),
             n_iter=n_iter,
             ignored=run_info["ignored_settings"],
             figures=shown_figures,

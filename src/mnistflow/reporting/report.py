@@ -33,9 +33,35 @@ def headline_why(headline: str, n_classes: int) -> str:
     )
 
 
-def architecture(hidden_layer_sizes: Sequence[int], activation: str, solver: str) -> str:
-    """The model in a few words, e.g. ``MLP 100-50-25 (relu, adam)``."""
-    return f"MLP {'-'.join(str(n) for n in hidden_layer_sizes)} ({activation}, {solver})"
+def architecture(
+    hidden_layer_sizes: Sequence[int],
+    activation: str,
+    solver: str,
+    members: int = 1,
+    views: int = 1,
+) -> str:
+    """The model in a few words, e.g. ``MLP 100-50-25 (relu, adam)``.
+
+    ``hidden_layer_sizes`` are the fitted model's. A model merged from ``members`` nets with
+    ``views`` test-time views each is named by one net's shape and how it was merged, e.g.
+    ``MLP 1200-300 (relu, adam) with 5 test-time views, merged into one MLP 6000-1500`` or
+    ``2 x MLP 1200 (relu, adam), merged into one MLP 2400``; sizes that ``members * views``
+    does not divide are shown as they are.
+    """
+    sizes = list(hidden_layer_sizes)
+    copies = members * views
+    if copies == 1 or any(n % copies for n in sizes):
+        return f"MLP {_shape(sizes)} ({activation}, {solver})"
+    net = f"MLP {_shape([n // copies for n in sizes])} ({activation}, {solver})"
+    if members > 1:
+        net = f"{members} x {net}"
+    if views > 1:
+        net += f" with {views} test-time views{' each' if members > 1 else ''}"
+    return f"{net}, merged into one MLP {_shape(sizes)}"
+
+
+def _shape(sizes: Sequence[int]) -> str:
+    return "-".join(str(n) for n in sizes)
 
 
 @dataclass(frozen=True)
