@@ -48,6 +48,8 @@ N_CLASSES = 10  # MNIST: the trials read ../shared/mnist (explore_best.load_spli
 # The settings a trial row shows (dotted params keys).
 SHOWN = (
     "train.hidden_layer_sizes",
+    "train.solver",
+    "train.momentum",
     "train.max_iter",
     "train.learning_rate_init",
     "train.lr_decay",
@@ -188,6 +190,8 @@ def describe(s: dict[str, Any]) -> str:
         f"{members} x ({net}) merged" if members > 1 else net,
         f"shift ±{s[a + 'max_shift']}, rot ±{s[a + 'max_rotation']:g}°, "
         f"elastic alpha={s[a + 'elastic_alpha']:g} sigma={s[a + 'elastic_sigma']:g}",
+        # rows logged before the solver was shown are adam's
+        f"{_solver(s.get('train.solver', 'adam'), s.get('train.momentum'))} "
         f"lr {s['train.learning_rate_init']:g} x {s['train.lr_decay']:g}/epoch",
         f"batch {s['train.batch_size']}, L2 {s['train.alpha']:g}",
         f"{s['encode.labels']} targets",
@@ -195,6 +199,10 @@ def describe(s: dict[str, Any]) -> str:
     if "encode.augment.seed" in s:  # rows logged before the seeds were shown have neither
         parts.append(f"seeds {s['encode.augment.seed']}/{s['train.random_state']}")
     return "; ".join(parts)
+
+
+def _solver(solver: str, momentum: float | None) -> str:
+    return f"sgd (momentum {momentum:g})" if solver == "sgd" else solver
 
 
 def table(rows: list[dict[str, Any]]) -> str:
