@@ -61,8 +61,7 @@ def resample(images: np.ndarray, view: View) -> np.ndarray:
     r = (r - (h - 1) / 2) / zoom
     c = (c - (w - 1) / 2) / zoom
     cos, sin = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
-    rows = cos * r - sin * c + ((h - 1) / 2 - dr)
-    cols = sin * r + cos * c + ((w - 1) / 2 - dc)
+    rows, cols = aug.source_coordinates(r, c, cos, sin, dr, dc, (h, w))
     return aug.bilinear(images, *(np.broadcast_to(a, (m, h, w)) for a in (rows, cols)))
 
 

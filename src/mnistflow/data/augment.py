@@ -205,11 +205,28 @@ def distort(images: np.ndarray, cfg: AugmentConfig, seed: np.random.SeedSequence
         r = field[0] + r
         c = field[1] + c
     cos, sin = np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
-    # Source of output pixel p (relative to the centre): rotate the (distorted) p, then
-    # undo the shift; an image moved by +shift reads its input at p - shift.
-    rows = cos * r - sin * c + ((h - 1) / 2 - shift[0])
-    cols = sin * r + cos * c + ((w - 1) / 2 - shift[1])
-    return _resample(images, rows, cols)
+    return _resample(images, *source_coordinates(r, c, cos, sin, shift[0], shift[1], (h, w)))
+
+
+def source_coordinates(
+    r: np.ndarray,
+    c: np.ndarray,
+    cos: np.ndarray | float,
+    sin: np.ndarray | float,
+    shift_rows: np.ndarray | float,
+    shift_cols: np.ndarray | float,
+    shape: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each output pixel of an (h, w) image reads its input, for :func:`bilinear`.
+
+    ``r``, ``c``: the output pixels relative to the image centre (distorted or scaled, if
+    need be); each is rotated by the angle of ``cos``/``sin``, then the shift is undone: an
+    image moved by +shift reads its input at p - shift. All arguments broadcast together.
+    """
+    h, w = shape
+    rows = cos * r - sin * c + ((h - 1) / 2 - shift_rows)
+    cols = sin * r + cos * c + ((w - 1) / 2 - shift_cols)
+    return rows, cols
 
 
 def _augment_task(
