@@ -25,6 +25,7 @@ from mnistflow.config import load_params, validate
 from mnistflow.data import augment as aug
 from mnistflow.data.encode import Encoding, flatten
 from mnistflow.experiments.presets import apply_preset
+from mnistflow.modeling.model import VIEWS as MODEL_VIEWS
 from mnistflow.modeling.training import model_from_bytes
 from mnistflow.util.logs import configure
 from pipeline import preset_overrides  # benchmarks/pipeline.py
@@ -36,18 +37,18 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "explore_online"  # explore_online.py's default log
 # One view: (rows down, columns right, rotation in degrees, zoom factor).
 View = tuple[int, int, float, float]
-SHIFT4 = {"id": (0, 0, 0.0, 1.0)} | {
-    f"shift{dr:+d},{dc:+d}": (dr, dc, 0.0, 1.0) for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))
-}
+# The shifts of train.views: shift4 (the image itself first) as the model builds them.
+SHIFT4 = {f"shift{dr:+d},{dc:+d}": (dr, dc, 0.0, 1.0) for dr, dc in MODEL_VIEWS["shift4"]}
+ID = "shift+0,+0"
 ROTATIONS = {f"rot{a:+d}": (0, 0, float(a), 1.0) for a in (-10, -6, -3, 3, 6, 10)}
 ZOOMS = {f"zoom{z}": (0, 0, 0.0, z) for z in (0.92, 1.08)}
 VIEWS: dict[str, View] = SHIFT4 | ROTATIONS | ZOOMS
 SETS: dict[str, list[str]] = {
-    "none": ["id"],
+    "none": [ID],
     "shift4 (train.views)": list(SHIFT4),
-    **{f"rotations ±{a}°": ["id", f"rot+{a}", f"rot-{a}"] for a in (3, 6, 10)},
+    **{f"rotations ±{a}°": [ID, f"rot+{a}", f"rot-{a}"] for a in (3, 6, 10)},
     **{f"shift4 + rotations ±{a}°": [*SHIFT4, f"rot+{a}", f"rot-{a}"] for a in (3, 6, 10)},
-    "zooms 0.92, 1.08": ["id", *ZOOMS],
+    "zooms 0.92, 1.08": [ID, *ZOOMS],
     "shift4 + zooms": [*SHIFT4, *ZOOMS],
     "shift4 + rotations ±6° + zooms": [*SHIFT4, "rot+6", "rot-6", *ZOOMS],
 }
